@@ -1,1 +1,14 @@
-//! local
+//! Embedded adapters of Connect's ports on SQLite, for `connect serve`.
+//!
+//! One database file (`connect.db` under the data directory) in WAL mode holds every
+//! table: the navigation buffer, its change feed (written in the same transaction as
+//! each insert, as DynamoDB Streams would emit it), clients and RD Station config.
+//!
+//! Writes go through one writer thread that groups concurrent requests into one
+//! transaction ([`store::SqliteStore`]: group commit), so throughput does not collapse to
+//! one fsync per event, while every caller is answered only after its commit.
+
+pub mod schema;
+pub mod store;
+
+pub use store::{SqliteStore, StoreOptions, Synchronous};

@@ -1,0 +1,90 @@
+//! Versioned schema migrations (`PRAGMA user_version` holds the applied version).
+
+use rusqlite::Connection;
+
+/// Migrations, in order; entry `i` brings the schema from version `i` to `i + 1`.
+/// Never edit a released entry: append a new one.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: navigation buffer, change feed, consumers' checkpoints, clients, RD Station config.
+    r#"
+    CREATE TABLE navigation (
+        record_id  TEXT PRIMARY KEY,
+        timestamp  INTEGER NOT NULL,
+        client_id  TEXT NOT NULL,
+        crm        TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        ttl        INTEGER NOT NULL,
+        item       TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX navigation_by_ttl ON navigation (ttl);
+    CREATE TABLE change_feed (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_name TEXT NOT NULL CHECK (event_name IN ('INSERT', 'MODIFY', 'REMOVE')),
+        record_id  TEXT NOT NULL,
+        crm        TEXT NOT NULL,
+        new_image  TEXT,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE checkpoints (
+        consumer TEXT PRIMARY KEY,
+        seq      INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE clients (
+        client_id TEXT PRIMARY KEY,
+        crm       TEXT NOT NULL,
+        active    INTEGER NOT NULL,
+        item      TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE rdstation_config (
+        tid       TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        item      TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// A schema problem.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The file was written by a newer Connect.
+    #[error(
+        "the database is at schema version {found}, newer than this build knows ({known}); use a newer connect"
+    )]
+    TooNew {
+        /// Version in the file.
+        found: i64,
+        /// Newest version this build knows.
+        known: i64,
+    },
+    /// SQLite failed.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Applies every pending migration, each in its own transaction.
+pub fn migrate(conn: &mut Connection) -> Result<i64, SchemaError> {
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    let mut version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > known {
+        return Err(SchemaError::TooNew {
+            found: version,
+            known,
+        });
+    }
+    while version < known {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let sql = MIGRATIONS
+            .get(usize::try_from(version).unwrap_or(usize::MAX))
+            .copied()
+            .unwrap_or_default();
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()?;
+        version += 1;
+    }
+    Ok(version)
+}

@@ -1,0 +1,172 @@
+//! The SQLite adapters on a temporary directory.
+
+use domain::{
+    AllowedOrigins, ClientConfig, ClientDirectory, ClientId, Crm, GtmEvent, NavigationRecord,
+    PutOutcome, RdStationConfig, RecordStore, Secret,
+};
+use local::{SqliteStore, StoreOptions};
+use serde_json::json;
+
+fn cid(s: &str) -> ClientId {
+    ClientId::parse(s).expect("client id")
+}
+
+fn record(client: &str, event_id: Option<&str>, now_ms: i64) -> NavigationRecord {
+    let mut body = json!({"clientId": client, "email": "Ana@Example.com", "eventType": "purchase", "productPrice": "10,5", "cartId": "c-1"});
+    if let Some(e) = event_id {
+        body["eventId"] = json!(e);
+    }
+    let event = GtmEvent::parse(Crm::Responsys, body).expect("valid");
+    NavigationRecord::new(event, cid(client), Crm::Responsys, now_ms, 48)
+}
+
+fn client(id: &str, crm: Crm, active: bool, origins: &[&str]) -> ClientConfig {
+    ClientConfig {
+        client_id: cid(id),
+        crm,
+        active,
+        allowed_origins: AllowedOrigins(origins.iter().map(|s| s.to_string()).collect()),
+        target: Some(json!({"profileList": "CONTACTS"})),
+        secret_name: Some(format!("/connect/{crm}/{id}/credentials")),
+        rate_limit_per_second: None,
+    }
+}
+
+#[tokio::test]
+async fn put_if_absent_stores_once_and_feeds_the_change_table() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
+    let mut changes = store.watch_changes();
+    assert_eq!(*changes.borrow(), 0);
+
+    let r = record("shop-a", Some("evt-1"), 1_706_457_600_000);
+    assert_eq!(store.put_if_absent(&r).await, Ok(PutOutcome::Created));
+    let again = record("shop-a", Some("evt-1"), 1_706_457_601_000);
+    assert_eq!(again.record_id, r.record_id);
+    assert_eq!(store.put_if_absent(&again).await, Ok(PutOutcome::Duplicate));
+    assert_eq!(store.record(&r.record_id).await, Ok(Some(r.clone())));
+    assert_eq!(store.record_count().await, Ok(1));
+    changes.changed().await.expect("change seen");
+    assert_eq!(*changes.borrow(), 1);
+
+    let feed: Vec<(String, String, String)> = store
+        .read(|c| {
+            let mut s = c
+                .prepare("SELECT event_name, record_id, new_image FROM change_feed ORDER BY seq")
+                .expect("prepare");
+            let rows = s
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .expect("query");
+            Ok(rows.map(|r| r.expect("row")).collect())
+        })
+        .await
+        .expect("read");
+    assert_eq!(feed.len(), 1, "a duplicate must not reach the change feed");
+    assert_eq!(feed[0].0, "INSERT");
+    assert_eq!(feed[0].1, r.record_id);
+    let image: NavigationRecord = serde_json::from_str(&feed[0].2).expect("image");
+    assert_eq!(image, r);
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_puts_are_group_committed_and_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = record("shop-a", Some(&format!("e-{i}")), 1_706_457_600_000);
+            store.put_if_absent(&r).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("join"), Ok(PutOutcome::Created));
+    }
+    store.shutdown().await;
+    assert!(
+        store.put_if_absent(&record("shop-a", None, 1)).await.is_err(),
+        "a closed store refuses writes"
+    );
+
+    let reopened = SqliteStore::open(dir.path(), StoreOptions::default()).expect("reopen");
+    assert_eq!(reopened.record_count().await, Ok(500));
+    assert_eq!(*reopened.watch_changes().borrow(), 500);
+    reopened.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
+    store
+        .upsert_client(&client("shop-a", Crm::Responsys, true, &["https://a.example"]))
+        .await
+        .expect("upsert");
+    store
+        .upsert_client(&client("shop-b", Crm::Responsys, true, &["https://*.b.example", "https://a.example"]))
+        .await
+        .expect("upsert");
+    store
+        .upsert_client(&client("shop-c", Crm::Responsys, false, &["https://c.example"]))
+        .await
+        .expect("upsert");
+    store
+        .upsert_client(&client("shop-d", Crm::Salesforce, true, &["https://d.example"]))
+        .await
+        .expect("upsert");
+    let a = store.client(&cid("shop-a")).await.expect("read").expect("found");
+    assert_eq!(a, client("shop-a", Crm::Responsys, true, &["https://a.example"]));
+    assert_eq!(store.client(&cid("nobody")).await, Ok(None));
+    assert_eq!(
+        store.origins_for(Crm::Responsys).await.expect("origins"),
+        vec!["https://*.b.example".to_string(), "https://a.example".to_string()],
+        "active clients of the CRM only, deduplicated"
+    );
+    // An upsert replaces.
+    store
+        .upsert_client(&client("shop-a", Crm::Responsys, false, &[]))
+        .await
+        .expect("upsert");
+    assert!(!store.client(&cid("shop-a")).await.expect("read").expect("found").active);
+
+    let rd = RdStationConfig {
+        tid: "GA4.1.2".into(),
+        client_id: cid("shop-rd"),
+        endpoint: None,
+        token: Some(Secret::new("key".into())),
+    };
+    store.upsert_rdstation(&rd).await.expect("upsert");
+    assert_eq!(store.rdstation_by_tid("GA4.1.2").await, Ok(Some(rd)));
+    assert_eq!(store.rdstation_by_tid("GA4.9.9").await, Ok(None));
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn sweeper_deletes_only_expired_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
+    let old = record("shop-a", Some("old"), 1_000_000_000_000);
+    let new = record("shop-a", Some("new"), 2_000_000_000_000);
+    store.put_if_absent(&old).await.expect("put");
+    store.put_if_absent(&new).await.expect("put");
+    assert_eq!(old.ttl, 1_000_000_000 + 48 * 3600);
+    assert_eq!(store.sweep_expired(old.ttl - 1).await, Ok(0));
+    assert_eq!(store.sweep_expired(old.ttl).await, Ok(1));
+    assert_eq!(store.record(&old.record_id).await, Ok(None));
+    assert!(store.record(&new.record_id).await.expect("read").is_some());
+    store.health().await.expect("healthy");
+    store.shutdown().await;
+}
+
+#[test]
+fn migrations_refuse_a_newer_schema() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(local::store::DB_FILE);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.pragma_update(None, "user_version", 99).expect("pragma");
+    drop(conn);
+    let err = SqliteStore::open(dir.path(), StoreOptions::default()).expect_err("too new");
+    assert!(err.to_string().contains("newer"), "{err}");
+}
