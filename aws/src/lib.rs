@@ -1,1 +1,18 @@
-//! aws
+//! AWS adapters of Connect's ports.
+//!
+//! - [`dynamo`]: the navigation table ([`dynamo::DynamoRecordStore`]) and the client and
+//!   RD Station config tables ([`dynamo::DynamoClientDirectory`]), items converted with
+//!   `serde_dynamo` here, never in the domain.
+//! - [`provision`]: table definitions, used by tests on the AWS API emulator (the
+//!   deployment itself is `serverless.yml`).
+//! - [`env`]: the Lambda environment contract of DESIGN.md.
+//! - [`testing`]: helpers for tests that run against moto server.
+//!
+//! SDK clients are built once per process and passed in.
+
+pub mod dynamo;
+pub mod env;
+pub mod provision;
+pub mod testing;
+
+pub use dynamo::{DynamoClientDirectory, DynamoRecordStore};

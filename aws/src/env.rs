@@ -1,0 +1,65 @@
+//! The Lambda environment contract (DESIGN.md, "Lambda environment").
+
+use domain::record::{DEFAULT_RECORD_TTL_HOURS, MAX_RECORD_TTL_HOURS, MIN_RECORD_TTL_HOURS};
+
+/// Navigation table name.
+pub const NAVIGATION_TABLE: &str = "NAVIGATION_TABLE";
+/// Clients table name.
+pub const CLIENTS_TABLE: &str = "CLIENTS_TABLE";
+/// RD Station config table name.
+pub const RDSTATION_CONFIG_TABLE: &str = "RDSTATION_CONFIG_TABLE";
+/// Tokens table name.
+pub const TOKENS_TABLE: &str = "TOKENS_TABLE";
+/// Hours a navigation record is kept.
+pub const RECORD_TTL_HOURS: &str = "RECORD_TTL_HOURS";
+/// SNS topic for alerts.
+pub const ALERT_TOPIC_ARN: &str = "ALERT_TOPIC_ARN";
+
+/// A missing or invalid environment variable.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    /// Not set.
+    #[error("environment variable {0} is not set")]
+    Missing(&'static str),
+    /// Set to something unusable.
+    #[error("environment variable {name} is invalid: {message}")]
+    Invalid {
+        /// Variable.
+        name: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A required variable.
+pub fn required(name: &'static str) -> Result<String, EnvError> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .ok_or(EnvError::Missing(name))
+}
+
+/// `RECORD_TTL_HOURS`, default 48, bounded.
+pub fn record_ttl_hours() -> Result<u32, EnvError> {
+    match std::env::var(RECORD_TTL_HOURS) {
+        Err(_) => Ok(DEFAULT_RECORD_TTL_HOURS),
+        Ok(v) => parse_ttl_hours(&v).map_err(|message| EnvError::Invalid {
+            name: RECORD_TTL_HOURS,
+            message,
+        }),
+    }
+}
+
+/// Parses a record TTL in hours within its bounds.
+pub fn parse_ttl_hours(v: &str) -> Result<u32, String> {
+    let hours: u32 = v
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{v}' is not a whole number of hours"))?;
+    if !(MIN_RECORD_TTL_HOURS..=MAX_RECORD_TTL_HOURS).contains(&hours) {
+        return Err(format!(
+            "{hours} is outside {MIN_RECORD_TTL_HOURS}..={MAX_RECORD_TTL_HOURS} hours"
+        ));
+    }
+    Ok(hours)
+}

@@ -1,0 +1,523 @@
+//! The transport-free ingest handler.
+
+use crate::cache::{CachedDirectory, DEFAULT_NEGATIVE_TTL, DEFAULT_POSITIVE_TTL};
+use crate::limiter::RateLimiter;
+use domain::record::DEFAULT_RECORD_TTL_HOURS;
+use domain::{
+    AllowedOrigins, ClientConfig, ClientDirectory, Clock, Crm, EventType, FieldError, GtmEvent,
+    NavigationRecord, PutOutcome, RecordStore, StoreError,
+};
+use http::HeaderMap;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Largest request body accepted (GTM events are a few hundred bytes).
+pub const MAX_BODY_BYTES: usize = 32 * 1024;
+/// `Access-Control-Max-Age` of preflight answers, in seconds (browsers cap it at 2 h).
+pub const CORS_MAX_AGE_SECONDS: u32 = 7200;
+/// Seconds a client is told to wait after a store failure.
+pub const RETRY_AFTER_UNAVAILABLE_SECONDS: u32 = 1;
+/// Methods allowed on the ingest routes.
+const ALLOWED_METHODS: &str = "POST, OPTIONS";
+/// Headers a preflight is allowed when the browser asks for none in particular.
+const DEFAULT_ALLOWED_HEADERS: &str = "content-type";
+
+/// Settings of the handler.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    /// Hours a record is kept (`RECORD_TTL_HOURS`).
+    pub record_ttl_hours: u32,
+    /// How long found clients are cached.
+    pub client_cache_ttl: Duration,
+    /// How long unknown clients are cached.
+    pub negative_cache_ttl: Duration,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        IngestSettings {
+            record_ttl_hours: DEFAULT_RECORD_TTL_HOURS,
+            client_cache_ttl: DEFAULT_POSITIVE_TTL,
+            negative_cache_ttl: DEFAULT_NEGATIVE_TTL,
+        }
+    }
+}
+
+/// One HTTP request, as any transport delivers it.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestRequest<'a> {
+    /// HTTP method.
+    pub method: &'a str,
+    /// Path (`/responsys`, …).
+    pub path: &'a str,
+    /// Headers (case-insensitive).
+    pub headers: &'a HeaderMap,
+    /// Raw body bytes (already base64-decoded).
+    pub body: &'a [u8],
+    /// Caller's address, for logs.
+    pub source_ip: Option<&'a str>,
+    /// Request id, for logs.
+    pub request_id: &'a str,
+}
+
+/// What happened to a request, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new record was stored.
+    Stored,
+    /// The `eventId` was seen before; nothing stored.
+    Duplicate,
+    /// A CORS preflight was answered.
+    Preflight,
+    /// Rejected; the string is the error code of the body.
+    Rejected(&'static str),
+    /// Too many requests for the client.
+    RateLimited,
+    /// The store or directory failed.
+    Unavailable,
+}
+
+/// The answer.
+#[derive(Debug, Clone)]
+pub struct IngestResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers (lower-case names).
+    pub headers: Vec<(&'static str, String)>,
+    /// JSON body (empty for 204).
+    pub body: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The route's CRM, when the path was one.
+    pub crm: Option<Crm>,
+    /// The resolved client, if any.
+    pub client_id: Option<String>,
+    /// The event type, if valid.
+    pub event_type: Option<EventType>,
+}
+
+impl IngestResponse {
+    fn new(status: u16, body: Value, outcome: Outcome) -> Self {
+        IngestResponse {
+            status,
+            headers: vec![
+                ("content-type", "application/json".to_owned()),
+                ("cache-control", "no-store".to_owned()),
+            ],
+            body: body.to_string(),
+            outcome,
+            crm: None,
+            client_id: None,
+            event_type: None,
+        }
+    }
+
+    fn error(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        let message: String = message.into();
+        IngestResponse::new(
+            status,
+            json!({"error": code, "message": message}),
+            Outcome::Rejected(code),
+        )
+    }
+
+    fn invalid(details: Vec<FieldError>) -> Self {
+        IngestResponse::new(
+            400,
+            json!({"error": "invalid_event", "details": details}),
+            Outcome::Rejected("invalid_event"),
+        )
+    }
+
+    fn unavailable(e: &StoreError) -> Self {
+        tracing::error!(error = %e, "store or directory unavailable");
+        let mut r = IngestResponse::new(
+            503,
+            json!({"error": "unavailable", "message": "the event could not be stored; retry shortly"}),
+            Outcome::Unavailable,
+        );
+        r.headers
+            .push(("retry-after", RETRY_AFTER_UNAVAILABLE_SECONDS.to_string()));
+        r
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The ingest handler. Its dependencies are ports: a record store, a client directory
+/// (cached here) and a clock.
+pub struct IngestHandler<S, D, C> {
+    store: S,
+    directory: CachedDirectory<D>,
+    clock: C,
+    limiter: RateLimiter,
+    settings: IngestSettings,
+}
+
+impl<S, D, C> std::fmt::Debug for IngestHandler<S, D, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestHandler")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The media type of a `content-type` value, lower-cased, without parameters.
+fn media_type(value: &str) -> String {
+    value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+impl<S: RecordStore, D: ClientDirectory, C: Clock> IngestHandler<S, D, C> {
+    /// A handler over the given ports.
+    pub fn new(store: S, directory: D, clock: C, settings: IngestSettings) -> Self {
+        IngestHandler {
+            store,
+            directory: CachedDirectory::new(
+                directory,
+                settings.client_cache_ttl,
+                settings.negative_cache_ttl,
+            ),
+            clock,
+            limiter: RateLimiter::default(),
+            settings,
+        }
+    }
+
+    /// The record store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Handles one request and logs one line about it.
+    pub async fn handle(&self, req: IngestRequest<'_>) -> IngestResponse {
+        let started = Instant::now();
+        let mut email_hash = None;
+        let mut response = self.route(req, &mut email_hash).await;
+        response.headers.push(("vary", "Origin".to_owned()));
+        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        tracing::info!(
+            requestId = req.request_id,
+            method = req.method,
+            path = req.path,
+            sourceIp = req.source_ip.unwrap_or("-"),
+            crm = response.crm.map_or("-", Crm::as_str),
+            clientId = response.client_id.as_deref().unwrap_or("-"),
+            eventType = response.event_type.map_or("-", EventType::as_str),
+            emailHash = email_hash.as_deref().unwrap_or("-"),
+            status = response.status,
+            outcome = ?response.outcome,
+            latencyUs = latency_us,
+            "ingest"
+        );
+        response
+    }
+
+    async fn route(&self, req: IngestRequest<'_>, email_hash: &mut Option<String>) -> IngestResponse {
+        let Some(crm) = Crm::from_route(req.path) else {
+            return IngestResponse::error(
+                404,
+                "not_found",
+                format!(
+                    "no route {}; post events to /responsys, /salesforce or /rdstation",
+                    req.path
+                ),
+            );
+        };
+        let origin = header(req.headers, "origin");
+        let mut response = match req.method {
+            "OPTIONS" => self.preflight(crm, origin, req.headers).await,
+            "POST" => self.post(crm, origin, req, email_hash).await,
+            other => {
+                let mut r = IngestResponse::error(
+                    405,
+                    "method_not_allowed",
+                    format!("method {other} is not allowed; use POST"),
+                );
+                r.headers.push(("allow", ALLOWED_METHODS.to_owned()));
+                r
+            }
+        };
+        response.crm = Some(crm);
+        response
+    }
+
+    async fn preflight(&self, crm: Crm, origin: Option<&str>, headers: &HeaderMap) -> IngestResponse {
+        let mut r = IngestResponse {
+            status: 204,
+            headers: Vec::new(),
+            body: String::new(),
+            outcome: Outcome::Preflight,
+            crm: Some(crm),
+            client_id: None,
+            event_type: None,
+        };
+        let allowed = match origin {
+            Some(origin) => self.crm_allows(crm, origin).await,
+            None => false,
+        };
+        if let (true, Some(origin)) = (allowed, origin) {
+            let requested = header(headers, "access-control-request-headers")
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .unwrap_or(DEFAULT_ALLOWED_HEADERS);
+            r.headers
+                .push(("access-control-allow-origin", origin.to_owned()));
+            r.headers
+                .push(("access-control-allow-methods", ALLOWED_METHODS.to_owned()));
+            r.headers
+                .push(("access-control-allow-headers", requested.to_owned()));
+            r.headers
+                .push(("access-control-max-age", CORS_MAX_AGE_SECONDS.to_string()));
+        }
+        r
+    }
+
+    /// Whether any active client of `crm` allows `origin` (lookup failures: no).
+    async fn crm_allows(&self, crm: Crm, origin: &str) -> bool {
+        match self.directory.origins_for(crm).await {
+            Ok(origins) => AllowedOrigins(origins).allows(origin),
+            Err(e) => {
+                tracing::warn!(error = %e, crm = crm.as_str(), "origin lookup failed");
+                false
+            }
+        }
+    }
+
+    async fn post(
+        &self,
+        crm: Crm,
+        origin: Option<&str>,
+        req: IngestRequest<'_>,
+        email_hash: &mut Option<String>,
+    ) -> IngestResponse {
+        let (mut response, client) = self.accept(crm, req, email_hash).await;
+        if let Some(origin) = origin {
+            let allowed = match &client {
+                Some(client) => client.allowed_origins.allows(origin),
+                None => self.crm_allows(crm, origin).await,
+            };
+            if allowed {
+                response
+                    .headers
+                    .push(("access-control-allow-origin", origin.to_owned()));
+            }
+        }
+        response
+    }
+
+    async fn accept(
+        &self,
+        crm: Crm,
+        req: IngestRequest<'_>,
+        email_hash: &mut Option<String>,
+    ) -> (IngestResponse, Option<ClientConfig>) {
+        let content_type = header(req.headers, "content-type").map(media_type);
+        match content_type.as_deref() {
+            Some("application/json" | "text/plain") => {}
+            Some(other) => {
+                return (
+                    IngestResponse::error(
+                        415,
+                        "unsupported_media_type",
+                        format!(
+                            "content-type {other} is not accepted; send application/json or text/plain"
+                        ),
+                    ),
+                    None,
+                );
+            }
+            None => {
+                return (
+                    IngestResponse::error(
+                        415,
+                        "unsupported_media_type",
+                        "the content-type header is missing; send application/json or text/plain",
+                    ),
+                    None,
+                );
+            }
+        }
+        if req.body.len() > MAX_BODY_BYTES {
+            return (
+                IngestResponse::error(
+                    413,
+                    "payload_too_large",
+                    format!(
+                        "the body has {} bytes; at most {MAX_BODY_BYTES} are accepted",
+                        req.body.len()
+                    ),
+                ),
+                None,
+            );
+        }
+        let body = req.body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(req.body);
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return (
+                IngestResponse::invalid(vec![FieldError::new(
+                    "body",
+                    "required",
+                    "the body is empty; send a JSON object",
+                )]),
+                None,
+            );
+        }
+        let value: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => {
+                return (
+                    IngestResponse::new(
+                        400,
+                        json!({
+                            "error": "malformed_json",
+                            "message": format!("the body is not valid JSON: {e}"),
+                            "line": e.line(),
+                            "column": e.column(),
+                        }),
+                        Outcome::Rejected("malformed_json"),
+                    ),
+                    None,
+                );
+            }
+        };
+        let event = match GtmEvent::parse(crm, value) {
+            Ok(event) => event,
+            Err(details) => return (IngestResponse::invalid(details), None),
+        };
+        *email_hash = Some(event.email.log_hash());
+        let event_type = event.event_type;
+
+        let client = match self.resolve_client(crm, &event).await {
+            Ok(client) => client,
+            Err(response) => return (*response, None),
+        };
+        let annotate = |mut r: IngestResponse| {
+            r.client_id = Some(client.client_id.to_string());
+            r.event_type = Some(event_type);
+            r
+        };
+        if let Some(rate) = client.rate_limit_per_second {
+            if let Err(wait) = self.limiter.check(&client.client_id, rate, Instant::now()) {
+                let mut r = IngestResponse::new(
+                    429,
+                    json!({"error": "rate_limited", "message": format!("client {} sends more than {rate} events per second; retry later", client.client_id)}),
+                    Outcome::RateLimited,
+                );
+                r.headers
+                    .push(("retry-after", wait.as_secs().max(1).to_string()));
+                return (annotate(r), Some(client));
+            }
+        }
+        let record = NavigationRecord::new(
+            event,
+            client.client_id.clone(),
+            crm,
+            self.clock.now_ms(),
+            self.settings.record_ttl_hours,
+        );
+        let response = match self.store.put_if_absent(&record).await {
+            Ok(PutOutcome::Created) => {
+                IngestResponse::new(202, json!({"recordId": record.record_id}), Outcome::Stored)
+            }
+            Ok(PutOutcome::Duplicate) => IngestResponse::new(
+                200,
+                json!({"recordId": record.record_id, "duplicate": true}),
+                Outcome::Duplicate,
+            ),
+            Err(e) => IngestResponse::unavailable(&e),
+        };
+        (annotate(response), Some(client))
+    }
+
+    /// Finds the client an event belongs to: by `clientId`, or on /rdstation by `tid`.
+    async fn resolve_client(
+        &self,
+        crm: Crm,
+        event: &GtmEvent,
+    ) -> Result<ClientConfig, Box<IngestResponse>> {
+        let client_id = if crm.requires_client_id() {
+            event.client_id.clone()
+        } else {
+            let tid = event.tid.as_deref().unwrap_or_default();
+            match self.directory.rdstation_by_tid(tid).await {
+                Ok(Some(config)) => {
+                    if let Some(given) = &event.client_id {
+                        if *given != config.client_id {
+                            return Err(Box::new(IngestResponse::invalid(vec![FieldError::new(
+                                "clientId",
+                                "mismatch",
+                                "does not match the client configured for this tid; omit clientId on /rdstation",
+                            )])));
+                        }
+                    }
+                    Some(config.client_id)
+                }
+                Ok(None) => {
+                    return Err(Box::new(IngestResponse::error(
+                        404,
+                        "unknown_tid",
+                        "no RD Station client is configured for this tid",
+                    )));
+                }
+                Err(e) => return Err(Box::new(IngestResponse::unavailable(&e))),
+            }
+        };
+        let Some(client_id) = client_id else {
+            return Err(Box::new(IngestResponse::invalid(vec![FieldError::new(
+                "clientId",
+                "required",
+                format!("is required on {}", crm.route()),
+            )])));
+        };
+        let client = match self.directory.client(&client_id).await {
+            Ok(Some(client)) => client,
+            Ok(None) => {
+                return Err(Box::new(IngestResponse::error(
+                    404,
+                    "unknown_client",
+                    format!("client {client_id} is not configured"),
+                )));
+            }
+            Err(e) => return Err(Box::new(IngestResponse::unavailable(&e))),
+        };
+        if !client.active {
+            return Err(Box::new(IngestResponse::error(
+                404,
+                "inactive_client",
+                format!("client {client_id} is not active"),
+            )));
+        }
+        if client.crm != crm {
+            return Err(Box::new(IngestResponse::error(
+                404,
+                "wrong_route",
+                format!(
+                    "client {client_id} delivers to {}; post its events to {}",
+                    client.crm,
+                    client.crm.route()
+                ),
+            )));
+        }
+        Ok(client)
+    }
+}
+
+impl IngestResponse {
+    /// The `access-control-allow-origin` header, if set.
+    pub fn allow_origin(&self) -> Option<&str> {
+        self.header("access-control-allow-origin")
+    }
+}
