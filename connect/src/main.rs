@@ -1,1 +1,94 @@
-fn main() {}
+//! `connect`: run the pipeline locally and operate it.
+
+mod config;
+mod metrics;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Connect: GTM events → Responsys, Salesforce Marketing Cloud, RD Station.
+#[derive(Debug, Parser)]
+#[command(name = "connect", version, about)]
+struct Cli {
+    /// Local store directory.
+    #[arg(long, global = true, value_name = "DIR")]
+    data: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipeline in one process on the embedded SQLite store.
+    Serve {
+        /// TOML configuration file (see connect.example.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Configure the demo clients (demo-responsys, demo-salesforce, demo-rdstation).
+        #[arg(long)]
+        demo: bool,
+        /// Address to listen on [default: 127.0.0.1:3000].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Benchmarks only: validate events but store nothing (measures the HTTP ceiling).
+        #[arg(long, hide = true)]
+        discard: bool,
+    },
+}
+
+fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .init();
+    guard
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let _guard = init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve {
+                config,
+                demo,
+                listen,
+                discard,
+            } => {
+                serve::run(serve::ServeOptions {
+                    config,
+                    data_dir: cli.data,
+                    listen,
+                    demo,
+                    discard,
+                })
+                .await
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

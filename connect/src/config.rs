@@ -1,0 +1,236 @@
+//! The `connect serve` configuration file (TOML). Unknown keys are errors naming the key.
+//!
+//! See `connect.example.toml` at the repository root for every key with its default.
+
+use anyhow::{Context, bail};
+use domain::{AllowedOrigins, ClientConfig, ClientId, Crm, RdStationConfig, Secret};
+use local::Synchronous;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Default listen address of `connect serve`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Default seconds between TTL sweeps of the navigation buffer.
+pub const DEFAULT_SWEEP_INTERVAL_SECONDS: u64 = 300;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[server]`.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// `[store]`.
+    #[serde(default)]
+    pub store: StoreSection,
+    /// `[[clients]]`.
+    #[serde(default)]
+    pub clients: Vec<ClientSection>,
+    /// `[[rdstation]]`.
+    #[serde(default)]
+    pub rdstation: Vec<RdStationSection>,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Listen address (default 127.0.0.1:3000).
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[store]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// Data directory (default ./data; `--data` wins).
+    pub data_dir: Option<PathBuf>,
+    /// `full` (default) or `normal`.
+    pub synchronous: Option<Synchronous>,
+    /// Hours records are kept (default 48, 24..=336).
+    pub record_ttl_hours: Option<u32>,
+    /// Seconds between TTL sweeps (default 300).
+    pub sweep_interval_seconds: Option<u64>,
+}
+
+/// `[[clients]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSection {
+    /// The client's id.
+    pub client_id: String,
+    /// `responsys`, `salesforce` or `rdstation`.
+    pub crm: Crm,
+    /// Default true.
+    #[serde(default = "yes")]
+    pub active: bool,
+    /// CORS origins (`https://www.shop.example`, `https://*.shop.example`, `*`).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Name of the credentials secret.
+    pub secret_name: Option<String>,
+    /// Events per second accepted from this client.
+    pub rate_limit_per_second: Option<u32>,
+    /// CRM target settings, read by delivery.
+    pub target: Option<toml::Value>,
+}
+
+/// `[[rdstation]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RdStationSection {
+    /// GA4 client id.
+    pub tid: String,
+    /// Client it maps to.
+    pub client_id: String,
+    /// API base.
+    pub endpoint: Option<String>,
+    /// API key.
+    pub token: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl FileConfig {
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        FileConfig::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// The clients as domain types, validated.
+    pub fn client_configs(&self) -> anyhow::Result<Vec<ClientConfig>> {
+        let mut seen = std::collections::HashSet::new();
+        self.clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let client_id = ClientId::parse(&c.client_id)
+                    .map_err(|e| anyhow::anyhow!("clients[{i}].client_id: {e}"))?;
+                if !seen.insert(client_id.clone()) {
+                    bail!("clients[{i}].client_id: {client_id} is configured twice");
+                }
+                let target = c
+                    .target
+                    .as_ref()
+                    .map(serde_json::to_value)
+                    .transpose()
+                    .with_context(|| format!("clients[{i}].target"))?;
+                Ok(ClientConfig {
+                    client_id,
+                    crm: c.crm,
+                    active: c.active,
+                    allowed_origins: AllowedOrigins(c.allowed_origins.clone()),
+                    target,
+                    secret_name: c.secret_name.clone(),
+                    rate_limit_per_second: c.rate_limit_per_second,
+                })
+            })
+            .collect()
+    }
+
+    /// The RD Station configs as domain types, validated.
+    pub fn rdstation_configs(&self) -> anyhow::Result<Vec<RdStationConfig>> {
+        self.rdstation
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                if r.tid.trim().is_empty() {
+                    bail!("rdstation[{i}].tid: must not be empty");
+                }
+                Ok(RdStationConfig {
+                    tid: r.tid.clone(),
+                    client_id: ClientId::parse(&r.client_id)
+                        .map_err(|e| anyhow::anyhow!("rdstation[{i}].client_id: {e}"))?,
+                    endpoint: r.endpoint.clone(),
+                    token: r.token.clone().map(Secret::new),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The demo identities of DESIGN.md: one client per CRM, every origin allowed, and the
+/// RD Station tid `GA4.100000000.200000000` → `demo-rdstation`.
+pub fn demo_identities() -> (Vec<ClientConfig>, Vec<RdStationConfig>) {
+    let clients = Crm::ALL
+        .into_iter()
+        .filter_map(|crm| {
+            Some(ClientConfig {
+                client_id: ClientId::parse(&format!("demo-{crm}")).ok()?,
+                crm,
+                active: true,
+                allowed_origins: AllowedOrigins(vec!["*".into()]),
+                target: None,
+                secret_name: Some(format!("/connect/{crm}/demo-{crm}/credentials")),
+                rate_limit_per_second: None,
+            })
+        })
+        .collect();
+    let rd = ClientId::parse("demo-rdstation")
+        .map(|client_id| RdStationConfig {
+            tid: "GA4.100000000.200000000".into(),
+            client_id,
+            endpoint: None,
+            token: None,
+        })
+        .into_iter()
+        .collect();
+    (clients, rd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = FileConfig::parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n")
+            .expect_err("unknown key");
+        assert!(format!("{err:#}").contains("lisen"), "{err:#}");
+        let err = FileConfig::parse("[[clients]]\nclient_id = \"a\"\ncrm = \"responsys\"\norigins = []\n")
+            .expect_err("unknown key");
+        assert!(format!("{err:#}").contains("origins"), "{err:#}");
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../../connect.example.toml");
+        let config = FileConfig::parse(text).expect("example parses");
+        assert!(!config.client_configs().expect("clients").is_empty());
+        config.rdstation_configs().expect("rdstation");
+    }
+
+    #[test]
+    fn bad_client_ids_are_named() {
+        let config =
+            FileConfig::parse("[[clients]]\nclient_id = \"Bad Id\"\ncrm = \"salesforce\"\n")
+                .expect("parses");
+        let err = config.client_configs().expect_err("invalid");
+        assert!(err.to_string().starts_with("clients[0].client_id"), "{err}");
+        let err = FileConfig::parse("[[clients]]\nclient_id = \"a\"\ncrm = \"hubspot\"\n")
+            .expect_err("unknown crm");
+        assert!(format!("{err:#}").contains("hubspot"), "{err:#}");
+    }
+
+    #[test]
+    fn demo_identities_match_the_design() {
+        let (clients, rd) = demo_identities();
+        let ids: Vec<&str> = clients.iter().map(|c| c.client_id.as_str()).collect();
+        assert_eq!(ids, ["demo-responsys", "demo-salesforce", "demo-rdstation"]);
+        assert!(clients.iter().all(|c| c.allowed_origins.allows("https://any.example")));
+        assert_eq!(rd[0].tid, "GA4.100000000.200000000");
+        assert_eq!(rd[0].client_id.as_str(), "demo-rdstation");
+    }
+}
