@@ -78,10 +78,22 @@ impl RecordStore for DynamoRecordStore {
             };
         }
         let marker = HashMap::from([
-            ("recordId".to_owned(), AttributeValue::S(record.record_id.clone())),
-            ("timestamp".to_owned(), AttributeValue::N(MARKER_TIMESTAMP.to_string())),
-            ("marker".to_owned(), AttributeValue::S(MARKER_KIND.to_owned())),
-            ("clientId".to_owned(), AttributeValue::S(record.client_id.to_string())),
+            (
+                "recordId".to_owned(),
+                AttributeValue::S(record.record_id.clone()),
+            ),
+            (
+                "timestamp".to_owned(),
+                AttributeValue::N(MARKER_TIMESTAMP.to_string()),
+            ),
+            (
+                "marker".to_owned(),
+                AttributeValue::S(MARKER_KIND.to_owned()),
+            ),
+            (
+                "clientId".to_owned(),
+                AttributeValue::S(record.client_id.to_string()),
+            ),
             ("ttl".to_owned(), AttributeValue::N(record.ttl.to_string())),
         ]);
         let put = |item, condition: bool| {

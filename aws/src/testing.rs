@@ -18,7 +18,11 @@ pub async fn emulator_config() -> Option<aws_config::SdkConfig> {
         eprintln!("skipped: AWS_ENDPOINT_URL is not set (./scripts/test starts moto server)");
         return None;
     }
-    Some(aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await)
+    Some(
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .load()
+            .await,
+    )
 }
 
 /// A name unique to this test run, for tables and queues.

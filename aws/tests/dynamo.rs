@@ -34,7 +34,9 @@ async fn setup() -> Option<(aws_sdk_dynamodb::Client, TableNames)> {
 
 #[tokio::test]
 async fn records_round_trip_and_duplicates_are_detected_across_timestamps() {
-    let Some((client, names)) = setup().await else { return };
+    let Some((client, names)) = setup().await else {
+        return;
+    };
     let store = DynamoRecordStore::new(client.clone(), &names.navigation);
 
     let first = record(Some("evt-1"), 1_706_457_600_000);
@@ -45,8 +47,14 @@ async fn records_round_trip_and_duplicates_are_detected_across_timestamps() {
     assert_ne!(retry.timestamp, first.timestamp);
     assert_eq!(store.put_if_absent(&retry).await, Ok(PutOutcome::Duplicate));
     // Without an eventId every event is new.
-    assert_eq!(store.put_if_absent(&record(None, 1)).await, Ok(PutOutcome::Created));
-    assert_eq!(store.put_if_absent(&record(None, 1)).await, Ok(PutOutcome::Created));
+    assert_eq!(
+        store.put_if_absent(&record(None, 1)).await,
+        Ok(PutOutcome::Created)
+    );
+    assert_eq!(
+        store.put_if_absent(&record(None, 1)).await,
+        Ok(PutOutcome::Created)
+    );
 
     let item = client
         .get_item()
@@ -58,9 +66,18 @@ async fn records_round_trip_and_duplicates_are_detected_across_timestamps() {
         .expect("get")
         .item
         .expect("stored");
-    assert_eq!(item.get("email"), Some(&AttributeValue::S("ana@example.com".into())));
-    assert_eq!(item.get("productPrice"), Some(&AttributeValue::N("10.5".into())));
-    assert_eq!(item.get("ttl"), Some(&AttributeValue::N(first.ttl.to_string())));
+    assert_eq!(
+        item.get("email"),
+        Some(&AttributeValue::S("ana@example.com".into()))
+    );
+    assert_eq!(
+        item.get("productPrice"),
+        Some(&AttributeValue::N("10.5".into()))
+    );
+    assert_eq!(
+        item.get("ttl"),
+        Some(&AttributeValue::N(first.ttl.to_string()))
+    );
     let back: NavigationRecord = serde_dynamo::from_item(item).expect("decode");
     assert_eq!(back, first);
 
@@ -71,12 +88,17 @@ async fn records_round_trip_and_duplicates_are_detected_across_timestamps() {
         .await
         .expect("scan")
         .count;
-    assert_eq!(count, 4, "the idempotent record and its marker, plus two records without eventId");
+    assert_eq!(
+        count, 4,
+        "the idempotent record and its marker, plus two records without eventId"
+    );
 }
 
 #[tokio::test]
 async fn client_directory_reads_clients_tids_and_origins() {
-    let Some((client, names)) = setup().await else { return };
+    let Some((client, names)) = setup().await else {
+        return;
+    };
     let dir = DynamoClientDirectory::new(client, &names.clients, &names.rdstation);
     let a = ClientConfig {
         client_id: cid("shop-a"),
@@ -111,6 +133,9 @@ async fn client_directory_reads_clients_tids_and_origins() {
         token: Some(Secret::new("api-key".into())),
     };
     dir.put_rdstation(&rd).await.expect("put");
-    assert_eq!(dir.rdstation_by_tid("GA4.100000000.200000000").await, Ok(Some(rd)));
+    assert_eq!(
+        dir.rdstation_by_tid("GA4.100000000.200000000").await,
+        Ok(Some(rd))
+    );
     assert_eq!(dir.rdstation_by_tid("GA4.1.1").await, Ok(None));
 }

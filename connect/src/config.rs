@@ -199,8 +199,10 @@ mod tests {
         let err = FileConfig::parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n")
             .expect_err("unknown key");
         assert!(format!("{err:#}").contains("lisen"), "{err:#}");
-        let err = FileConfig::parse("[[clients]]\nclient_id = \"a\"\ncrm = \"responsys\"\norigins = []\n")
-            .expect_err("unknown key");
+        let err = FileConfig::parse(
+            "[[clients]]\nclient_id = \"a\"\ncrm = \"responsys\"\norigins = []\n",
+        )
+        .expect_err("unknown key");
         assert!(format!("{err:#}").contains("origins"), "{err:#}");
     }
 
@@ -229,7 +231,11 @@ mod tests {
         let (clients, rd) = demo_identities();
         let ids: Vec<&str> = clients.iter().map(|c| c.client_id.as_str()).collect();
         assert_eq!(ids, ["demo-responsys", "demo-salesforce", "demo-rdstation"]);
-        assert!(clients.iter().all(|c| c.allowed_origins.allows("https://any.example")));
+        assert!(
+            clients
+                .iter()
+                .all(|c| c.allowed_origins.allows("https://any.example"))
+        );
         assert_eq!(rd[0].tid, "GA4.100000000.200000000");
         assert_eq!(rd[0].client_id.as_str(), "demo-rdstation");
     }

@@ -58,7 +58,10 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let _guard = init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 /// Largest body read off the socket before answering 413 without parsing it; bodies
 /// between [`MAX_BODY_BYTES`] and this get the handler's own 413.
 pub const SHELL_BODY_LIMIT: usize = MAX_BODY_BYTES * 4;
+/// Bytes of an oversize body read and discarded before answering 413, so that a client
+/// still writing its body can read the answer; past it the connection is closed.
+pub const OVERSIZE_DRAIN_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Options of `connect serve` after CLI and file are merged.
 #[derive(Debug, Clone)]
@@ -75,7 +78,9 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR));
     let listen = match opts.listen.or(file.server.listen) {
         Some(addr) => addr,
-        None => config::DEFAULT_LISTEN.parse().context("default listen address")?,
+        None => config::DEFAULT_LISTEN
+            .parse()
+            .context("default listen address")?,
     };
     let ttl_hours = match file.store.record_ttl_hours {
         Some(h) => check_ttl_hours(h)?,
@@ -240,14 +245,11 @@ async fn ingest_route(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let bytes = match axum::body::to_bytes(body, SHELL_BODY_LIMIT).await {
-        Ok(b) => b,
-        Err(_) => {
-            return json_response(
-                413,
-                serde_json::json!({"error": "payload_too_large", "message": format!("the body is larger than {MAX_BODY_BYTES} bytes")}).to_string(),
-            );
-        }
+    let Some(bytes) = read_body(body).await else {
+        return json_response(
+            413,
+            serde_json::json!({"error": "payload_too_large", "message": format!("the body is larger than {MAX_BODY_BYTES} bytes")}).to_string(),
+        );
     };
     let request_id = headers
         .get("x-request-id")
@@ -281,6 +283,27 @@ async fn ingest_route(
         out.headers_mut().insert("x-request-id", value);
     }
     out
+}
+
+/// Reads a body of at most [`SHELL_BODY_LIMIT`] bytes. A larger one is drained (up to
+/// [`OVERSIZE_DRAIN_LIMIT`]) and `None` returned. A body that fails mid-way reads as what
+/// arrived, which the handler then rejects as malformed.
+async fn read_body(body: Body) -> Option<bytes::Bytes> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { break };
+        total += chunk.len();
+        if total > OVERSIZE_DRAIN_LIMIT {
+            return None;
+        }
+        if total <= SHELL_BODY_LIMIT {
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    (total <= SHELL_BODY_LIMIT).then(|| buf.freeze())
 }
 
 async fn health(State(app): State<Arc<App>>) -> Response {

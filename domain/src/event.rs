@@ -269,10 +269,7 @@ impl EventType {
             .find(|t| t.as_str() == s)
             .ok_or_else(|| {
                 let allowed: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
-                RuleError::new(
-                    "one_of",
-                    format!("must be one of: {}", allowed.join(", ")),
-                )
+                RuleError::new("one_of", format!("must be one of: {}", allowed.join(", ")))
             })
     }
 }
@@ -356,10 +353,7 @@ pub fn parse_price(value: &Value) -> Result<f64, RuleError> {
         _ => None,
     };
     let n = n.ok_or_else(|| {
-        RuleError::new(
-            "number",
-            "must be a number or a numeric string like 199.90",
-        )
+        RuleError::new("number", "must be a number or a numeric string like 199.90")
     })?;
     if !n.is_finite() {
         return Err(RuleError::new("finite", "must be a finite number"));
@@ -475,9 +469,7 @@ impl GtmEvent {
             Some(v) => string_field(&mut errors, "eventType", v, EventType::parse),
         };
         let id_field = |errors: &mut Vec<FieldError>, name: &str, v: Option<Value>| {
-            v.and_then(|v| {
-                string_or_number_field(errors, name, v, |s| bounded_text(s, MAX_ID_LEN))
-            })
+            v.and_then(|v| string_or_number_field(errors, name, v, |s| bounded_text(s, MAX_ID_LEN)))
         };
         let product_id = id_field(&mut errors, "productId", product_id);
         let event_id = id_field(&mut errors, "eventId", event_id);

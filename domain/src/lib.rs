@@ -21,6 +21,6 @@ pub mod time;
 pub use client::{AllowedOrigins, ClientConfig, RdStationConfig};
 pub use crm::Crm;
 pub use event::{ClientId, Email, EventType, FieldError, GtmEvent};
-pub use ports::{Clock, ClientDirectory, PutOutcome, RecordStore, StoreError, SystemClock};
+pub use ports::{ClientDirectory, Clock, PutOutcome, RecordStore, StoreError, SystemClock};
 pub use record::NavigationRecord;
 pub use secret::Secret;

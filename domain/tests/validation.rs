@@ -15,7 +15,9 @@ fn with(field: &str, value: Value) -> Value {
 }
 
 /// (case name, body, expected failing field and rule — or None when valid)
-fn check(crm: Crm, cases: Vec<(&str, Value, Option<(&str, &str)>)>) {
+type Case<'a> = (&'a str, Value, Option<(&'a str, &'a str)>);
+
+fn check(crm: Crm, cases: Vec<Case<'_>>) {
     for (name, body, expected) in cases {
         let result = GtmEvent::parse(crm, body);
         match (expected, result) {
@@ -45,46 +47,143 @@ fn email_rules() {
         Crm::Responsys,
         vec![
             ("plain", with("email", json!("ana@example.com")), None),
-            ("trim+case", with("email", json!("  Ana.Silva@Example.COM ")), None),
-            ("plus", with("email", json!("ana+promo@example.com.br")), None),
-            ("unicode local", with("email", json!("joão@exemplo.com.br")), None),
-            ("unicode domain", with("email", json!("ana@exemplo-ação.com.br")), None),
+            (
+                "trim+case",
+                with("email", json!("  Ana.Silva@Example.COM ")),
+                None,
+            ),
+            (
+                "plus",
+                with("email", json!("ana+promo@example.com.br")),
+                None,
+            ),
+            (
+                "unicode local",
+                with("email", json!("joão@exemplo.com.br")),
+                None,
+            ),
+            (
+                "unicode domain",
+                with("email", json!("ana@exemplo-ação.com.br")),
+                None,
+            ),
             ("cyrillic", with("email", json!("иван@пример.рф")), None),
-            ("missing", json!({"clientId": "c1", "eventType": "lead"}), Some(("email", "required"))),
-            ("null", with("email", Value::Null), Some(("email", "required"))),
-            ("empty", with("email", json!("   ")), Some(("email", "required"))),
+            (
+                "missing",
+                json!({"clientId": "c1", "eventType": "lead"}),
+                Some(("email", "required")),
+            ),
+            (
+                "null",
+                with("email", Value::Null),
+                Some(("email", "required")),
+            ),
+            (
+                "empty",
+                with("email", json!("   ")),
+                Some(("email", "required")),
+            ),
             ("number", with("email", json!(42)), Some(("email", "type"))),
-            ("no at", with("email", json!("ana.example.com")), Some(("email", "format"))),
-            ("two at", with("email", json!("a@b@example.com")), Some(("email", "format"))),
-            ("no tld", with("email", json!("ana@localhost")), Some(("email", "format"))),
-            ("short tld", with("email", json!("ana@example.c")), Some(("email", "format"))),
-            ("space inside", with("email", json!("a na@example.com")), Some(("email", "format"))),
-            ("double dot", with("email", json!("a..na@example.com")), Some(("email", "format"))),
-            ("leading dot", with("email", json!(".ana@example.com")), Some(("email", "format"))),
-            ("empty label", with("email", json!("ana@example..com")), Some(("email", "format"))),
-            ("hyphen label", with("email", json!("ana@-example.com")), Some(("email", "format"))),
-            ("local too long", with("email", json!(format!("{long_local}@example.com"))), Some(("email", "format"))),
-            ("too long", with("email", json!(long_total)), Some(("email", "max_length"))),
-            ("control", with("email", json!("ana\u{0007}@example.com")), Some(("email", "format"))),
+            (
+                "no at",
+                with("email", json!("ana.example.com")),
+                Some(("email", "format")),
+            ),
+            (
+                "two at",
+                with("email", json!("a@b@example.com")),
+                Some(("email", "format")),
+            ),
+            (
+                "no tld",
+                with("email", json!("ana@localhost")),
+                Some(("email", "format")),
+            ),
+            (
+                "short tld",
+                with("email", json!("ana@example.c")),
+                Some(("email", "format")),
+            ),
+            (
+                "space inside",
+                with("email", json!("a na@example.com")),
+                Some(("email", "format")),
+            ),
+            (
+                "double dot",
+                with("email", json!("a..na@example.com")),
+                Some(("email", "format")),
+            ),
+            (
+                "leading dot",
+                with("email", json!(".ana@example.com")),
+                Some(("email", "format")),
+            ),
+            (
+                "empty label",
+                with("email", json!("ana@example..com")),
+                Some(("email", "format")),
+            ),
+            (
+                "hyphen label",
+                with("email", json!("ana@-example.com")),
+                Some(("email", "format")),
+            ),
+            (
+                "local too long",
+                with("email", json!(format!("{long_local}@example.com"))),
+                Some(("email", "format")),
+            ),
+            (
+                "too long",
+                with("email", json!(long_total)),
+                Some(("email", "max_length")),
+            ),
+            (
+                "control",
+                with("email", json!("ana\u{0007}@example.com")),
+                Some(("email", "format")),
+            ),
         ],
     );
-    let ev = GtmEvent::parse(Crm::Responsys, with("email", json!("  Ana@Example.COM "))).expect("valid");
+    let ev =
+        GtmEvent::parse(Crm::Responsys, with("email", json!("  Ana@Example.COM "))).expect("valid");
     assert_eq!(ev.email.as_str(), "ana@example.com");
-    assert!(!format!("{:?}", ev.email).contains("ana"), "Debug must not print the email");
+    assert!(
+        !format!("{:?}", ev.email).contains("ana"),
+        "Debug must not print the email"
+    );
 }
 
 #[test]
 fn event_type_rules() {
-    let mut cases: Vec<(&str, Value, Option<(&str, &str)>)> = EventType::ALL
+    let mut cases: Vec<Case<'_>> = EventType::ALL
         .iter()
         .map(|t| ("each type", with("eventType", json!(t.as_str())), None))
         .collect();
-    cases.push(("unknown", with("eventType", json!("purchased")), Some(("eventType", "one_of"))));
-    cases.push(("case", with("eventType", json!("Purchase")), Some(("eventType", "one_of"))));
-    cases.push(("missing", json!({"clientId": "c1", "email": "a@b.co"}), Some(("eventType", "required"))));
-    cases.push(("array", with("eventType", json!(["lead"])), Some(("eventType", "type"))));
+    cases.push((
+        "unknown",
+        with("eventType", json!("purchased")),
+        Some(("eventType", "one_of")),
+    ));
+    cases.push((
+        "case",
+        with("eventType", json!("Purchase")),
+        Some(("eventType", "one_of")),
+    ));
+    cases.push((
+        "missing",
+        json!({"clientId": "c1", "email": "a@b.co"}),
+        Some(("eventType", "required")),
+    ));
+    cases.push((
+        "array",
+        with("eventType", json!(["lead"])),
+        Some(("eventType", "type")),
+    ));
     check(Crm::Salesforce, cases);
-    let errors = GtmEvent::parse(Crm::Salesforce, with("eventType", json!("nope"))).expect_err("invalid");
+    let errors =
+        GtmEvent::parse(Crm::Salesforce, with("eventType", json!("nope"))).expect_err("invalid");
     assert!(errors[0].message.contains("product_view") && errors[0].message.contains("search"));
 }
 
@@ -96,22 +195,62 @@ fn client_id_rules() {
             ("ok", with("clientId", json!("client-abc_1")), None),
             ("digit first", with("clientId", json!("9shop")), None),
             ("64 chars", with("clientId", json!("a".repeat(64))), None),
-            ("65 chars", with("clientId", json!("a".repeat(65))), Some(("clientId", "format"))),
-            ("upper", with("clientId", json!("Client")), Some(("clientId", "format"))),
-            ("dash first", with("clientId", json!("-shop")), Some(("clientId", "format"))),
-            ("space", with("clientId", json!("my shop")), Some(("clientId", "format"))),
-            ("empty", with("clientId", json!("")), Some(("clientId", "format"))),
-            ("number", with("clientId", json!(12)), Some(("clientId", "type"))),
-            ("missing", json!({"email": "a@b.co", "eventType": "lead"}), Some(("clientId", "required"))),
+            (
+                "65 chars",
+                with("clientId", json!("a".repeat(65))),
+                Some(("clientId", "format")),
+            ),
+            (
+                "upper",
+                with("clientId", json!("Client")),
+                Some(("clientId", "format")),
+            ),
+            (
+                "dash first",
+                with("clientId", json!("-shop")),
+                Some(("clientId", "format")),
+            ),
+            (
+                "space",
+                with("clientId", json!("my shop")),
+                Some(("clientId", "format")),
+            ),
+            (
+                "empty",
+                with("clientId", json!("")),
+                Some(("clientId", "format")),
+            ),
+            (
+                "number",
+                with("clientId", json!(12)),
+                Some(("clientId", "type")),
+            ),
+            (
+                "missing",
+                json!({"email": "a@b.co", "eventType": "lead"}),
+                Some(("clientId", "required")),
+            ),
         ],
     );
     // /rdstation finds the client from tid: clientId is optional, tid required.
     check(
         Crm::RdStation,
         vec![
-            ("tid only", json!({"email": "a@b.co", "eventType": "lead", "tid": "GA4.1.2"}), None),
-            ("no tid", json!({"email": "a@b.co", "eventType": "lead"}), Some(("tid", "required"))),
-            ("empty tid", json!({"email": "a@b.co", "eventType": "lead", "tid": ""}), Some(("tid", "required"))),
+            (
+                "tid only",
+                json!({"email": "a@b.co", "eventType": "lead", "tid": "GA4.1.2"}),
+                None,
+            ),
+            (
+                "no tid",
+                json!({"email": "a@b.co", "eventType": "lead"}),
+                Some(("tid", "required")),
+            ),
+            (
+                "empty tid",
+                json!({"email": "a@b.co", "eventType": "lead", "tid": ""}),
+                Some(("tid", "required")),
+            ),
         ],
     );
 }
@@ -121,17 +260,67 @@ fn url_rules() {
     check(
         Crm::Responsys,
         vec![
-            ("https", with("productUrl", json!("https://shop.example/p/1?x=1")), None),
-            ("http", with("productImage", json!("http://cdn.example/i.jpg")), None),
-            ("port", with("productUrl", json!("https://shop.example:8443/p")), None),
-            ("relative", with("productUrl", json!("/p/1")), Some(("productUrl", "url"))),
-            ("ftp", with("productImage", json!("ftp://cdn.example/i.jpg")), Some(("productImage", "url"))),
-            ("js", with("productUrl", json!("javascript:alert(1)")), Some(("productUrl", "url"))),
-            ("no host", with("productUrl", json!("https:///p")), Some(("productUrl", "url"))),
-            ("space", with("productUrl", json!("https://shop.example/a b")), Some(("productUrl", "url"))),
-            ("2048", with("productUrl", json!(format!("https://s.example/{}", "a".repeat(2048 - 18)))), None),
-            ("2049", with("productUrl", json!(format!("https://s.example/{}", "a".repeat(2049 - 18)))), Some(("productUrl", "max_length"))),
-            ("number", with("productUrl", json!(1)), Some(("productUrl", "type"))),
+            (
+                "https",
+                with("productUrl", json!("https://shop.example/p/1?x=1")),
+                None,
+            ),
+            (
+                "http",
+                with("productImage", json!("http://cdn.example/i.jpg")),
+                None,
+            ),
+            (
+                "port",
+                with("productUrl", json!("https://shop.example:8443/p")),
+                None,
+            ),
+            (
+                "relative",
+                with("productUrl", json!("/p/1")),
+                Some(("productUrl", "url")),
+            ),
+            (
+                "ftp",
+                with("productImage", json!("ftp://cdn.example/i.jpg")),
+                Some(("productImage", "url")),
+            ),
+            (
+                "js",
+                with("productUrl", json!("javascript:alert(1)")),
+                Some(("productUrl", "url")),
+            ),
+            (
+                "no host",
+                with("productUrl", json!("https:///p")),
+                Some(("productUrl", "url")),
+            ),
+            (
+                "space",
+                with("productUrl", json!("https://shop.example/a b")),
+                Some(("productUrl", "url")),
+            ),
+            (
+                "2048",
+                with(
+                    "productUrl",
+                    json!(format!("https://s.example/{}", "a".repeat(2048 - 18))),
+                ),
+                None,
+            ),
+            (
+                "2049",
+                with(
+                    "productUrl",
+                    json!(format!("https://s.example/{}", "a".repeat(2049 - 18))),
+                ),
+                Some(("productUrl", "max_length")),
+            ),
+            (
+                "number",
+                with("productUrl", json!(1)),
+                Some(("productUrl", "type")),
+            ),
         ],
     );
 }
@@ -144,16 +333,48 @@ fn price_rules() {
             ("number", with("productPrice", json!(1299.9)), None),
             ("zero", with("productPrice", json!(0)), None),
             ("integer", with("productPrice", json!(10)), None),
-            ("numeric string", with("productPrice", json!("199.90")), None),
+            (
+                "numeric string",
+                with("productPrice", json!("199.90")),
+                None,
+            ),
             ("comma decimal", with("productPrice", json!("199,90")), None),
             ("null", with("productPrice", Value::Null), None),
-            ("negative", with("productPrice", json!(-1)), Some(("productPrice", "minimum"))),
-            ("huge", with("productPrice", json!(1e300)), Some(("productPrice", "maximum"))),
-            ("huge string", with("productPrice", json!("1e400")), Some(("productPrice", "finite"))),
-            ("nan string", with("productPrice", json!("NaN")), Some(("productPrice", "finite"))),
-            ("text", with("productPrice", json!("cheap")), Some(("productPrice", "number"))),
-            ("bool", with("productPrice", json!(true)), Some(("productPrice", "number"))),
-            ("thousands", with("productPrice", json!("1.299,90")), Some(("productPrice", "number"))),
+            (
+                "negative",
+                with("productPrice", json!(-1)),
+                Some(("productPrice", "minimum")),
+            ),
+            (
+                "huge",
+                with("productPrice", json!(1e300)),
+                Some(("productPrice", "maximum")),
+            ),
+            (
+                "huge string",
+                with("productPrice", json!("1e400")),
+                Some(("productPrice", "finite")),
+            ),
+            (
+                "nan string",
+                with("productPrice", json!("NaN")),
+                Some(("productPrice", "finite")),
+            ),
+            (
+                "text",
+                with("productPrice", json!("cheap")),
+                Some(("productPrice", "number")),
+            ),
+            (
+                "bool",
+                with("productPrice", json!(true)),
+                Some(("productPrice", "number")),
+            ),
+            (
+                "thousands",
+                with("productPrice", json!("1.299,90")),
+                Some(("productPrice", "number")),
+            ),
         ],
     );
     assert_eq!(parse_price(&json!("199,90")), Ok(199.9));
@@ -167,12 +388,36 @@ fn bounded_strings() {
         vec![
             ("numeric product id", with("productId", json!(12345)), None),
             ("id 128", with("productId", json!("x".repeat(128))), None),
-            ("id 129", with("productId", json!("x".repeat(129))), Some(("productId", "max_length"))),
-            ("event id 129", with("eventId", json!("x".repeat(129))), Some(("eventId", "max_length"))),
-            ("name 512 unicode", with("productName", json!("é".repeat(512))), None),
-            ("name 513", with("productName", json!("é".repeat(513))), Some(("productName", "max_length"))),
-            ("name control", with("productName", json!("a\nb")), Some(("productName", "format"))),
-            ("tid object", with("tid", json!({"a": 1})), Some(("tid", "type"))),
+            (
+                "id 129",
+                with("productId", json!("x".repeat(129))),
+                Some(("productId", "max_length")),
+            ),
+            (
+                "event id 129",
+                with("eventId", json!("x".repeat(129))),
+                Some(("eventId", "max_length")),
+            ),
+            (
+                "name 512 unicode",
+                with("productName", json!("é".repeat(512))),
+                None,
+            ),
+            (
+                "name 513",
+                with("productName", json!("é".repeat(513))),
+                Some(("productName", "max_length")),
+            ),
+            (
+                "name control",
+                with("productName", json!("a\nb")),
+                Some(("productName", "format")),
+            ),
+            (
+                "tid object",
+                with("tid", json!({"a": 1})),
+                Some(("tid", "type")),
+            ),
         ],
     );
 }
@@ -196,11 +441,34 @@ fn properties_rules() {
             ("kept", with("cartId", json!("c-58f1")), None),
             ("scalars", with("flags", json!([1, "a", true, null])), None),
             ("50 properties", fifty, None),
-            ("51 properties", fifty_one, Some(("properties", "max_properties"))),
-            ("nested object", with("cart", json!({"id": 1})), Some(("cart", "nested_object"))),
-            ("array of objects", with("items", json!([{"sku": 1}])), Some(("items", "nested_object"))),
-            ("long value", with("note", json!("x".repeat(1025))), Some(("note", "max_length"))),
-            ("long name", with(&"n".repeat(65), json!(1)), Some(("nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn", "property_name"))),
+            (
+                "51 properties",
+                fifty_one,
+                Some(("properties", "max_properties")),
+            ),
+            (
+                "nested object",
+                with("cart", json!({"id": 1})),
+                Some(("cart", "nested_object")),
+            ),
+            (
+                "array of objects",
+                with("items", json!([{"sku": 1}])),
+                Some(("items", "nested_object")),
+            ),
+            (
+                "long value",
+                with("note", json!("x".repeat(1025))),
+                Some(("note", "max_length")),
+            ),
+            (
+                "long name",
+                with(&"n".repeat(65), json!(1)),
+                Some((
+                    "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn",
+                    "property_name",
+                )),
+            ),
             ("total size", too_big, Some(("properties", "max_size"))),
         ],
     );

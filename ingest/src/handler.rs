@@ -226,7 +226,11 @@ impl<S: RecordStore, D: ClientDirectory, C: Clock> IngestHandler<S, D, C> {
         response
     }
 
-    async fn route(&self, req: IngestRequest<'_>, email_hash: &mut Option<String>) -> IngestResponse {
+    async fn route(
+        &self,
+        req: IngestRequest<'_>,
+        email_hash: &mut Option<String>,
+    ) -> IngestResponse {
         let Some(crm) = Crm::from_route(req.path) else {
             return IngestResponse::error(
                 404,
@@ -255,7 +259,12 @@ impl<S: RecordStore, D: ClientDirectory, C: Clock> IngestHandler<S, D, C> {
         response
     }
 
-    async fn preflight(&self, crm: Crm, origin: Option<&str>, headers: &HeaderMap) -> IngestResponse {
+    async fn preflight(
+        &self,
+        crm: Crm,
+        origin: Option<&str>,
+        headers: &HeaderMap,
+    ) -> IngestResponse {
         let mut r = IngestResponse {
             status: 204,
             headers: Vec::new(),
@@ -409,17 +418,17 @@ impl<S: RecordStore, D: ClientDirectory, C: Clock> IngestHandler<S, D, C> {
             r.event_type = Some(event_type);
             r
         };
-        if let Some(rate) = client.rate_limit_per_second {
-            if let Err(wait) = self.limiter.check(&client.client_id, rate, Instant::now()) {
-                let mut r = IngestResponse::new(
-                    429,
-                    json!({"error": "rate_limited", "message": format!("client {} sends more than {rate} events per second; retry later", client.client_id)}),
-                    Outcome::RateLimited,
-                );
-                r.headers
-                    .push(("retry-after", wait.as_secs().max(1).to_string()));
-                return (annotate(r), Some(client));
-            }
+        if let Some(rate) = client.rate_limit_per_second
+            && let Err(wait) = self.limiter.check(&client.client_id, rate, Instant::now())
+        {
+            let mut r = IngestResponse::new(
+                429,
+                json!({"error": "rate_limited", "message": format!("client {} sends more than {rate} events per second; retry later", client.client_id)}),
+                Outcome::RateLimited,
+            );
+            r.headers
+                .push(("retry-after", wait.as_secs().max(1).to_string()));
+            return (annotate(r), Some(client));
         }
         let record = NavigationRecord::new(
             event,
@@ -454,14 +463,14 @@ impl<S: RecordStore, D: ClientDirectory, C: Clock> IngestHandler<S, D, C> {
             let tid = event.tid.as_deref().unwrap_or_default();
             match self.directory.rdstation_by_tid(tid).await {
                 Ok(Some(config)) => {
-                    if let Some(given) = &event.client_id {
-                        if *given != config.client_id {
-                            return Err(Box::new(IngestResponse::invalid(vec![FieldError::new(
-                                "clientId",
-                                "mismatch",
-                                "does not match the client configured for this tid; omit clientId on /rdstation",
-                            )])));
-                        }
+                    if let Some(given) = &event.client_id
+                        && *given != config.client_id
+                    {
+                        return Err(Box::new(IngestResponse::invalid(vec![FieldError::new(
+                            "clientId",
+                            "mismatch",
+                            "does not match the client configured for this tid; omit clientId on /rdstation",
+                        )])));
                     }
                     Some(config.client_id)
                 }

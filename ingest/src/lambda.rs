@@ -61,7 +61,11 @@ pub async fn handle_apigw<S: RecordStore, D: ClientDirectory, C: Clock>(
     to_apigw(response.status, response.headers, response.body)
 }
 
-fn to_apigw(status: u16, headers: Vec<(&'static str, String)>, body: String) -> ApiGatewayProxyResponse {
+fn to_apigw(
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+) -> ApiGatewayProxyResponse {
     let mut out = ApiGatewayProxyResponse::default();
     out.status_code = i64::from(status);
     for (name, value) in headers {

@@ -8,7 +8,9 @@ use aws_lambda_events::apigw::{ApiGatewayProxyRequest, ApiGatewayProxyResponse};
 use aws_lambda_events::encodings::Body;
 use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine;
-use domain::{AllowedOrigins, ClientConfig, ClientId, Crm, NavigationRecord, RdStationConfig, SystemClock};
+use domain::{
+    AllowedOrigins, ClientConfig, ClientId, Crm, NavigationRecord, RdStationConfig, SystemClock,
+};
 use ingest::lambda::handle_apigw;
 use ingest::{IngestHandler, IngestSettings};
 use serde_json::Value;
@@ -40,9 +42,15 @@ async fn setup() -> Option<(Handler, aws_sdk_dynamodb::Client, TableNames)> {
     let names = TableNames::with_prefix(&unique("ingest"));
     create_tables(&ddb, &names).await.expect("tables");
     let dir = DynamoClientDirectory::new(ddb.clone(), &names.clients, &names.rdstation);
-    dir.put_client(&client("client-abc", Crm::Responsys)).await.expect("put");
-    dir.put_client(&client("client-sf", Crm::Salesforce)).await.expect("put");
-    dir.put_client(&client("client-xyz", Crm::RdStation)).await.expect("put");
+    dir.put_client(&client("client-abc", Crm::Responsys))
+        .await
+        .expect("put");
+    dir.put_client(&client("client-sf", Crm::Salesforce))
+        .await
+        .expect("put");
+    dir.put_client(&client("client-xyz", Crm::RdStation))
+        .await
+        .expect("put");
     dir.put_rdstation(&RdStationConfig {
         tid: "GA4.123456789.987654321".into(),
         client_id: ClientId::parse("client-xyz").expect("id"),
@@ -71,7 +79,11 @@ fn header<'a>(r: &'a ApiGatewayProxyResponse, name: &str) -> Option<&'a str> {
     r.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn stored(ddb: &aws_sdk_dynamodb::Client, table: &str, record_id: &str) -> Vec<NavigationRecord> {
+async fn stored(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    record_id: &str,
+) -> Vec<NavigationRecord> {
     let out = ddb
         .query()
         .table_name(table)
@@ -89,7 +101,9 @@ async fn stored(ddb: &aws_sdk_dynamodb::Client, table: &str, record_id: &str) ->
 
 #[tokio::test]
 async fn responsys_json_is_stored_once() {
-    let Some((handler, ddb, names)) = setup().await else { return };
+    let Some((handler, ddb, names)) = setup().await else {
+        return;
+    };
     let r = handle_apigw(&handler, fixture("apigw-responsys-json.json"), "lambda-req").await;
     assert_eq!(r.status_code, 202, "{:?}", r.body);
     assert_eq!(header(&r, "access-control-allow-origin"), Some(ORIGIN));
@@ -103,11 +117,19 @@ async fn responsys_json_is_stored_once() {
     assert_eq!(rec.email.as_str(), "user@example.com", "email lower-cased");
     assert_eq!(rec.crm, Crm::Responsys);
     assert_eq!(rec.product_price, Some(1299.9));
-    assert_eq!(rec.event_id.as_deref(), Some("3f1c9a4e-7d1b-4c55-9d0e-2b8f6a1e0c11"));
+    assert_eq!(
+        rec.event_id.as_deref(),
+        Some("3f1c9a4e-7d1b-4c55-9d0e-2b8f6a1e0c11")
+    );
     assert!(rec.ttl > rec.timestamp / 1000 + 47 * 3600);
 
     // The tag retries: same eventId → 200 duplicate, nothing new stored.
-    let again = handle_apigw(&handler, fixture("apigw-responsys-json.json"), "lambda-req-2").await;
+    let again = handle_apigw(
+        &handler,
+        fixture("apigw-responsys-json.json"),
+        "lambda-req-2",
+    )
+    .await;
     assert_eq!(again.status_code, 200);
     assert_eq!(body(&again)["duplicate"], Value::Bool(true));
     assert_eq!(body(&again)["recordId"].as_str(), Some(id.as_str()));
@@ -116,10 +138,13 @@ async fn responsys_json_is_stored_once() {
 
 #[tokio::test]
 async fn base64_bodies_are_decoded() {
-    let Some((handler, _ddb, _names)) = setup().await else { return };
+    let Some((handler, _ddb, _names)) = setup().await else {
+        return;
+    };
     let mut event = fixture("apigw-responsys-json.json");
     let raw = event.body.take().expect("body");
-    event.body = Some(base64::engine::general_purpose::STANDARD.encode(raw.replace("3f1c9a4e", "aaaaaaaa")));
+    event.body =
+        Some(base64::engine::general_purpose::STANDARD.encode(raw.replace("3f1c9a4e", "aaaaaaaa")));
     event.is_base64_encoded = true;
     let r = handle_apigw(&handler, event, "req").await;
     assert_eq!(r.status_code, 202, "{:?}", r.body);
@@ -133,7 +158,9 @@ async fn base64_bodies_are_decoded() {
 
 #[tokio::test]
 async fn rdstation_text_plain_resolves_the_client_from_tid() {
-    let Some((handler, ddb, names)) = setup().await else { return };
+    let Some((handler, ddb, names)) = setup().await else {
+        return;
+    };
     let r = handle_apigw(&handler, fixture("apigw-rdstation-textplain.json"), "req").await;
     assert_eq!(r.status_code, 202, "{:?}", r.body);
     let id = body(&r)["recordId"].as_str().expect("recordId").to_owned();
@@ -141,10 +168,15 @@ async fn rdstation_text_plain_resolves_the_client_from_tid() {
     let records = stored(&ddb, &names.navigation, &id).await;
     assert_eq!(records[0].crm, Crm::RdStation);
     assert_eq!(records[0].product_name.as_deref(), Some("Tênis Corrida"));
-    assert_eq!(records[0].properties.get("cartId"), Some(&Value::String("c-58f1".into())));
+    assert_eq!(
+        records[0].properties.get("cartId"),
+        Some(&Value::String("c-58f1".into()))
+    );
 
     let mut unknown = fixture("apigw-rdstation-textplain.json");
-    unknown.body = unknown.body.map(|b| b.replace("GA4.123456789.987654321", "GA4.1.1"));
+    unknown.body = unknown
+        .body
+        .map(|b| b.replace("GA4.123456789.987654321", "GA4.1.1"));
     let r = handle_apigw(&handler, unknown, "req").await;
     assert_eq!(r.status_code, 404);
     assert_eq!(body(&r)["error"], "unknown_tid");
@@ -152,8 +184,15 @@ async fn rdstation_text_plain_resolves_the_client_from_tid() {
 
 #[tokio::test]
 async fn missing_email_is_a_400_naming_the_field() {
-    let Some((handler, _ddb, _names)) = setup().await else { return };
-    let r = handle_apigw(&handler, fixture("apigw-salesforce-missing-email.json"), "req").await;
+    let Some((handler, _ddb, _names)) = setup().await else {
+        return;
+    };
+    let r = handle_apigw(
+        &handler,
+        fixture("apigw-salesforce-missing-email.json"),
+        "req",
+    )
+    .await;
     assert_eq!(r.status_code, 400);
     let b = body(&r);
     assert_eq!(b["error"], "invalid_event");
@@ -164,18 +203,28 @@ async fn missing_email_is_a_400_naming_the_field() {
 
 #[tokio::test]
 async fn preflight_is_answered_from_allowed_origins() {
-    let Some((handler, _ddb, _names)) = setup().await else { return };
+    let Some((handler, _ddb, _names)) = setup().await else {
+        return;
+    };
     let r = handle_apigw(&handler, fixture("apigw-salesforce-preflight.json"), "req").await;
     assert_eq!(r.status_code, 204);
     assert_eq!(header(&r, "access-control-allow-origin"), Some(ORIGIN));
-    assert_eq!(header(&r, "access-control-allow-methods"), Some("POST, OPTIONS"));
-    assert_eq!(header(&r, "access-control-allow-headers"), Some("content-type"));
+    assert_eq!(
+        header(&r, "access-control-allow-methods"),
+        Some("POST, OPTIONS")
+    );
+    assert_eq!(
+        header(&r, "access-control-allow-headers"),
+        Some("content-type")
+    );
     assert_eq!(header(&r, "access-control-max-age"), Some("7200"));
     assert!(r.body.is_none());
 
     let mut evil = fixture("apigw-salesforce-preflight.json");
-    evil.headers.insert("origin", "https://evil.example".parse().expect("header"));
-    evil.multi_value_headers.insert("origin", "https://evil.example".parse().expect("header"));
+    evil.headers
+        .insert("origin", "https://evil.example".parse().expect("header"));
+    evil.multi_value_headers
+        .insert("origin", "https://evil.example".parse().expect("header"));
     let r = handle_apigw(&handler, evil, "req").await;
     assert_eq!(r.status_code, 204);
     assert_eq!(header(&r, "access-control-allow-origin"), None);

@@ -86,7 +86,10 @@ async fn concurrent_puts_are_group_committed_and_survive_reopen() {
     }
     store.shutdown().await;
     assert!(
-        store.put_if_absent(&record("shop-a", None, 1)).await.is_err(),
+        store
+            .put_if_absent(&record("shop-a", None, 1))
+            .await
+            .is_err(),
         "a closed store refuses writes"
     );
 
@@ -101,27 +104,57 @@ async fn client_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
     store
-        .upsert_client(&client("shop-a", Crm::Responsys, true, &["https://a.example"]))
+        .upsert_client(&client(
+            "shop-a",
+            Crm::Responsys,
+            true,
+            &["https://a.example"],
+        ))
         .await
         .expect("upsert");
     store
-        .upsert_client(&client("shop-b", Crm::Responsys, true, &["https://*.b.example", "https://a.example"]))
+        .upsert_client(&client(
+            "shop-b",
+            Crm::Responsys,
+            true,
+            &["https://*.b.example", "https://a.example"],
+        ))
         .await
         .expect("upsert");
     store
-        .upsert_client(&client("shop-c", Crm::Responsys, false, &["https://c.example"]))
+        .upsert_client(&client(
+            "shop-c",
+            Crm::Responsys,
+            false,
+            &["https://c.example"],
+        ))
         .await
         .expect("upsert");
     store
-        .upsert_client(&client("shop-d", Crm::Salesforce, true, &["https://d.example"]))
+        .upsert_client(&client(
+            "shop-d",
+            Crm::Salesforce,
+            true,
+            &["https://d.example"],
+        ))
         .await
         .expect("upsert");
-    let a = store.client(&cid("shop-a")).await.expect("read").expect("found");
-    assert_eq!(a, client("shop-a", Crm::Responsys, true, &["https://a.example"]));
+    let a = store
+        .client(&cid("shop-a"))
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(
+        a,
+        client("shop-a", Crm::Responsys, true, &["https://a.example"])
+    );
     assert_eq!(store.client(&cid("nobody")).await, Ok(None));
     assert_eq!(
         store.origins_for(Crm::Responsys).await.expect("origins"),
-        vec!["https://*.b.example".to_string(), "https://a.example".to_string()],
+        vec![
+            "https://*.b.example".to_string(),
+            "https://a.example".to_string()
+        ],
         "active clients of the CRM only, deduplicated"
     );
     // An upsert replaces.
@@ -129,7 +162,14 @@ async fn client_directory() {
         .upsert_client(&client("shop-a", Crm::Responsys, false, &[]))
         .await
         .expect("upsert");
-    assert!(!store.client(&cid("shop-a")).await.expect("read").expect("found").active);
+    assert!(
+        !store
+            .client(&cid("shop-a"))
+            .await
+            .expect("read")
+            .expect("found")
+            .active
+    );
 
     let rd = RdStationConfig {
         tid: "GA4.1.2".into(),
@@ -165,7 +205,8 @@ fn migrations_refuse_a_newer_schema() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join(local::store::DB_FILE);
     let conn = rusqlite::Connection::open(&path).expect("open");
-    conn.pragma_update(None, "user_version", 99).expect("pragma");
+    conn.pragma_update(None, "user_version", 99)
+        .expect("pragma");
     drop(conn);
     let err = SqliteStore::open(dir.path(), StoreOptions::default()).expect_err("too new");
     assert!(err.to_string().contains("newer"), "{err}");

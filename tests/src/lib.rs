@@ -1,1 +1,196 @@
-//! e2e
+//! Helpers for the end-to-end tests: run the real `connect` binary as a child process on
+//! a free port with its own data directory, and read what landed in its SQLite file.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to print its address and answer `/health`.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `connect` binary: `$CONNECT_BIN`, else next to the test executable's `deps/`.
+pub fn connect_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("CONNECT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(format!("connect{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p connect), or set CONNECT_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `connect` process.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Its stderr (JSON logs).
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Starts `connect --data DATA ARGS… --listen 127.0.0.1:0` and waits until it serves
+    /// `/health` (for `serve`).
+    pub fn serve(data: &Path, args: &[&str]) -> Process {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Process::spawn(data, &all, "/health")
+    }
+
+    /// Starts `connect --data DATA ARGS…`, reads the listen address from its first stdout
+    /// line (`… listening on http://ADDR`), and waits for `ready_path` to answer 200.
+    pub fn spawn(data: &Path, args: &[&str], ready_path: &str) -> Process {
+        std::fs::create_dir_all(data).expect("data dir");
+        let log = data.join(format!(
+            "connect-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let mut child = Command::new(connect_bin())
+            .arg("--data")
+            .arg(data)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn connect");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            // Keep draining so the child never blocks on a full pipe.
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        let line = rx.recv_timeout(STARTUP_TIMEOUT).unwrap_or_default();
+        let Some(base) = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|s| s.starts_with("http://"))
+        else {
+            let _ = child.kill();
+            let logs = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("connect did not start (stdout: {line:?}); logs:\n{logs}");
+        };
+        let process = Process {
+            child,
+            base: base.to_owned(),
+            log,
+        };
+        process.wait_ready(ready_path);
+        process
+    }
+
+    fn wait_ready(&self, path: &str) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let addr = self.base.trim_start_matches("http://").to_owned();
+        while Instant::now() < deadline {
+            if http_get_status(&addr, path) == Some(200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{}{path} never answered 200", self.base);
+    }
+
+    /// `base + path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                panic!("connect did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The logs written so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
+}
+
+/// A minimal blocking HTTP GET (readiness checks without a runtime).
+fn http_get_status(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    let head = std::str::from_utf8(&buf[..n]).ok()?;
+    head.split(' ').nth(1)?.parse().ok()
+}
+
+/// Opens the server's SQLite file read-only (WAL allows it while the server runs).
+pub fn open_db(data: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        data.join("connect.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open connect.db")
+}
+
+/// The stored record with this id, as JSON.
+pub fn stored_record(db: &rusqlite::Connection, record_id: &str) -> Option<serde_json::Value> {
+    let item: Option<String> = db
+        .query_row(
+            "SELECT item FROM navigation WHERE record_id = ?1",
+            [record_id],
+            |r| r.get(0),
+        )
+        .ok();
+    item.map(|s| serde_json::from_str(&s).expect("record json"))
+}

@@ -1,0 +1,66 @@
+//! Graceful shutdown, restart on the same data, and crash safety.
+
+use serde_json::json;
+use tests::{Process, open_db};
+
+async fn post_event(http: &reqwest::Client, server: &Process) -> reqwest::Response {
+    let event = json!({"clientId": "demo-responsys", "email": "ana@example.com",
+        "eventType": "product_view", "eventId": "e-1"});
+    http.post(server.url("/responsys"))
+        .header("content-type", "application/json")
+        .body(event.to_string())
+        .send()
+        .await
+        .expect("post")
+}
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_and_data_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut server = Process::serve(&data, &["--demo"]);
+    let http = reqwest::Client::new();
+    let res = post_event(&http, &server).await;
+    assert_eq!(res.status(), 202);
+    let status = server.terminate();
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        server.logs()
+    );
+    assert!(server.logs().contains("stopped cleanly"));
+    let wal = data.join("connect.db-wal");
+    assert!(
+        !wal.exists() || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) == 0,
+        "the WAL is checkpointed on shutdown"
+    );
+
+    let server = Process::serve(&data, &["--demo"]);
+    let res = post_event(&http, &server).await;
+    assert_eq!(
+        res.status(),
+        200,
+        "the event stored before the restart is a duplicate now"
+    );
+    let count: i64 = open_db(&data)
+        .query_row("SELECT COUNT(*) FROM navigation", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(count, 1);
+}
+
+#[test]
+fn bad_config_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[server]\nlisen = \"127.0.0.1:1\"\n").expect("write");
+    let out = std::process::Command::new(tests::connect_bin())
+        .args(["--data"])
+        .arg(dir.path().join("data"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lisen"), "{stderr}");
+}

@@ -1,0 +1,50 @@
+//! End-to-end tests: the real `connect` binary over real HTTP, SQLite on disk.
+
+mod crash;
+mod ingest_http;
+mod lifecycle;
+
+use std::path::Path;
+
+/// A configuration with one client of each kind the tests need.
+pub const CONFIG: &str = r#"
+[store]
+synchronous = "full"
+
+[[clients]]
+client_id = "shop-a"
+crm = "responsys"
+allowed_origins = ["https://www.shop-a.example"]
+
+[[clients]]
+client_id = "shop-off"
+crm = "responsys"
+active = false
+allowed_origins = ["*"]
+
+[[clients]]
+client_id = "shop-sf"
+crm = "salesforce"
+allowed_origins = ["https://*.shop-sf.example"]
+
+[[clients]]
+client_id = "shop-rd"
+crm = "rdstation"
+allowed_origins = ["https://www.shop-rd.example"]
+
+[[clients]]
+client_id = "shop-slow"
+crm = "responsys"
+rate_limit_per_second = 1
+
+[[rdstation]]
+tid = "GA4.1.2"
+client_id = "shop-rd"
+"#;
+
+/// Writes [`CONFIG`] into `dir` and returns its path as a string.
+pub fn write_config(dir: &Path) -> String {
+    let path = dir.join("connect.toml");
+    std::fs::write(&path, CONFIG).expect("write config");
+    path.to_string_lossy().into_owned()
+}
