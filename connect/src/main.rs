@@ -68,7 +68,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async move {
+    // The command runs as a spawned task so that all its work is spread over the worker
+    // threads (a future driven by `block_on` itself runs on the main thread only).
+    let task = runtime.spawn(async move {
         match cli.command {
             Command::Serve {
                 config,
@@ -87,6 +89,9 @@ fn main() -> std::process::ExitCode {
             }
         }
     });
+    let result = runtime
+        .block_on(task)
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("the command panicked: {e}")));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,8 +1,9 @@
 //! Embedded adapters of Connect's ports on SQLite, for `connect serve`.
 //!
 //! One database file (`connect.db` under the data directory) in WAL mode holds every
-//! table: the navigation buffer, its change feed (written in the same transaction as
-//! each insert, as DynamoDB Streams would emit it), clients and RD Station config.
+//! table: the navigation buffer — append-only, so its insertion order (`seq`) is the
+//! change feed, committed atomically with each record as DynamoDB Streams would emit
+//! it — consumers' checkpoints, clients and RD Station config.
 //!
 //! Writes go through one writer thread that groups concurrent requests into one
 //! transaction ([`store::SqliteStore`]: group commit), so throughput does not collapse to
@@ -11,4 +12,4 @@
 pub mod schema;
 pub mod store;
 
-pub use store::{SqliteStore, StoreOptions, Synchronous};
+pub use store::{Change, SqliteStore, StoreOptions, Synchronous};

@@ -5,25 +5,26 @@ use rusqlite::Connection;
 /// Migrations, in order; entry `i` brings the schema from version `i` to `i + 1`.
 /// Never edit a released entry: append a new one.
 pub const MIGRATIONS: &[&str] = &[
-    // 1: navigation buffer, change feed, consumers' checkpoints, clients, RD Station config.
+    // 1: navigation buffer (which is also the change feed), consumers' checkpoints,
+    // clients, RD Station config.
+    //
+    // `navigation` is a rowid table: rows are appended in arrival order (`seq`), with
+    // no secondary index (a table or index keyed by the random record id dirties a page
+    // per insert). Duplicates are found by the writer (see `store::Writer`); expired
+    // records are swept in `seq` order. Only what queries need is a column; the rest is
+    // in `item` (the record as JSON; `json_extract` reaches it).
+    // The change feed is the table itself: a record and its feed position (`seq`) are
+    // committed together, and consumers keep a checkpoint in `checkpoints`. The sweeper
+    // never deletes records past the slowest checkpoint, nor the newest record (so
+    // `max(seq) + 1` never goes back; AUTOINCREMENT would cost a write per insert).
     r#"
     CREATE TABLE navigation (
-        record_id  TEXT PRIMARY KEY,
-        timestamp  INTEGER NOT NULL,
-        client_id  TEXT NOT NULL,
-        crm        TEXT NOT NULL,
-        event_type TEXT NOT NULL,
-        ttl        INTEGER NOT NULL,
-        item       TEXT NOT NULL
-    ) WITHOUT ROWID;
-    CREATE INDEX navigation_by_ttl ON navigation (ttl);
-    CREATE TABLE change_feed (
-        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-        event_name TEXT NOT NULL CHECK (event_name IN ('INSERT', 'MODIFY', 'REMOVE')),
+        seq        INTEGER PRIMARY KEY,
         record_id  TEXT NOT NULL,
         crm        TEXT NOT NULL,
-        new_image  TEXT,
-        created_at INTEGER NOT NULL
+        ttl        INTEGER NOT NULL,
+        event_id   TEXT,
+        item       TEXT NOT NULL
     );
     CREATE TABLE checkpoints (
         consumer TEXT PRIMARY KEY,

@@ -7,6 +7,7 @@ use domain::{
     RecordStore, StoreError,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -15,14 +16,39 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "connect.db";
+/// Lock file that keeps a second process off the same data directory (the writer's
+/// in-memory dedup set must see every insert).
+pub const LOCK_FILE: &str = "connect.lock";
 /// Most record inserts grouped into one transaction.
 pub const MAX_GROUP_COMMIT: usize = 512;
 /// Writes queued for the writer thread before callers wait (back-pressure).
 pub const WRITE_QUEUE_CAPACITY: usize = 8192;
 /// How long a connection waits on a lock held by another process before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Page cache per connection, in KiB (negative `cache_size` = KiB): large enough that
+/// the B-tree pages touched by inserts stay in memory instead of being re-read.
+pub const CACHE_SIZE_KIB: i64 = -64 * 1024;
+/// How often a background thread copies committed WAL pages into the database file
+/// (PASSIVE: never blocks the writer). The writer's own auto-checkpoint (every 1000
+/// pages) then finds little left to copy, so commits do not stall on checkpoint I/O,
+/// and it still resets the WAL so the file stays small.
+pub const BACKGROUND_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 /// Most expired records deleted per sweep transaction (keeps write pauses short).
 pub const SWEEP_CHUNK: usize = 1000;
+
+/// One insert of the change feed (the local stand-in for a DynamoDB Streams INSERT
+/// record with its NEW_IMAGE).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// Position in the feed: the record's `seq`, strictly increasing.
+    pub seq: i64,
+    /// The record's CRM.
+    pub crm: Crm,
+    /// The record's id.
+    pub record_id: String,
+    /// The record as stored (JSON).
+    pub new_image: String,
+}
 
 /// SQLite `synchronous` setting of the writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -48,16 +74,27 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 enum Op {
     Put {
         record_id: String,
-        timestamp: i64,
-        client_id: String,
         crm: Crm,
-        event_type: &'static str,
         ttl: i64,
         item: String,
+        event_id: Option<String>,
         reply: oneshot::Sender<Result<PutOutcome, StoreError>>,
+    },
+    Sweep {
+        now_s: i64,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
     },
     Job(Job),
     Shutdown,
+}
+
+/// The dedup key of an idempotent record: the first 128 bits of SHA-256(recordId).
+fn dedup_key(record_id: &str) -> u128 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(record_id.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(bytes)
 }
 
 struct Inner {
@@ -65,7 +102,10 @@ struct Inner {
     tx: mpsc::Sender<Op>,
     reader: Mutex<Connection>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
     last_change: watch::Receiver<i64>,
+    /// Held until shutdown: one process per data directory.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 /// The embedded store. Cheap to clone (a handle); [`SqliteStore::shutdown`] closes it.
@@ -109,6 +149,9 @@ pub enum OpenError {
         /// Why.
         source: schema::SchemaError,
     },
+    /// Another process holds the data directory.
+    #[error("{0} is in use by another connect process (lock file {1})")]
+    Locked(PathBuf, PathBuf),
     /// The writer thread could not start.
     #[error("cannot start the writer thread: {0}")]
     Thread(std::io::Error),
@@ -136,6 +179,8 @@ fn open_conn(path: &Path, synchronous: Synchronous) -> Result<Connection, rusqli
         },
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "cache_size", CACHE_SIZE_KIB)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
 }
 
@@ -146,6 +191,19 @@ impl SqliteStore {
             path: dir.to_owned(),
             source,
         })?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| OpenError::Dir {
+                path: lock_path.clone(),
+                source,
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(OpenError::Locked(dir.to_owned(), lock_path));
+        }
         let path = dir.join(DB_FILE);
         let sqlite = |source| OpenError::Sqlite {
             path: path.clone(),
@@ -158,15 +216,27 @@ impl SqliteStore {
         })?;
         let reader = open_conn(&path, options.synchronous).map_err(sqlite)?;
         let last_seq: i64 = writer
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM change_feed", [], |r| {
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM navigation", [], |r| {
                 r.get(0)
             })
             .map_err(sqlite)?;
+        let dedup = load_dedup(&writer).map_err(sqlite)?;
+        let checkpoint_conn = open_conn(&path, options.synchronous).map_err(sqlite)?;
+        let (stop_checkpoints, stop_rx) = std::sync::mpsc::channel();
+        let checkpointer = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(&checkpoint_conn, &stop_rx))
+            .map_err(OpenError::Thread)?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
         let (change_tx, last_change) = watch::channel(last_seq);
+        let mut state = Writer {
+            conn: writer,
+            dedup,
+            changes: change_tx,
+        };
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx, change_tx))
+            .spawn(move || state.run(rx))
             .map_err(OpenError::Thread)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -174,7 +244,9 @@ impl SqliteStore {
                 tx,
                 reader: Mutex::new(reader),
                 writer: Mutex::new(Some(handle)),
+                checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
                 last_change,
+                lock: Mutex::new(Some(lock)),
             }),
         })
     }
@@ -275,20 +347,23 @@ impl SqliteStore {
         .await
     }
 
-    /// Deletes records whose `ttl` (epoch seconds) is at or before `now_s`, in chunks.
-    /// Returns how many were deleted.
+    /// Deletes records whose `ttl` (epoch seconds) is at or before `now_s`, oldest first,
+    /// in chunks, except records whose change-feed entry is still pending (not yet handed
+    /// on by the fanout): an expired record is never deleted before it was routed.
+    /// Records go in arrival order: after the TTL is shortened, newer records wait for
+    /// the older ones. Returns how many were deleted.
     pub async fn sweep_expired(&self, now_s: i64) -> Result<usize, StoreError> {
         let mut total = 0;
         loop {
-            let deleted = self
-                .write(move |conn| {
-                    conn.execute(
-                        "DELETE FROM navigation WHERE record_id IN
-                           (SELECT record_id FROM navigation WHERE ttl <= ?1 LIMIT ?2)",
-                        params![now_s, SWEEP_CHUNK],
-                    )
-                })
-                .await?;
+            let (reply, rx) = oneshot::channel();
+            self.inner
+                .tx
+                .send(Op::Sweep { now_s, reply })
+                .await
+                .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+            let deleted = rx
+                .await
+                .map_err(|_| StoreError::Unavailable("the writer stopped".into()))??;
             total += deleted;
             if deleted < SWEEP_CHUNK {
                 return Ok(total);
@@ -323,121 +398,300 @@ impl SqliteStore {
         .await
     }
 
+    /// Up to `limit` inserts after position `after` of the feed, in order.
+    pub async fn changes_after(&self, after: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, crm, record_id, item FROM navigation
+                     WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![after, limit], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(unavailable)?;
+            let mut changes = Vec::new();
+            for row in rows {
+                let (seq, crm, record_id, new_image) = row.map_err(unavailable)?;
+                changes.push(Change {
+                    seq,
+                    crm: crm
+                        .parse()
+                        .map_err(|e: domain::crm::UnknownCrm| StoreError::Corrupt(e.to_string()))?,
+                    record_id,
+                    new_image,
+                });
+            }
+            Ok(changes)
+        })
+        .await
+    }
+
+    /// The last change-feed sequence number `consumer` has handed on (0 if none).
+    pub async fn checkpoint(&self, consumer: &str) -> Result<i64, StoreError> {
+        let consumer = consumer.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT seq FROM checkpoints WHERE consumer = ?1",
+                [consumer],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|s| s.unwrap_or(0))
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    /// Records that `consumer` handed on every insert up to `seq` (a checkpoint never
+    /// moves back).
+    pub async fn commit_checkpoint(&self, consumer: &str, seq: i64) -> Result<(), StoreError> {
+        let consumer = consumer.to_owned();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO checkpoints (consumer, seq) VALUES (?1, ?2)
+                 ON CONFLICT (consumer) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                params![consumer, seq],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
     /// Stops the writer after the writes already queued, checkpoints the WAL into the
     /// main file, closes the database and waits for the writer thread. Later writes fail
     /// with `Unavailable`.
     pub async fn shutdown(&self) {
+        let checkpointer = self
+            .inner
+            .checkpointer
+            .lock()
+            .ok()
+            .and_then(|mut c| c.take());
+        if let Some((stop, handle)) = checkpointer {
+            drop(stop);
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
         let _ = self.inner.tx.send(Op::Shutdown).await;
         let handle = self.inner.writer.lock().ok().and_then(|mut h| h.take());
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        // The database is closed: another process may take the directory now.
+        drop(self.inner.lock.lock().ok().and_then(|mut l| l.take()));
     }
 }
 
-/// The writer thread: take one op, then whatever else is queued (up to
-/// [`MAX_GROUP_COMMIT`] inserts), commit the inserts in one transaction, answer them.
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Op>, changes: watch::Sender<i64>) {
-    let mut puts = Vec::with_capacity(MAX_GROUP_COMMIT);
-    let mut jobs: Vec<Job> = Vec::new();
-    let mut stopping = false;
-    while let Some(op) = rx.blocking_recv() {
-        let mut next = Some(op);
-        while let Some(op) = next.take() {
-            match op {
-                Op::Put { .. } => puts.push(op),
-                Op::Job(job) => jobs.push(job),
-                Op::Shutdown => stopping = true,
-            }
-            if puts.len() < MAX_GROUP_COMMIT {
-                next = rx.try_recv().ok();
-            }
+/// See [`BACKGROUND_CHECKPOINT_INTERVAL`]. Runs until `stop`'s sender is dropped.
+fn checkpoint_loop(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(BACKGROUND_CHECKPOINT_INTERVAL)
+    {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "background WAL checkpoint failed");
         }
-        if !puts.is_empty() {
-            commit_group(&mut conn, &mut puts, &changes);
-        }
-        for job in jobs.drain(..) {
-            job(&mut conn);
-        }
-        if stopping {
-            break;
-        }
-    }
-    rx.close();
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-    if let Err((_, e)) = conn.close() {
-        tracing::warn!(error = %e, "closing the database failed");
     }
 }
 
-fn commit_group(conn: &mut Connection, puts: &mut Vec<Op>, changes: &watch::Sender<i64>) {
-    let mut results: Vec<Result<PutOutcome, StoreError>> = Vec::with_capacity(puts.len());
-    let mut last_seq = None;
-    let outcome = (|| -> rusqlite::Result<()> {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO navigation (record_id, timestamp, client_id, crm, event_type, ttl, item)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (record_id) DO NOTHING",
-            )?;
-            let mut feed = tx.prepare_cached(
-                "INSERT INTO change_feed (event_name, record_id, crm, new_image, created_at)
-                 VALUES ('INSERT', ?1, ?2, ?3, ?4)",
-            )?;
-            for op in puts.iter() {
-                let Op::Put {
-                    record_id,
-                    timestamp,
-                    client_id,
-                    crm,
-                    event_type,
-                    ttl,
-                    item,
-                    ..
-                } = op
-                else {
-                    continue;
-                };
-                let result = insert
-                    .execute(params![
+/// The dedup keys of the stored idempotent records (a scan at start-up; the table is
+/// the source of truth, the set its index in memory).
+fn load_dedup(conn: &Connection) -> rusqlite::Result<HashSet<u128>> {
+    let mut stmt = conn.prepare("SELECT record_id FROM navigation WHERE event_id IS NOT NULL")?;
+    let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let mut set = HashSet::new();
+    for id in ids {
+        set.insert(dedup_key(&id?));
+    }
+    Ok(set)
+}
+
+/// The writer thread's state.
+///
+/// Duplicates of idempotent records are found in `dedup`, an in-memory set of the
+/// stored idempotent records' keys, instead of a unique index: random inserts into a
+/// B-tree index dirty one page per record, which doubled the cost of every insert. The
+/// writer is the only writer (one process per data directory, see [`LOCK_FILE`]), so the
+/// set and the table agree; records without `eventId` have random ids and need no check.
+struct Writer {
+    conn: Connection,
+    dedup: HashSet<u128>,
+    changes: watch::Sender<i64>,
+}
+
+impl Writer {
+    /// Takes one op, then whatever else is queued (up to [`MAX_GROUP_COMMIT`] inserts),
+    /// commits the inserts in one transaction and answers them; then runs the other ops.
+    fn run(&mut self, mut rx: mpsc::Receiver<Op>) {
+        let mut puts = Vec::with_capacity(MAX_GROUP_COMMIT);
+        let mut others = Vec::new();
+        let mut stopping = false;
+        while let Some(op) = rx.blocking_recv() {
+            let mut next = Some(op);
+            while let Some(op) = next.take() {
+                match op {
+                    Op::Put { .. } => puts.push(op),
+                    Op::Shutdown => stopping = true,
+                    other => others.push(other),
+                }
+                if puts.len() < MAX_GROUP_COMMIT {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !puts.is_empty() {
+                self.commit_group(&mut puts);
+            }
+            for op in others.drain(..) {
+                match op {
+                    Op::Job(job) => job(&mut self.conn),
+                    Op::Sweep { now_s, reply } => {
+                        let _ = reply.send(self.sweep(now_s).map_err(unavailable));
+                    }
+                    Op::Put { .. } | Op::Shutdown => {}
+                }
+            }
+            if stopping {
+                break;
+            }
+        }
+        rx.close();
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+
+    fn commit_group(&mut self, puts: &mut Vec<Op>) {
+        let started = std::time::Instant::now();
+        let mut outcomes: Vec<PutOutcome> = Vec::with_capacity(puts.len());
+        let mut added: Vec<u128> = Vec::new();
+        let mut last_seq = None;
+        let dedup = &mut self.dedup;
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO navigation (record_id, crm, ttl, event_id, item)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for op in puts.iter() {
+                    let Op::Put {
                         record_id,
-                        timestamp,
-                        client_id,
-                        crm.as_str(),
-                        event_type,
+                        crm,
                         ttl,
-                        item
-                    ])
-                    .and_then(|n| {
-                        if n == 0 {
-                            Ok(PutOutcome::Duplicate)
-                        } else {
-                            feed.execute(params![record_id, crm.as_str(), item, timestamp])?;
-                            last_seq = Some(tx.last_insert_rowid());
-                            Ok(PutOutcome::Created)
-                        }
-                    });
-                results.push(result.map_err(unavailable));
+                        item,
+                        event_id,
+                        ..
+                    } = op
+                    else {
+                        continue;
+                    };
+                    let key = event_id.as_ref().map(|_| dedup_key(record_id));
+                    if key.is_some_and(|k| dedup.contains(&k)) {
+                        outcomes.push(PutOutcome::Duplicate);
+                        continue;
+                    }
+                    insert.execute(params![record_id, crm.as_str(), ttl, event_id, item])?;
+                    last_seq = Some(tx.last_insert_rowid());
+                    if let Some(k) = key {
+                        dedup.insert(k);
+                        added.push(k);
+                    }
+                    outcomes.push(PutOutcome::Created);
+                }
+            }
+            tx.commit()
+        })();
+        tracing::debug!(
+            records = puts.len(),
+            micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "group commit"
+        );
+        // Any failure fails the whole group: nothing of it is acknowledged.
+        let error = result.err().map(|e| {
+            tracing::error!(error = %e, records = puts.len(), "group commit failed");
+            for k in &added {
+                self.dedup.remove(k);
+            }
+            unavailable(e)
+        });
+        if let (None, Some(seq)) = (&error, last_seq) {
+            self.changes.send_replace(seq);
+        }
+        let mut outcomes = outcomes.into_iter();
+        for op in puts.drain(..) {
+            if let Op::Put { reply, .. } = op {
+                let answer = match &error {
+                    Some(e) => Err(e.clone()),
+                    None => outcomes
+                        .next()
+                        .ok_or_else(|| StoreError::Unavailable("not attempted".into())),
+                };
+                let _ = reply.send(answer);
             }
         }
-        tx.commit()
-    })();
-    let commit_error = outcome.err().map(unavailable);
-    if let Some(e) = &commit_error {
-        tracing::error!(error = %e, records = puts.len(), "group commit failed");
-    } else if let Some(seq) = last_seq {
-        changes.send_replace(seq);
     }
-    let mut results = results.into_iter();
-    for op in puts.drain(..) {
-        if let Op::Put { reply, .. } = op {
-            let result = match (&commit_error, results.next()) {
-                (Some(e), _) => Err(e.clone()),
-                (None, Some(r)) => r,
-                (None, None) => Err(StoreError::Unavailable("not attempted".into())),
-            };
-            let _ = reply.send(result);
+
+    /// One chunk of [`SqliteStore::sweep_expired`].
+    fn sweep(&mut self, now_s: i64) -> rusqlite::Result<usize> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Records after the slowest consumer's checkpoint are still to be handed on; the
+        // newest record always stays, so that `seq` never goes back (no AUTOINCREMENT).
+        let (consumed, newest): (i64, i64) = tx.query_row(
+            "SELECT COALESCE((SELECT MIN(seq) FROM checkpoints), 0),
+                    COALESCE((SELECT MAX(seq) FROM navigation), 0)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let keep_from = (consumed + 1).min(newest);
+        let mut expired: Vec<(i64, Option<String>)> = Vec::new();
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT seq, ttl, CASE WHEN event_id IS NULL THEN NULL ELSE record_id END
+                 FROM navigation WHERE seq < ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![keep_from, SWEEP_CHUNK], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (seq, ttl, idempotent_id) = row?;
+                if ttl > now_s {
+                    break;
+                }
+                expired.push((seq, idempotent_id));
+            }
         }
+        let Some(&(last, _)) = expired.last() else {
+            return Ok(0);
+        };
+        tx.execute("DELETE FROM navigation WHERE seq <= ?1", [last])?;
+        tx.commit()?;
+        for (_, id) in &expired {
+            if let Some(id) = id {
+                self.dedup.remove(&dedup_key(id));
+            }
+        }
+        Ok(expired.len())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        tracing::debug!("writer stopped");
     }
 }
 
@@ -450,12 +704,10 @@ impl RecordStore for SqliteStore {
             .tx
             .send(Op::Put {
                 record_id: record.record_id.clone(),
-                timestamp: record.timestamp,
-                client_id: record.client_id.to_string(),
                 crm: record.crm,
-                event_type: record.event_type.as_str(),
                 ttl: record.ttl,
                 item,
+                event_id: record.event_id.clone(),
                 reply,
             })
             .await

@@ -49,23 +49,25 @@ async fn put_if_absent_stores_once_and_feeds_the_change_table() {
     changes.changed().await.expect("change seen");
     assert_eq!(*changes.borrow(), 1);
 
-    let feed: Vec<(String, String, String)> = store
-        .read(|c| {
-            let mut s = c
-                .prepare("SELECT event_name, record_id, new_image FROM change_feed ORDER BY seq")
-                .expect("prepare");
-            let rows = s
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .expect("query");
-            Ok(rows.map(|r| r.expect("row")).collect())
-        })
-        .await
-        .expect("read");
+    let feed = store.changes_after(0, 10).await.expect("feed");
     assert_eq!(feed.len(), 1, "a duplicate must not reach the change feed");
-    assert_eq!(feed[0].0, "INSERT");
-    assert_eq!(feed[0].1, r.record_id);
-    let image: NavigationRecord = serde_json::from_str(&feed[0].2).expect("image");
+    assert_eq!(feed[0].crm, Crm::Responsys);
+    assert_eq!(feed[0].record_id, r.record_id);
+    let image: NavigationRecord = serde_json::from_str(&feed[0].new_image).expect("image");
     assert_eq!(image, r);
+    assert_eq!(store.changes_after(feed[0].seq, 10).await, Ok(vec![]));
+    assert_eq!(store.checkpoint("fanout").await, Ok(0));
+    store
+        .commit_checkpoint("fanout", feed[0].seq)
+        .await
+        .expect("checkpoint");
+    assert_eq!(store.checkpoint("fanout").await, Ok(feed[0].seq));
+    // A checkpoint never moves back.
+    store
+        .commit_checkpoint("fanout", 0)
+        .await
+        .expect("checkpoint");
+    assert_eq!(store.checkpoint("fanout").await, Ok(feed[0].seq));
     store.shutdown().await;
 }
 
@@ -96,6 +98,13 @@ async fn concurrent_puts_are_group_committed_and_survive_reopen() {
     let reopened = SqliteStore::open(dir.path(), StoreOptions::default()).expect("reopen");
     assert_eq!(reopened.record_count().await, Ok(500));
     assert_eq!(*reopened.watch_changes().borrow(), 500);
+    // The dedup set is rebuilt from the table: a retried event is still a duplicate.
+    let retry = record("shop-a", Some("e-7"), 1_706_457_659_000);
+    assert_eq!(
+        reopened.put_if_absent(&retry).await,
+        Ok(PutOutcome::Duplicate)
+    );
+    assert_eq!(reopened.record_count().await, Ok(500));
     reopened.shutdown().await;
 }
 
@@ -192,11 +201,58 @@ async fn sweeper_deletes_only_expired_records() {
     store.put_if_absent(&old).await.expect("put");
     store.put_if_absent(&new).await.expect("put");
     assert_eq!(old.ttl, 1_000_000_000 + 48 * 3600);
+    assert_eq!(
+        store.sweep_expired(new.ttl + 1).await,
+        Ok(0),
+        "records not yet handed on by the fanout are kept even when expired"
+    );
+    let first = store.changes_after(0, 1).await.expect("feed")[0].seq;
+    store
+        .commit_checkpoint("fanout", first)
+        .await
+        .expect("checkpoint");
     assert_eq!(store.sweep_expired(old.ttl - 1).await, Ok(0));
-    assert_eq!(store.sweep_expired(old.ttl).await, Ok(1));
+    assert_eq!(
+        store.sweep_expired(new.ttl + 1).await,
+        Ok(1),
+        "only the consumed one"
+    );
     assert_eq!(store.record(&old.record_id).await, Ok(None));
     assert!(store.record(&new.record_id).await.expect("read").is_some());
     store.health().await.expect("healthy");
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn duplicates_within_one_group_commit_are_detected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .put_if_absent(&record("shop-a", Some("same"), 1_706_457_600_000))
+                .await
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        if t.await.expect("join") == Ok(PutOutcome::Created) {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 1);
+    assert_eq!(store.record_count().await, Ok(1));
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_process_cannot_open_the_same_data_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
+    let err = SqliteStore::open(dir.path(), StoreOptions::default()).expect_err("locked");
+    assert!(err.to_string().contains("in use"), "{err}");
     store.shutdown().await;
 }
 
