@@ -14,6 +14,31 @@ pub const TOKENS_TABLE: &str = "TOKENS_TABLE";
 pub const RECORD_TTL_HOURS: &str = "RECORD_TTL_HOURS";
 /// SNS topic for alerts.
 pub const ALERT_TOPIC_ARN: &str = "ALERT_TOPIC_ARN";
+/// deliver / token: which CRM this function serves.
+pub const CRM: &str = "CRM";
+/// deliver: its queue.
+pub const QUEUE_URL: &str = "QUEUE_URL";
+/// deliver: its dead-letter queue.
+pub const DLQ_URL: &str = "DLQ_URL";
+
+/// fanout: the delivery queue of a CRM (`QUEUE_URL_RESPONSYS`, …).
+pub fn queue_url_var(crm: domain::Crm) -> String {
+    format!("QUEUE_URL_{}", crm.as_str().to_ascii_uppercase())
+}
+
+/// fanout: the dead-letter queue of a CRM (`DLQ_URL_RESPONSYS`, …), where records too
+/// large for a message are put on purpose.
+pub fn dlq_url_var(crm: domain::Crm) -> String {
+    format!("DLQ_URL_{}", crm.as_str().to_ascii_uppercase())
+}
+
+/// A required variable whose name is computed.
+pub fn required_named(name: &str) -> Result<String, EnvError> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| EnvError::MissingNamed(name.to_owned()))
+}
 
 /// A missing or invalid environment variable.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +46,9 @@ pub enum EnvError {
     /// Not set.
     #[error("environment variable {0} is not set")]
     Missing(&'static str),
+    /// Not set (computed name).
+    #[error("environment variable {0} is not set")]
+    MissingNamed(String),
     /// Set to something unusable.
     #[error("environment variable {name} is invalid: {message}")]
     Invalid {

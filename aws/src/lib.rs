@@ -3,6 +3,8 @@
 //! - [`dynamo`]: the navigation table ([`dynamo::DynamoRecordStore`]) and the client and
 //!   RD Station config tables ([`dynamo::DynamoClientDirectory`]), items converted with
 //!   `serde_dynamo` here, never in the domain.
+//! - [`sqs`]: delivery and dead-letter queues ([`sqs::SqsQueues`]).
+//! - [`sns`]: operator alerts ([`sns::SnsAlerts`]).
 //! - [`provision`]: table definitions, used by tests on the AWS API emulator (the
 //!   deployment itself is `serverless.yml`).
 //! - [`env`]: the Lambda environment contract of DESIGN.md.
@@ -13,6 +15,10 @@
 pub mod dynamo;
 pub mod env;
 pub mod provision;
+pub mod sns;
+pub mod sqs;
 pub mod testing;
 
 pub use dynamo::{DynamoClientDirectory, DynamoRecordStore};
+pub use sns::SnsAlerts;
+pub use sqs::SqsQueues;

@@ -5,22 +5,33 @@
 //!   ("parse, don't validate"); every field error is collected, none is fatal alone.
 //! - [`record`]: the stored navigation record and its deterministic id.
 //! - [`client`]: per-client configuration and the RD Station config by `tid`.
-//! - [`ports`]: the traits the handlers are written against (stores, directories, clock).
+//! - [`change`]: change-feed records as the fanout sees them.
+//! - [`delivery`]: the delivery message (queue body) and its attributes.
+//! - [`ports`]: the traits the handlers are written against (stores, directories, queues,
+//!   alerts, clock).
 //! - [`secret`]: a wrapper that never prints its content.
 //!
 //! Every bound is a named constant, documented where it is declared.
 
+pub mod change;
 pub mod client;
 pub mod crm;
+pub mod delivery;
+pub mod emf;
 pub mod event;
 pub mod ports;
 pub mod record;
 pub mod secret;
 pub mod time;
 
+pub use change::{ChangeKind, ChangeRecord, Image};
 pub use client::{AllowedOrigins, ClientConfig, RdStationConfig};
 pub use crm::Crm;
+pub use delivery::DeliveryMessage;
 pub use event::{ClientId, Email, EventType, FieldError, GtmEvent};
-pub use ports::{ClientDirectory, Clock, PutOutcome, RecordStore, StoreError, SystemClock};
+pub use ports::{
+    Alert, AlertSink, ClientDirectory, Clock, OutgoingMessage, PutOutcome, QueueError, QueueKind,
+    QueueSender, RecordStore, SendFailure, StoreError, SystemClock,
+};
 pub use record::NavigationRecord;
 pub use secret::Secret;

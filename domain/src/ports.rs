@@ -64,3 +64,126 @@ impl Clock for SystemClock {
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
     }
 }
+
+/// Which queue of a CRM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueKind {
+    /// The delivery queue.
+    Delivery,
+    /// Its dead-letter queue.
+    DeadLetter,
+}
+
+/// One message to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingMessage {
+    /// Batch entry id: unique in the batch, stable per record across retries
+    /// (`[A-Za-z0-9_-]{1,80}`).
+    pub id: String,
+    /// The body.
+    pub body: String,
+    /// String message attributes.
+    pub attributes: Vec<(String, String)>,
+}
+
+/// An entry of a batch the queue did not accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendFailure {
+    /// The entry id.
+    pub id: String,
+    /// The queue's error code.
+    pub code: String,
+    /// `true` when the entry itself is at fault (retrying it unchanged will fail again).
+    pub sender_fault: bool,
+}
+
+/// A queue operation that failed as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The queue service failed or could not be reached; retrying may work.
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    /// No queue is configured for this CRM.
+    #[error("no {1:?} queue is configured for {0}")]
+    NotConfigured(Crm, QueueKind),
+}
+
+/// Sends messages to the CRM queues (SQS, or the local queue tables).
+#[async_trait]
+pub trait QueueSender: Send + Sync {
+    /// Sends up to 10 messages to one queue. Returns the entries that were not accepted
+    /// (empty: all were).
+    async fn send_batch(
+        &self,
+        crm: Crm,
+        queue: QueueKind,
+        messages: &[OutgoingMessage],
+    ) -> Result<Vec<SendFailure>, QueueError>;
+}
+
+/// An operator alert: never a secret, never a clear email.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    /// What failed (`too_large`, `token_rejected`, …).
+    pub kind: String,
+    /// The function or component raising it (`fanout`, `deliver-responsys`, …).
+    pub source: String,
+    /// The CRM concerned.
+    pub crm: Option<Crm>,
+    /// The client concerned.
+    pub client_id: Option<ClientId>,
+    /// How many occurrences this alert stands for.
+    pub count: u64,
+    /// A sentence for the operator.
+    pub message: String,
+}
+
+/// Where alerts go (SNS on AWS; a log line and an optional webhook locally).
+#[async_trait]
+pub trait AlertSink: Send + Sync {
+    /// Sends one alert. Failing to alert never fails the caller's work: the sink logs.
+    async fn alert(&self, alert: &Alert);
+}
+
+/// Ports are usable through shared references and `Arc`s (one adapter, many users).
+macro_rules! forward_ports {
+    ($($wrapper:ty),*) => {$(
+        #[async_trait]
+        impl<T: QueueSender + ?Sized> QueueSender for $wrapper {
+            async fn send_batch(
+                &self,
+                crm: Crm,
+                queue: QueueKind,
+                messages: &[OutgoingMessage],
+            ) -> Result<Vec<SendFailure>, QueueError> {
+                (**self).send_batch(crm, queue, messages).await
+            }
+        }
+        #[async_trait]
+        impl<T: AlertSink + ?Sized> AlertSink for $wrapper {
+            async fn alert(&self, alert: &Alert) {
+                (**self).alert(alert).await
+            }
+        }
+        #[async_trait]
+        impl<T: RecordStore + ?Sized> RecordStore for $wrapper {
+            async fn put_if_absent(&self, record: &NavigationRecord) -> Result<PutOutcome, StoreError> {
+                (**self).put_if_absent(record).await
+            }
+        }
+        #[async_trait]
+        impl<T: ClientDirectory + ?Sized> ClientDirectory for $wrapper {
+            async fn client(&self, id: &ClientId) -> Result<Option<ClientConfig>, StoreError> {
+                (**self).client(id).await
+            }
+            async fn rdstation_by_tid(&self, tid: &str) -> Result<Option<RdStationConfig>, StoreError> {
+                (**self).rdstation_by_tid(tid).await
+            }
+            async fn origins_for(&self, crm: Crm) -> Result<Vec<String>, StoreError> {
+                (**self).origins_for(crm).await
+            }
+        }
+    )*};
+}
+
+forward_ports!(&T, std::sync::Arc<T>);

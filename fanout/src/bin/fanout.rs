@@ -1,0 +1,89 @@
+//! The `fanout` Lambda: DynamoDB Streams (navigation table, NEW_IMAGE) → the CRM queues.
+//!
+//! Env: `QUEUE_URL_RESPONSYS`, `QUEUE_URL_SALESFORCE`, `QUEUE_URL_RDSTATION`, the matching
+//! `DLQ_URL_*` (records too large for a message are dead-lettered on purpose), and
+//! `ALERT_TOPIC_ARN`. Answers with `batchItemFailures` (ReportBatchItemFailures).
+
+use aws::env::{self, ALERT_TOPIC_ARN};
+use aws::{SnsAlerts, SqsQueues};
+use aws_lambda_events::dynamodb::Event;
+use domain::{Clock, Crm, QueueKind, SystemClock};
+use fanout::lambda::{batch_response, change_records};
+use fanout::{FanoutHandler, FanoutOutcome, FanoutSettings};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+
+/// One EMF line per CRM with what the batch did.
+fn emit_metrics(outcome: &FanoutOutcome) {
+    let now = SystemClock.now_ms();
+    for crm in Crm::ALL {
+        let get =
+            |m: &std::collections::BTreeMap<Crm, u64>| m.get(&crm).copied().unwrap_or(0) as f64;
+        let (routed, dead, failed) = (
+            get(&outcome.routed),
+            get(&outcome.dead_lettered),
+            get(&outcome.failed),
+        );
+        if routed + dead + failed > 0.0 {
+            println!(
+                "{}",
+                domain::emf::line(
+                    now,
+                    &[("crm", crm.as_str())],
+                    &[
+                        ("Routed", routed, "Count"),
+                        ("FanoutDeadLettered", dead, "Count"),
+                        ("FanoutFailed", failed, "Count"),
+                    ],
+                )
+            );
+        }
+    }
+    let skipped = outcome.skipped_total();
+    if skipped > 0 {
+        println!(
+            "{}",
+            domain::emf::line(now, &[], &[("Skipped", skipped as f64, "Count")])
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let mut queues = SqsQueues::new(aws_sdk_sqs::Client::new(&config));
+    for crm in Crm::ALL {
+        queues = queues
+            .with_queue(
+                crm,
+                QueueKind::Delivery,
+                env::required_named(&env::queue_url_var(crm))?,
+            )
+            .with_queue(
+                crm,
+                QueueKind::DeadLetter,
+                env::required_named(&env::dlq_url_var(crm))?,
+            );
+    }
+    let alerts = SnsAlerts::new(
+        aws_sdk_sns::Client::new(&config),
+        env::required(ALERT_TOPIC_ARN)?,
+    );
+    let handler = FanoutHandler::new(
+        queues,
+        alerts,
+        SystemClock,
+        FanoutSettings::default(),
+        "fanout",
+    );
+    let handler = &handler;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| async move {
+        let changes = change_records(&event.payload);
+        let outcome = handler.handle(&changes).await;
+        emit_metrics(&outcome);
+        Ok::<_, Error>(batch_response(outcome.first_failure))
+    }))
+    .await
+}
