@@ -13,8 +13,25 @@ pub fn change_record(record: &EventRecord) -> ChangeRecord {
         .user_identity
         .as_ref()
         .is_some_and(|u| u.type_ == "Service" && u.principal_id == TTL_PRINCIPAL);
-    let item = &record.change.new_image;
-    let image = if item.is_empty() {
+    ChangeRecord {
+        // DynamoDB always sets SequenceNumber; the event id is a non-empty fallback so
+        // that a failure is never reported with an empty identifier.
+        sequence_number: record
+            .change
+            .sequence_number
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| record.event_id.clone()),
+        kind: ChangeKind::parse(&record.event_name),
+        ttl_expiry,
+        image: decode_image(&record.change.new_image),
+    }
+}
+
+/// Decodes a stream NEW_IMAGE: nothing, an idempotency marker, a record, or what could
+/// be read of a malformed item.
+pub fn decode_image(item: &serde_dynamo::Item) -> Image {
+    if item.is_empty() {
         Image::Absent
     } else if item.get("marker").is_some() {
         Image::Marker
@@ -33,19 +50,6 @@ pub fn change_record(record: &EventRecord) -> ChangeRecord {
                 }
             }
         }
-    };
-    ChangeRecord {
-        // DynamoDB always sets SequenceNumber; the event id is a non-empty fallback so
-        // that a failure is never reported with an empty identifier.
-        sequence_number: record
-            .change
-            .sequence_number
-            .clone()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| record.event_id.clone()),
-        kind: ChangeKind::parse(&record.event_name),
-        ttl_expiry,
-        image,
     }
 }
 
