@@ -46,6 +46,24 @@ pub const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 2: the CRM queues and their dead-letter queues, with SQS standard-queue semantics
+    // (see `queues`). A receipt handle is `{seq}-{uuid}`: found by primary key, checked
+    // against `receipt`, so no index takes random inserts.
+    r#"
+    CREATE TABLE queue_messages (
+        seq               INTEGER PRIMARY KEY,
+        queue             TEXT NOT NULL,
+        message_id        TEXT NOT NULL,
+        body              TEXT NOT NULL,
+        attributes        TEXT NOT NULL,
+        sent_at           INTEGER NOT NULL,
+        visible_at        INTEGER NOT NULL,
+        receive_count     INTEGER NOT NULL DEFAULT 0,
+        first_received_at INTEGER,
+        receipt           TEXT
+    );
+    CREATE INDEX queue_messages_ready ON queue_messages (queue, visible_at, seq);
+    "#,
 ];
 
 /// A schema problem.

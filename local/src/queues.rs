@@ -1,0 +1,334 @@
+//! Local queues with the semantics of SQS standard queues: batch send, receive up to N
+//! with a visibility timeout, delete and change visibility by receipt handle,
+//! `ApproximateReceiveCount`, and a move to the dead-letter queue once a message was
+//! received `max_receive_count` times without being deleted. Stored in the same SQLite
+//! file as everything else.
+
+use crate::store::SqliteStore;
+use async_trait::async_trait;
+use domain::{
+    Clock, Crm, OutgoingMessage, QueueError, QueueKind, QueueSender, SendFailure, StoreError,
+};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Receives before a message moves to its DLQ (SQS `maxReceiveCount`).
+pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 5;
+/// SQS limit on messages per receive.
+pub const MAX_RECEIVE_BATCH: usize = 10;
+
+/// The name of a queue: `responsys`, `responsys-dlq`, …
+pub fn queue_name(crm: Crm, kind: QueueKind) -> String {
+    match kind {
+        QueueKind::Delivery => crm.as_str().to_owned(),
+        QueueKind::DeadLetter => format!("{crm}-dlq"),
+    }
+}
+
+/// A received message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedMessage {
+    /// Stable id of the message.
+    pub message_id: String,
+    /// Handle of this receive (delete / change visibility with it).
+    pub receipt_handle: String,
+    /// The body.
+    pub body: String,
+    /// String message attributes.
+    pub attributes: Vec<(String, String)>,
+    /// Times received, this one included (`ApproximateReceiveCount`).
+    pub receive_count: u32,
+    /// When it was sent (epoch ms).
+    pub sent_at_ms: i64,
+}
+
+/// Depth of a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    /// Messages that can be received now.
+    pub visible: u64,
+    /// Messages received and not yet deleted (or delayed).
+    pub in_flight: u64,
+    /// Send time of the oldest message (epoch ms).
+    pub oldest_sent_at_ms: Option<i64>,
+}
+
+/// The local queues of every CRM.
+#[derive(Clone)]
+pub struct LocalQueues {
+    store: SqliteStore,
+    clock: Arc<dyn Clock>,
+    max_receive_count: u32,
+    sent: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for LocalQueues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalQueues")
+            .field("max_receive_count", &self.max_receive_count)
+            .finish()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn to_queue_error(e: StoreError) -> QueueError {
+    QueueError::Unavailable(e.to_string())
+}
+
+impl LocalQueues {
+    /// Queues on `store`; a message moves to its DLQ on the receive after its
+    /// `max_receive_count`-th.
+    pub fn new(store: SqliteStore, clock: Arc<dyn Clock>, max_receive_count: u32) -> Self {
+        LocalQueues {
+            store,
+            clock,
+            max_receive_count: max_receive_count.max(1),
+            sent: watch::channel(0).0,
+        }
+    }
+
+    /// Changes whenever messages are sent (delivery workers wake on it).
+    pub fn watch_sends(&self) -> watch::Receiver<u64> {
+        self.sent.subscribe()
+    }
+
+    /// Sends messages to a queue by name (all or none). Returns their message ids.
+    pub async fn send(
+        &self,
+        queue: &str,
+        messages: Vec<(String, Vec<(String, String)>)>,
+        delay: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let now = self.clock.now_ms();
+        let visible_at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        let queue = queue.to_owned();
+        let ids = self
+            .store
+            .write(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut ids = Vec::with_capacity(messages.len());
+                {
+                    let mut insert = tx.prepare_cached(
+                        "INSERT INTO queue_messages
+                           (queue, message_id, body, attributes, sent_at, visible_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?;
+                    for (body, attributes) in messages {
+                        let id = uuid::Uuid::new_v4().to_string();
+                        let attributes =
+                            serde_json::to_string(&attributes).unwrap_or_else(|_| "[]".into());
+                        insert.execute(params![queue, id, body, attributes, now, visible_at])?;
+                        ids.push(id);
+                    }
+                }
+                tx.commit()?;
+                Ok(ids)
+            })
+            .await?;
+        self.sent.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(ids)
+    }
+
+    /// Receives up to `max` visible messages (at most [`MAX_RECEIVE_BATCH`]) and hides them
+    /// for `visibility`. A message already received `max_receive_count` times moves to
+    /// `dead_letter` instead (when given) and is not returned.
+    pub async fn receive(
+        &self,
+        queue: &str,
+        dead_letter: Option<&str>,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<ReceivedMessage>, StoreError> {
+        let now = self.clock.now_ms();
+        let hidden_until = now + i64::try_from(visibility.as_millis()).unwrap_or(i64::MAX);
+        let (queue, dead_letter) = (queue.to_owned(), dead_letter.map(str::to_owned));
+        let max = max.clamp(1, MAX_RECEIVE_BATCH);
+        let max_receive_count = self.max_receive_count;
+        let moved = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let moved_in_tx = Arc::clone(&moved);
+        let received = self
+            .store
+            .write(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut out = Vec::new();
+                {
+                    let mut select = tx.prepare_cached(
+                        "SELECT seq, message_id, body, attributes, receive_count, sent_at
+                         FROM queue_messages WHERE queue = ?1 AND visible_at <= ?2
+                         ORDER BY visible_at, seq LIMIT ?3",
+                    )?;
+                    let rows = select
+                        .query_map(params![queue, now, max * 2], |r| {
+                            Ok((
+                                r.get::<_, i64>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, String>(2)?,
+                                r.get::<_, String>(3)?,
+                                r.get::<_, u32>(4)?,
+                                r.get::<_, i64>(5)?,
+                            ))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    for (seq, message_id, body, attributes, count, sent_at) in rows {
+                        if out.len() == max {
+                            break;
+                        }
+                        if let Some(dlq) = &dead_letter
+                            && count >= max_receive_count
+                        {
+                            tx.execute(
+                                "UPDATE queue_messages SET queue = ?2, visible_at = ?3,
+                                   receipt = NULL WHERE seq = ?1",
+                                params![seq, dlq, now],
+                            )?;
+                            moved_in_tx.store(true, std::sync::atomic::Ordering::Relaxed);
+                            continue;
+                        }
+                        let receipt = format!("{seq}-{}", uuid::Uuid::new_v4().simple());
+                        tx.execute(
+                            "UPDATE queue_messages SET receive_count = receive_count + 1,
+                               visible_at = ?2, receipt = ?3,
+                               first_received_at = COALESCE(first_received_at, ?4)
+                             WHERE seq = ?1",
+                            params![seq, hidden_until, receipt, now],
+                        )?;
+                        out.push(ReceivedMessage {
+                            message_id,
+                            receipt_handle: receipt,
+                            body,
+                            attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+                            receive_count: count + 1,
+                            sent_at_ms: sent_at,
+                        });
+                    }
+                }
+                tx.commit()?;
+                Ok(out)
+            })
+            .await?;
+        if moved.load(std::sync::atomic::Ordering::Relaxed) {
+            self.sent.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(received)
+    }
+
+    /// Deletes a received message. `false` when the handle is stale (the message was
+    /// received again since, or is gone).
+    pub async fn delete(&self, queue: &str, receipt_handle: &str) -> Result<bool, StoreError> {
+        let Some(seq) = receipt_seq(receipt_handle) else {
+            return Ok(false);
+        };
+        let (queue, receipt) = (queue.to_owned(), receipt_handle.to_owned());
+        self.store
+            .write(move |conn| {
+                conn.execute(
+                    "DELETE FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
+                    params![seq, queue, receipt],
+                )
+                .map(|n| n == 1)
+            })
+            .await
+    }
+
+    /// Sets when a received message becomes visible again (`ChangeMessageVisibility`).
+    pub async fn change_visibility(
+        &self,
+        queue: &str,
+        receipt_handle: &str,
+        timeout: Duration,
+    ) -> Result<bool, StoreError> {
+        let Some(seq) = receipt_seq(receipt_handle) else {
+            return Ok(false);
+        };
+        let visible_at =
+            self.clock.now_ms() + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let (queue, receipt) = (queue.to_owned(), receipt_handle.to_owned());
+        let changed = self
+            .store
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE queue_messages SET visible_at = ?4
+                     WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
+                    params![seq, queue, receipt, visible_at],
+                )
+                .map(|n| n == 1)
+            })
+            .await?;
+        if changed && timeout.is_zero() {
+            self.sent.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(changed)
+    }
+
+    /// Depth of a queue.
+    pub async fn stats(&self, queue: &str) -> Result<QueueStats, StoreError> {
+        let now = self.clock.now_ms();
+        let queue = queue.to_owned();
+        self.store
+            .read(move |conn| {
+                conn.query_row(
+                    "SELECT COALESCE(SUM(visible_at <= ?2), 0), COALESCE(SUM(visible_at > ?2), 0),
+                            MIN(sent_at)
+                     FROM queue_messages WHERE queue = ?1",
+                    params![queue, now],
+                    |r| {
+                        Ok(QueueStats {
+                            visible: r.get(0)?,
+                            in_flight: r.get(1)?,
+                            oldest_sent_at_ms: r.get(2)?,
+                        })
+                    },
+                )
+                .map_err(unavailable)
+            })
+            .await
+    }
+
+    /// When the next hidden message of `queue` becomes visible (epoch ms), if any.
+    pub async fn next_visible_at(&self, queue: &str) -> Result<Option<i64>, StoreError> {
+        let queue = queue.to_owned();
+        self.store
+            .read(move |conn| {
+                conn.query_row(
+                    "SELECT MIN(visible_at) FROM queue_messages WHERE queue = ?1",
+                    [queue],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map(Option::flatten)
+                .map_err(unavailable)
+            })
+            .await
+    }
+}
+
+fn receipt_seq(receipt: &str) -> Option<i64> {
+    receipt.split_once('-')?.0.parse().ok()
+}
+
+#[async_trait]
+impl QueueSender for LocalQueues {
+    async fn send_batch(
+        &self,
+        crm: Crm,
+        queue: QueueKind,
+        messages: &[OutgoingMessage],
+    ) -> Result<Vec<SendFailure>, QueueError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = messages
+            .iter()
+            .map(|m| (m.body.clone(), m.attributes.clone()))
+            .collect();
+        self.send(&queue_name(crm, queue), batch, Duration::ZERO)
+            .await
+            .map_err(to_queue_error)?;
+        Ok(Vec::new())
+    }
+}

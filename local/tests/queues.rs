@@ -1,0 +1,192 @@
+//! SQS semantics of the local queues, with a clock the test moves.
+
+use domain::{Clock, Crm, OutgoingMessage, QueueKind, QueueSender};
+use local::{LocalQueues, SqliteStore, StoreOptions, queue_name};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+#[derive(Default)]
+struct ManualClock(AtomicI64);
+impl ManualClock {
+    fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+fn setup(
+    max_receive_count: u32,
+) -> (
+    tempfile::TempDir,
+    SqliteStore,
+    LocalQueues,
+    Arc<ManualClock>,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
+    let clock = Arc::new(ManualClock(AtomicI64::new(1_000_000)));
+    let queues = LocalQueues::new(store.clone(), clock.clone(), max_receive_count);
+    (dir, store, queues, clock)
+}
+
+fn message(id: &str) -> OutgoingMessage {
+    OutgoingMessage {
+        id: id.into(),
+        body: format!("{{\"n\":\"{id}\"}}"),
+        attributes: vec![
+            ("clientId".into(), "shop-a".into()),
+            ("crm".into(), "responsys".into()),
+        ],
+    }
+}
+
+const VT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn visibility_timeout_and_receive_count() {
+    let (_dir, store, queues, clock) = setup(5);
+    let mut sends = queues.watch_sends();
+    queues
+        .send_batch(
+            Crm::Responsys,
+            QueueKind::Delivery,
+            &[message("a"), message("b")],
+        )
+        .await
+        .expect("send");
+    assert!(
+        sends.has_changed().expect("watch"),
+        "senders wake the workers"
+    );
+    sends.borrow_and_update();
+    let q = queue_name(Crm::Responsys, QueueKind::Delivery);
+    let first = queues.receive(&q, None, 10, VT).await.expect("receive");
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0].body, "{\"n\":\"a\"}");
+    assert_eq!(first[0].attributes, message("a").attributes);
+    assert_eq!(first[0].receive_count, 1);
+    assert!(
+        queues
+            .receive(&q, None, 10, VT)
+            .await
+            .expect("receive")
+            .is_empty(),
+        "hidden"
+    );
+    let stats = queues.stats(&q).await.expect("stats");
+    assert_eq!((stats.visible, stats.in_flight), (0, 2));
+
+    clock.advance(29_999);
+    assert!(
+        queues
+            .receive(&q, None, 10, VT)
+            .await
+            .expect("receive")
+            .is_empty()
+    );
+    clock.advance(1);
+    let second = queues.receive(&q, None, 1, VT).await.expect("receive");
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].message_id, first[0].message_id);
+    assert_eq!(second[0].receive_count, 2);
+    assert_ne!(second[0].receipt_handle, first[0].receipt_handle);
+    // The first receipt is stale now.
+    assert!(
+        !queues
+            .delete(&q, &first[0].receipt_handle)
+            .await
+            .expect("delete")
+    );
+    assert!(
+        queues
+            .delete(&q, &second[0].receipt_handle)
+            .await
+            .expect("delete")
+    );
+    // Change visibility: back at once.
+    assert!(
+        queues
+            .change_visibility(&q, &first[1].receipt_handle, Duration::ZERO)
+            .await
+            .expect("cv")
+    );
+    let again = queues.receive(&q, None, 10, VT).await.expect("receive");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].message_id, first[1].message_id);
+    assert!(
+        queues
+            .change_visibility(&q, &again[0].receipt_handle, Duration::from_secs(120))
+            .await
+            .expect("cv")
+    );
+    assert_eq!(
+        queues.next_visible_at(&q).await.expect("next"),
+        Some(clock.now_ms() + 120_000)
+    );
+    assert!(!queues.delete(&q, "garbage").await.expect("delete"));
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn messages_move_to_the_dlq_after_max_receive_count() {
+    let (_dir, store, queues, clock) = setup(3);
+    let (q, dlq) = (
+        queue_name(Crm::Salesforce, QueueKind::Delivery),
+        queue_name(Crm::Salesforce, QueueKind::DeadLetter),
+    );
+    assert_eq!(dlq, "salesforce-dlq");
+    queues
+        .send_batch(Crm::Salesforce, QueueKind::Delivery, &[message("x")])
+        .await
+        .expect("send");
+    for n in 1..=3 {
+        let got = queues
+            .receive(&q, Some(&dlq), 10, VT)
+            .await
+            .expect("receive");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].receive_count, n);
+        clock.advance(30_000);
+    }
+    assert!(
+        queues
+            .receive(&q, Some(&dlq), 10, VT)
+            .await
+            .expect("receive")
+            .is_empty(),
+        "moved"
+    );
+    let in_dlq = queues.receive(&dlq, None, 10, VT).await.expect("receive");
+    assert_eq!(in_dlq.len(), 1);
+    assert_eq!(in_dlq[0].body, "{\"n\":\"x\"}");
+    assert_eq!(
+        in_dlq[0].attributes,
+        message("x").attributes,
+        "attributes kept"
+    );
+    assert_eq!(queues.stats(&q).await.expect("stats"), Default::default());
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn queues_survive_a_restart() {
+    let (dir, store, queues, clock) = setup(5);
+    queues
+        .send_batch(Crm::RdStation, QueueKind::Delivery, &[message("p")])
+        .await
+        .expect("send");
+    store.shutdown().await;
+    let store = SqliteStore::open(dir.path(), StoreOptions::default()).expect("reopen");
+    let queues = LocalQueues::new(store.clone(), clock, 5);
+    let got = queues
+        .receive("rdstation", None, 10, VT)
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), 1);
+    store.shutdown().await;
+}
