@@ -26,6 +26,9 @@ pub struct FileConfig {
     /// `[store]`.
     #[serde(default)]
     pub store: StoreSection,
+    /// `[queues]`.
+    #[serde(default)]
+    pub queues: QueuesSection,
     /// `[[clients]]`.
     #[serde(default)]
     pub clients: Vec<ClientSection>,
@@ -54,6 +57,14 @@ pub struct StoreSection {
     pub record_ttl_hours: Option<u32>,
     /// Seconds between TTL sweeps (default 300).
     pub sweep_interval_seconds: Option<u64>,
+}
+
+/// `[queues]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueuesSection {
+    /// Receives of a message before it moves to its DLQ (default 5).
+    pub max_receive_count: Option<u32>,
 }
 
 /// `[[clients]]`.

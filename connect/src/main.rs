@@ -1,7 +1,9 @@
 //! `connect`: run the pipeline locally and operate it.
 
+mod bench;
 mod config;
 mod metrics;
+mod runtime;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +37,31 @@ enum Command {
         /// Benchmarks only: validate events but store nothing (measures the HTTP ceiling).
         #[arg(long, hide = true)]
         discard: bool,
+    },
+    /// Benchmarks and load generation.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Open-loop load on an ingest route at a fixed rate (demo clients); prints a JSON
+    /// report with answers by status and latency percentiles.
+    Load {
+        /// Base URL of a running `connect serve`.
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        /// Route: responsys, salesforce or rdstation.
+        #[arg(long, default_value = "salesforce")]
+        route: String,
+        /// Requests per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
 }
 
@@ -84,6 +111,23 @@ fn main() -> std::process::ExitCode {
                     listen,
                     demo,
                     discard,
+                })
+                .await
+            }
+            Command::Bench {
+                command:
+                    BenchCommand::Load {
+                        url,
+                        route,
+                        rate,
+                        seconds,
+                    },
+            } => {
+                bench::load(bench::LoadOptions {
+                    url,
+                    route,
+                    rate,
+                    seconds,
                 })
                 .await
             }

@@ -1,5 +1,7 @@
 //! Prometheus metrics of `connect serve` (same names as the Lambda EMF metrics).
 
+use domain::{ChangeRecord, Image};
+use fanout::FanoutOutcome;
 use ingest::{IngestResponse, Outcome};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,6 +25,13 @@ pub struct CrmLabels {
     pub crm: String,
 }
 
+/// Labels by skip reason.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why.
+    pub reason: String,
+}
+
 /// Labels by route.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -38,6 +47,11 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     stored: Family<CrmLabels, Counter>,
     duplicates: Family<CrmLabels, Counter>,
+    routed: Family<CrmLabels, Counter>,
+    fanout_dead_lettered: Family<CrmLabels, Counter>,
+    fanout_failed: Family<CrmLabels, Counter>,
+    skipped: Family<ReasonLabels, Counter>,
+    fanout_lag: Histogram,
 }
 
 fn latency_histogram() -> Histogram {
@@ -74,12 +88,47 @@ impl Default for Metrics {
             "Events not stored again because their eventId was seen",
             duplicates.clone(),
         );
+        let routed = Family::<CrmLabels, Counter>::default();
+        let fanout_dead_lettered = Family::<CrmLabels, Counter>::default();
+        let fanout_failed = Family::<CrmLabels, Counter>::default();
+        let skipped = Family::<ReasonLabels, Counter>::default();
+        let fanout_lag = latency_histogram();
+        registry.register(
+            "routed",
+            "Records handed on to their CRM's delivery queue (EMF: Routed)",
+            routed.clone(),
+        );
+        registry.register(
+            "fanout_dead_lettered",
+            "Records put on their CRM's DLQ by the fanout: too large, malformed, refused (EMF: FanoutDeadLettered)",
+            fanout_dead_lettered.clone(),
+        );
+        registry.register(
+            "fanout_failed",
+            "Records the fanout could not hand on this time; they are given again (EMF: FanoutFailed)",
+            fanout_failed.clone(),
+        );
+        registry.register(
+            "skipped",
+            "Changes the fanout skipped, by reason (EMF: Skipped)",
+            skipped.clone(),
+        );
+        registry.register(
+            "fanout_lag_seconds",
+            "From a record's receipt to its message on the delivery queue",
+            fanout_lag.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
             stored,
             duplicates,
+            routed,
+            fanout_dead_lettered,
+            fanout_failed,
+            skipped,
+            fanout_lag,
         }
     }
 }
@@ -109,6 +158,40 @@ impl Metrics {
                     .inc();
             }
             _ => {}
+        }
+    }
+
+    /// Records what one fanout batch did; `now_ms` is when its sends returned.
+    pub fn observe_fanout(&self, outcome: &FanoutOutcome, records: &[ChangeRecord], now_ms: i64) {
+        let by_crm = |family: &Family<CrmLabels, Counter>,
+                      counts: &std::collections::BTreeMap<domain::Crm, u64>| {
+            for (crm, n) in counts {
+                family
+                    .get_or_create(&CrmLabels {
+                        crm: crm.as_str().to_owned(),
+                    })
+                    .inc_by(*n);
+            }
+        };
+        by_crm(&self.routed, &outcome.routed);
+        by_crm(&self.fanout_dead_lettered, &outcome.dead_lettered);
+        by_crm(&self.fanout_failed, &outcome.failed);
+        for (reason, n) in &outcome.skipped {
+            self.skipped
+                .get_or_create(&ReasonLabels {
+                    reason: reason.as_str().to_owned(),
+                })
+                .inc_by(*n);
+        }
+        let failed_from = outcome.first_failure.as_deref();
+        for record in records {
+            if Some(record.sequence_number.as_str()) == failed_from {
+                break;
+            }
+            if let Image::Record(r) = &record.image {
+                let lag_ms = (now_ms - r.timestamp).max(0);
+                self.fanout_lag.observe(lag_ms as f64 / 1000.0);
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 
 use crate::config::{self, FileConfig};
 use crate::metrics::Metrics;
+use crate::runtime;
 use anyhow::Context;
 use async_trait::async_trait;
 use axum::Router;
@@ -11,8 +12,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use domain::{NavigationRecord, PutOutcome, RecordStore, StoreError, SystemClock};
+use fanout::{FanoutHandler, FanoutSettings};
 use ingest::{IngestHandler, IngestRequest, IngestSettings, MAX_BODY_BYTES};
-use local::{SqliteStore, StoreOptions};
+use local::queues::DEFAULT_MAX_RECEIVE_COUNT;
+use local::{LocalQueues, LogAlerts, SqliteStore, StoreOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,7 +65,7 @@ type Handler = IngestHandler<ServeStore, SqliteStore, SystemClock>;
 struct App {
     handler: Handler,
     store: SqliteStore,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -134,17 +137,45 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             ..IngestSettings::default()
         },
     );
+    let metrics = Arc::new(Metrics::default());
     let app = Arc::new(App {
         handler,
         store: store.clone(),
-        metrics: Metrics::default(),
+        metrics: Arc::clone(&metrics),
     });
+
+    // The change-feed poller: records → the local CRM queues.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let queues = LocalQueues::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        file.queues
+            .max_receive_count
+            .unwrap_or(DEFAULT_MAX_RECEIVE_COUNT),
+    );
+    let fanout = FanoutHandler::new(
+        queues.clone(),
+        LogAlerts,
+        SystemClock,
+        FanoutSettings {
+            max_batch_entries: runtime::fanout::POLL_BATCH,
+            ..FanoutSettings::default()
+        },
+        "fanout",
+    );
+    let fanout_task = tokio::spawn(runtime::fanout::run(
+        store.clone(),
+        fanout,
+        Arc::clone(&metrics),
+        SystemClock,
+        stop_rx,
+    ));
     let router = Router::new()
         .route("/responsys", any(ingest_route))
         .route("/salesforce", any(ingest_route))
         .route("/rdstation", any(ingest_route))
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_route))
         .fallback(any(ingest_route))
         .with_state(Arc::clone(&app));
 
@@ -171,7 +202,12 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     .await
     .context("HTTP server failed")?;
 
-    tracing::info!("shutting down: in-flight requests finished, closing the store");
+    tracing::info!("shutting down: in-flight requests finished; stopping the pollers");
+    let _ = stop_tx.send(true);
+    if let Err(e) = fanout_task.await {
+        tracing::error!(error = %e, "the fanout poller failed");
+    }
+    tracing::info!("closing the store");
     sweeper.abort();
     store.shutdown().await;
     tracing::info!("stopped cleanly");
@@ -320,7 +356,7 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+async fn metrics_route(State(app): State<Arc<App>>) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -28,6 +28,9 @@ pub struct FanoutSettings {
     pub max_message_bytes: usize,
     /// Largest total payload of one batch call.
     pub max_batch_bytes: usize,
+    /// Most entries of one batch call ([`MAX_BATCH_ENTRIES`] for SQS; the local queues
+    /// take more, so that one transaction carries a whole poll).
+    pub max_batch_entries: usize,
 }
 
 impl Default for FanoutSettings {
@@ -38,6 +41,7 @@ impl Default for FanoutSettings {
             max_backoff: Duration::from_secs(2),
             max_message_bytes: MAX_PAYLOAD_BYTES,
             max_batch_bytes: MAX_PAYLOAD_BYTES,
+            max_batch_entries: MAX_BATCH_ENTRIES,
         }
     }
 }

@@ -75,11 +75,11 @@ impl QueueSender for Queues {
             .lock()
             .expect("lock")
             .push((crm, queue, messages.to_vec()));
-        if let Some(n) = self.call_errors.lock().expect("lock").get_mut(&crm) {
-            if *n > 0 {
-                *n -= 1;
-                return Err(QueueError::Unavailable("503".into()));
-            }
+        if let Some(n) = self.call_errors.lock().expect("lock").get_mut(&crm)
+            && *n > 0
+        {
+            *n -= 1;
+            return Err(QueueError::Unavailable("503".into()));
         }
         let mut failures = Vec::new();
         let mut faults = self.entry_faults.lock().expect("lock");

@@ -9,9 +9,11 @@
 //! transaction ([`store::SqliteStore`]: group commit), so throughput does not collapse to
 //! one fsync per event, while every caller is answered only after its commit.
 
+pub mod alerts;
 pub mod queues;
 pub mod schema;
 pub mod store;
 
+pub use alerts::LogAlerts;
 pub use queues::{LocalQueues, QueueStats, ReceivedMessage, queue_name};
 pub use store::{Change, SqliteStore, StoreOptions, Synchronous};

@@ -1,0 +1,138 @@
+//! The change-feed poller: feeds the fanout handler in feed order, with a checkpoint
+//! persisted after each batch. A crash between the send and the checkpoint re-sends that
+//! batch (at-least-once), never skips it. It wakes as soon as an insert commits and takes
+//! whatever accumulated as one batch under load.
+
+use crate::metrics::Metrics;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use domain::{AlertSink, ChangeKind, ChangeRecord, Clock, Image, NavigationRecord, QueueSender};
+use fanout::FanoutHandler;
+use local::{Change, SqliteStore};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Checkpoint name of the fanout in the store.
+pub const CONSUMER: &str = "fanout";
+/// Most changes handed to the handler at once.
+pub const POLL_BATCH: usize = 500;
+/// Longest pause after a failed batch (doubling from 50 ms, jittered).
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+/// Environment variable naming a failpoint (crash tests only).
+pub const FAILPOINT_VAR: &str = "CONNECT_FAILPOINT";
+/// Failpoint: abort the process after a batch was sent, before its checkpoint is saved.
+pub const FAILPOINT_AFTER_SEND: &str = "fanout-after-send";
+
+/// Decodes one local change as a stream record.
+pub fn change_record(change: &Change) -> ChangeRecord {
+    let image = match serde_json::from_str::<NavigationRecord>(&change.new_image) {
+        Ok(record) => Image::Record(Box::new(record)),
+        Err(e) => Image::Malformed {
+            crm: Some(change.crm),
+            record_id: Some(change.record_id.clone()),
+            error: e.to_string(),
+        },
+    };
+    ChangeRecord {
+        sequence_number: change.seq.to_string(),
+        kind: Some(ChangeKind::Insert),
+        ttl_expiry: false,
+        image,
+    }
+}
+
+fn retry_delays() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(MAX_RETRY_DELAY)
+        .without_max_times()
+        .build()
+}
+
+/// Runs until `stop` turns true; the batch in hand is finished (sent and checkpointed)
+/// first.
+pub async fn run<Q, A, C>(
+    store: SqliteStore,
+    handler: FanoutHandler<Q, A, C>,
+    metrics: Arc<Metrics>,
+    clock: C,
+    mut stop: watch::Receiver<bool>,
+) where
+    Q: QueueSender,
+    A: AlertSink,
+    C: Clock,
+{
+    let crash_after_send = std::env::var(FAILPOINT_VAR).is_ok_and(|v| v == FAILPOINT_AFTER_SEND);
+    let mut inserts = store.watch_changes();
+    let mut delays = retry_delays();
+    let mut checkpoint = loop {
+        match store.checkpoint(CONSUMER).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the fanout checkpoint; retrying");
+                if sleep_or_stop(&mut stop, delays.next()).await {
+                    return;
+                }
+            }
+        }
+    };
+    while !*stop.borrow() {
+        inserts.borrow_and_update();
+        let changes = match store.changes_after(checkpoint, POLL_BATCH).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the change feed; retrying");
+                if sleep_or_stop(&mut stop, delays.next()).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(last) = changes.last().map(|c| c.seq) else {
+            tokio::select! {
+                _ = inserts.changed() => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        };
+        let records: Vec<ChangeRecord> = changes.iter().map(change_record).collect();
+        let outcome = handler.handle(&records).await;
+        if crash_after_send {
+            tracing::error!("failpoint {FAILPOINT_AFTER_SEND}: aborting before the checkpoint");
+            std::process::abort();
+        }
+        let now = clock.now_ms();
+        metrics.observe_fanout(&outcome, &records, now);
+        let done = match &outcome.first_failure {
+            None => last,
+            Some(seq) => seq.parse::<i64>().map_or(checkpoint, |s| s - 1),
+        };
+        if done > checkpoint {
+            match store.commit_checkpoint(CONSUMER, done).await {
+                Ok(()) => checkpoint = done,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot save the fanout checkpoint; the batch will be sent again")
+                }
+            }
+        }
+        if outcome.first_failure.is_some() {
+            if sleep_or_stop(&mut stop, delays.next()).await {
+                return;
+            }
+        } else {
+            delays = retry_delays();
+        }
+    }
+}
+
+/// Sleeps `delay` unless `stop` turns true first; returns whether to stop.
+async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, delay: Option<Duration>) -> bool {
+    let delay = delay.unwrap_or(MAX_RETRY_DELAY);
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        _ = stop.changed() => {}
+    }
+    *stop.borrow()
+}
