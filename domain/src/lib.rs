@@ -23,6 +23,7 @@ pub mod ports;
 pub mod record;
 pub mod secret;
 pub mod time;
+pub mod token;
 
 pub use change::{ChangeKind, ChangeRecord, Image};
 pub use client::{AllowedOrigins, ClientConfig, RdStationConfig};
@@ -31,7 +32,9 @@ pub use delivery::DeliveryMessage;
 pub use event::{ClientId, Email, EventType, FieldError, GtmEvent};
 pub use ports::{
     Alert, AlertSink, ClientDirectory, Clock, OutgoingMessage, PutOutcome, QueueError, QueueKind,
-    QueueSender, RecordStore, SendFailure, StoreError, SystemClock,
+    QueueControl, QueueSender, RecordStore, SecretStore, SendFailure, StoreError, SystemClock,
+    TokenStore,
 };
+pub use token::StoredToken;
 pub use record::NavigationRecord;
 pub use secret::Secret;

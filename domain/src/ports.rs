@@ -187,3 +187,39 @@ macro_rules! forward_ports {
 }
 
 forward_ports!(&T, std::sync::Arc<T>);
+
+/// The tokens table.
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    /// The cached token of a client for a CRM.
+    async fn get_token(
+        &self,
+        client: &ClientId,
+        crm: Crm,
+    ) -> Result<Option<crate::token::StoredToken>, StoreError>;
+    /// Stores `token` unless the stored one was issued later (a conditional write: two
+    /// refreshers never leave the older token stored). Returns whether it was written.
+    async fn put_token_if_newer(&self, token: &crate::token::StoredToken)
+    -> Result<bool, StoreError>;
+}
+
+/// Secrets (Secrets Manager on AWS, a local file otherwise).
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    /// The secret's current value.
+    async fn get_secret(&self, name: &str) -> Result<Option<crate::Secret<String>>, StoreError>;
+    /// Replaces the secret's value (RD Station refresh-token rotation).
+    async fn put_secret(&self, name: &str, value: &crate::Secret<String>) -> Result<(), StoreError>;
+}
+
+/// Visibility control of received messages.
+#[async_trait]
+pub trait QueueControl: Send + Sync {
+    /// Hides a received message for `timeout` from now (`ChangeMessageVisibility`).
+    async fn change_visibility(
+        &self,
+        crm: Crm,
+        receipt_handle: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), QueueError>;
+}

@@ -1,0 +1,327 @@
+//! Oracle Responsys REST v1.3: password / token login, merges into a profile list, a
+//! PET or a supplemental table (≤ 200 records per call), optional custom event trigger.
+//! Errors are classified by `errorCode`, not by HTTP status.
+
+use crate::credentials::ResponsysCredentials;
+use crate::http::{AuthError, AuthToken, CrmHttp, base_url};
+use crate::outcome::{Outcome, from_transport};
+use crate::target::{ResponsysKind, ResponsysTarget, field};
+use domain::{ClientConfig, DeliveryMessage, StoredToken};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Records per merge or trigger call (documented maximum).
+pub const MAX_RECORDS_PER_CALL: usize = 200;
+/// Token lifetime assumed (the docs say 2 h or 3 h; the login answer has no expiry).
+pub const TOKEN_LIFETIME_MS: i64 = 2 * 3600 * 1000;
+/// Wait after `API_LIMIT_EXCEEDED` ("try again in a minute").
+pub const API_LIMIT_WAIT: Duration = Duration::from_secs(60);
+/// Wait after `INTERNAL_CAPACITY_LIMIT_EXCEEDED` (limits reset every 10 minutes).
+pub const CAPACITY_LIMIT_WAIT: Duration = Duration::from_secs(600);
+const AUTH_PATH: &str = "/rest/api/v1.3/auth/token";
+
+/// The error envelope `{title, errorCode, detail}`.
+fn error_code(body: &Value) -> (String, String) {
+    let code = body["errorCode"].as_str().unwrap_or("").to_owned();
+    let detail = [&body["detail"], &body["title"]]
+        .iter()
+        .find_map(|v| v.as_str())
+        .unwrap_or("")
+        .to_owned();
+    (code, detail)
+}
+
+/// Classifies a non-success answer of a data call.
+pub fn classify(status: u16, body: &Value) -> Outcome {
+    let (code, detail) = error_code(body);
+    match code.as_str() {
+        "TOKEN_EXPIRED" | "INVALID_TOKEN" => Outcome::token_rejected(code),
+        "API_LIMIT_EXCEEDED" => Outcome::throttled(API_LIMIT_WAIT, code),
+        "INTERNAL_CAPACITY_LIMIT_EXCEEDED" => Outcome::throttled(CAPACITY_LIMIT_WAIT, code),
+        "SERVICE_UNAVAILABLE" | "UNABLE_TO_SUBMIT_ASYNC_REQUEST" => Outcome::retry(code, detail),
+        _ if status >= 500 || status == 408 => {
+            Outcome::retry(if code.is_empty() { status.to_string() } else { code }, detail)
+        }
+        "" => Outcome::permanent(status.to_string(), detail),
+        _ => Outcome::permanent(code, detail),
+    }
+}
+
+/// Millisecond epoch of `issuedAt` (seconds are accepted too).
+fn issued_at_ms(v: &Value, now_ms: i64) -> i64 {
+    match v.as_i64() {
+        Some(n) if n > 0 && n < 100_000_000_000 => n * 1000,
+        Some(n) if n > 0 => n,
+        _ => now_ms,
+    }
+}
+
+/// Logs in: with `auth_type=token` while `current` is still valid (a new token is
+/// returned), else — or when that is refused — with the password.
+pub async fn authenticate(
+    http: &CrmHttp,
+    creds: &ResponsysCredentials,
+    current: Option<&StoredToken>,
+    now_ms: i64,
+) -> Result<AuthToken, AuthError> {
+    let url = format!("{}{AUTH_PATH}", base_url(&creds.login_url));
+    if let Some(current) = current.filter(|t| !t.is_expired(now_ms)) {
+        let res = http
+            .client
+            .post(&url)
+            .header("Authorization", current.access_token.expose())
+            .form(&[("auth_type", "token")])
+            .send()
+            .await;
+        match login_answer(res, now_ms).await {
+            Ok(t) => return Ok(t),
+            Err(e) => tracing::info!(error = %e, "token refresh refused; logging in with the password"),
+        }
+    }
+    let res = http
+        .client
+        .post(&url)
+        .form(&[
+            ("user_name", creds.username.as_str()),
+            ("password", creds.password.expose().as_str()),
+            ("auth_type", "password"),
+        ])
+        .send()
+        .await;
+    login_answer(res, now_ms).await
+}
+
+async fn login_answer(
+    res: Result<reqwest::Response, reqwest::Error>,
+    now_ms: i64,
+) -> Result<AuthToken, AuthError> {
+    let res = res.map_err(|e| AuthError::Transient(e.to_string()))?;
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    if (200..300).contains(&status) {
+        let token = body["authToken"].as_str().unwrap_or_default();
+        let endpoint = body["endPoint"].as_str().unwrap_or_default();
+        if token.is_empty() || endpoint.is_empty() {
+            return Err(AuthError::Transient("login answer without authToken/endPoint".into()));
+        }
+        let issued_at = issued_at_ms(&body["issuedAt"], now_ms);
+        return Ok(AuthToken {
+            access_token: domain::Secret::new(token.to_owned()),
+            api_endpoint: base_url(endpoint),
+            issued_at,
+            expires_at: issued_at + TOKEN_LIFETIME_MS,
+            refresh_token: None,
+        });
+    }
+    let (code, detail) = error_code(&body);
+    match classify(status, &body) {
+        Outcome::RetryLater { .. } | Outcome::Throttled { .. } => {
+            Err(AuthError::Transient(format!("{status} {code}")))
+        }
+        _ => Err(AuthError::Rejected(format!("{status} {code}: {detail}"))),
+    }
+}
+
+/// Escapes every non-ASCII character as `\uXXXX` (Responsys refuses raw accented
+/// characters in custom event data).
+pub fn ascii_json(v: &Value) -> String {
+    let s = v.to_string();
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut buf = [0u16; 2];
+            for unit in c.encode_utf16(&mut buf) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
+/// Delivers one client's messages: a merge per ≤ 200 records, then the custom event
+/// for the merged recipients when configured. One outcome per message.
+pub async fn deliver(
+    http: &CrmHttp,
+    client: &ClientConfig,
+    token: &StoredToken,
+    messages: &[DeliveryMessage],
+) -> Vec<Outcome> {
+    let target = match ResponsysTarget::from_client(client) {
+        Ok(t) => t,
+        Err(e) => return vec![Outcome::permanent("invalid_target", e); messages.len()],
+    };
+    let mut outcomes = Vec::with_capacity(messages.len());
+    for chunk in messages.chunks(MAX_RECORDS_PER_CALL) {
+        let mut merged = merge(http, &target, token, chunk).await;
+        if let Some(event) = &target.event_name {
+            let ok: Vec<usize> = (0..chunk.len())
+                .filter(|i| merged[*i] == Outcome::Delivered)
+                .collect();
+            if !ok.is_empty() {
+                let recipients: Vec<&DeliveryMessage> = ok.iter().map(|i| &chunk[*i]).collect();
+                let triggered = trigger(http, &target, event, token, &recipients).await;
+                for (i, o) in ok.into_iter().zip(triggered) {
+                    merged[i] = o;
+                }
+            }
+        }
+        outcomes.extend(merged);
+    }
+    outcomes
+}
+
+async fn merge(
+    http: &CrmHttp,
+    target: &ResponsysTarget,
+    token: &StoredToken,
+    chunk: &[DeliveryMessage],
+) -> Vec<Outcome> {
+    let columns = target.columns();
+    let records: Vec<Vec<String>> = chunk
+        .iter()
+        .map(|m| columns.iter().map(|(_, f)| field(m, f).unwrap_or_default()).collect())
+        .collect();
+    let field_names: Vec<&str> = columns.iter().map(|(c, _)| c.as_str()).collect();
+    let record_data = json!({"fieldNames": field_names, "records": records, "mapTemplateName": null});
+    let base = &token.api_endpoint;
+    let (url, body) = match target.kind {
+        ResponsysKind::ProfileList => (
+            format!("{base}/rest/api/v1.3/lists/{}/members", target.list_name),
+            json!({"recordData": record_data, "mergeRule": {
+                "htmlValue": "H", "optinValue": "I", "textValue": "T", "optoutValue": "O",
+                "insertOnNoMatch": true, "updateOnMatch": "REPLACE_ALL",
+                "matchColumnName1": "EMAIL_ADDRESS_", "matchColumnName2": null,
+                "matchOperator": "NONE", "rejectRecordIfChannelEmpty": null,
+                "defaultPermissionStatus": "OPTIN"}}),
+        ),
+        ResponsysKind::Pet => (
+            format!(
+                "{base}/rest/api/v1.3/lists/{}/listExtensions/{}/members",
+                target.list_name,
+                target.pet_name.as_deref().unwrap_or("CONNECT_EVENTS")
+            ),
+            json!({"recordData": record_data, "insertOnNoMatch": true,
+                   "updateOnMatch": "REPLACE_ALL", "matchColumnName1": "EMAIL_ADDRESS",
+                   "matchColumnName2": ""}),
+        ),
+        ResponsysKind::SupplementalTable => (
+            format!(
+                "{base}/rest/api/v1.3/folders/{}/suppData/{}/members",
+                target.folder.as_deref().unwrap_or("Connect"),
+                target.table_name.as_deref().unwrap_or("CONNECT_EVENTS")
+            ),
+            json!({"recordData": record_data, "insertOnNoMatch": true,
+                   "updateOnMatch": "REPLACE_ALL"}),
+        ),
+    };
+    let res = http
+        .client
+        .post(url)
+        .header("Authorization", token.access_token.expose())
+        .json(&body)
+        .send()
+        .await;
+    let res = match res {
+        Ok(r) => r,
+        Err(e) => return vec![from_transport(&e); chunk.len()],
+    };
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    if !(200..300).contains(&status) {
+        return vec![classify(status, &body); chunk.len()];
+    }
+    // 200 is not "all merged": each row holds the key, or a MERGEFAILED string.
+    let rows = body["recordData"]["records"].as_array().cloned().unwrap_or_default();
+    (0..chunk.len())
+        .map(|i| match rows.get(i).and_then(|r| r.get(0)).and_then(Value::as_str) {
+            Some(s) if s.starts_with("MERGEFAILED") => Outcome::permanent("MERGEFAILED", s),
+            Some(_) => Outcome::Delivered,
+            None => Outcome::retry("incomplete_answer", "the merge answer has no row for this record"),
+        })
+        .collect()
+}
+
+async fn trigger(
+    http: &CrmHttp,
+    target: &ResponsysTarget,
+    event: &str,
+    token: &StoredToken,
+    recipients: &[&DeliveryMessage],
+) -> Vec<Outcome> {
+    let data: Vec<Value> = recipients
+        .iter()
+        .map(|m| {
+            let optional: Vec<Value> = [
+                ("EVENT_TYPE", "eventType"),
+                ("PRODUCT_ID", "productId"),
+                ("PRODUCT_NAME", "productName"),
+                ("PRODUCT_PRICE", "productPrice"),
+                ("PRODUCT_URL", "productUrl"),
+                ("PRODUCT_IMAGE", "productImage"),
+            ]
+            .iter()
+            .filter_map(|(n, f)| field(m, f).map(|v| json!({"name": n, "value": v})))
+            .collect();
+            json!({"recipient": {"emailAddress": m.event.email.as_str(), "customerId": null,
+                     "listName": {"folderName": target.list_folder, "objectName": target.list_name},
+                     "recipientId": null, "mobileNumber": null, "emailFormat": "HTML_FORMAT"},
+                   "optionalData": optional})
+        })
+        .collect();
+    let body = json!({"customEvent": {"eventNumberDataMapping": null, "eventDateDataMapping": null,
+                       "eventStringDataMapping": null}, "recipientData": data});
+    let res = http
+        .client
+        .post(format!("{}/rest/api/v1.3/events/{event}", token.api_endpoint))
+        .header("Authorization", token.access_token.expose())
+        .header("Content-Type", "application/json")
+        .body(ascii_json(&body))
+        .send()
+        .await;
+    let res = match res {
+        Ok(r) => r,
+        Err(e) => return vec![from_transport(&e); recipients.len()],
+    };
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    if !(200..300).contains(&status) {
+        return vec![classify(status, &body); recipients.len()];
+    }
+    let results = body.as_array().cloned().unwrap_or_default();
+    (0..recipients.len())
+        .map(|i| match results.get(i) {
+            Some(r) if r["success"].as_bool() == Some(true) => Outcome::Delivered,
+            Some(r) => Outcome::permanent(
+                "EVENT_TRIGGER_FAILED",
+                r["errorMessage"].as_str().unwrap_or("the custom event was not triggered"),
+            ),
+            None => Outcome::retry("incomplete_answer", "the trigger answer has no row for this recipient"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_is_by_error_code() {
+        let c = |s, code: &str| classify(s, &json!({"errorCode": code, "title": "t", "detail": "d"}));
+        assert_eq!(c(401, "TOKEN_EXPIRED").kind(), "token_rejected");
+        assert_eq!(c(401, "INVALID_TOKEN").kind(), "token_rejected");
+        assert_eq!(c(400, "API_LIMIT_EXCEEDED"), Outcome::throttled(API_LIMIT_WAIT, "API_LIMIT_EXCEEDED"));
+        assert_eq!(c(401, "API_LIMIT_EXCEEDED").kind(), "throttled");
+        assert_eq!(c(400, "INTERNAL_CAPACITY_LIMIT_EXCEEDED"), Outcome::throttled(CAPACITY_LIMIT_WAIT, "INTERNAL_CAPACITY_LIMIT_EXCEEDED"));
+        assert_eq!(c(503, "SERVICE_UNAVAILABLE").kind(), "retry_later");
+        assert_eq!(c(502, "").kind(), "retry_later");
+        assert_eq!(c(400, "INVALID_PARAMETER").kind(), "permanent");
+        assert_eq!(c(404, "LIST_NOT_FOUND").kind(), "permanent");
+    }
+
+    #[test]
+    fn custom_event_data_is_ascii() {
+        assert_eq!(ascii_json(&json!({"n": "Tênis 👟"})), r#"{"n":"T\u00eanis \ud83d\udc5f"}"#);
+    }
+}

@@ -1,0 +1,272 @@
+//! Salesforce Marketing Cloud: client-credentials token (`/v2/token`), data extension
+//! rowset upserts (≤ 50 rows per call) or Journey Builder entry events.
+
+use crate::credentials::SfmcCredentials;
+use crate::http::{AuthError, AuthToken, CrmHttp, base_url};
+use crate::outcome::{Outcome, from_transport};
+use crate::target::{SfmcKind, SfmcTarget, field};
+use domain::{ClientConfig, DeliveryMessage, StoredToken};
+use futures_util::StreamExt;
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+
+/// Rows per rowset call (SFMC's best practice and sync soft limit).
+pub const DEFAULT_ROWS_PER_CALL: usize = 50;
+/// Wait after a 429 without `Retry-After` (SFMC's usual value).
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Wait after errorcode 50200 ("your requests are temporarily blocked").
+pub const BLOCKED_WAIT: Duration = Duration::from_secs(15 * 60);
+/// Journey events sent at once for one client.
+pub const JOURNEY_CONCURRENCY: usize = 4;
+
+/// Requests a token (no refresh token exists: a new one each time).
+pub async fn authenticate(
+    http: &CrmHttp,
+    creds: &SfmcCredentials,
+    now_ms: i64,
+) -> Result<AuthToken, AuthError> {
+    let mut body = json!({
+        "grant_type": "client_credentials",
+        "client_id": creds.client_id,
+        "client_secret": creds.client_secret.expose(),
+    });
+    if let Some(a) = &creds.account_id {
+        body["account_id"] = json!(a);
+    }
+    if let Some(s) = &creds.scope {
+        body["scope"] = json!(s);
+    }
+    let res = http
+        .client
+        .post(format!("{}/v2/token", creds.auth_base()?))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| AuthError::Transient(e.to_string()))?;
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    if (200..300).contains(&status) {
+        let token = body["access_token"].as_str().unwrap_or_default();
+        let base = body["rest_instance_url"].as_str().unwrap_or_default();
+        let expires_in = body["expires_in"].as_i64().unwrap_or(1079);
+        if token.is_empty() || base.is_empty() {
+            return Err(AuthError::Transient("token answer without access_token/rest_instance_url".into()));
+        }
+        return Ok(AuthToken {
+            access_token: domain::Secret::new(token.to_owned()),
+            api_endpoint: base_url(base),
+            issued_at: now_ms,
+            expires_at: now_ms + expires_in * 1000,
+            refresh_token: None,
+        });
+    }
+    let error = body["error"].as_str().unwrap_or("");
+    let description = body["error_description"].as_str().unwrap_or("");
+    if status == 429 || status >= 500 {
+        Err(AuthError::Transient(format!("{status} {error}")))
+    } else {
+        Err(AuthError::Rejected(format!("{status} {error}: {description}")))
+    }
+}
+
+/// Classifies a non-success answer of a whole call.
+pub fn classify(status: u16, retry_after: Option<&str>, body: &Value) -> Outcome {
+    let code = body["errorcode"].as_i64();
+    let message = body["message"].as_str().unwrap_or("").to_owned();
+    match status {
+        401 => Outcome::token_rejected(format!("401 errorcode {}", code.unwrap_or(0))),
+        429 if code == Some(50200) => Outcome::throttled(BLOCKED_WAIT, "50200"),
+        429 => {
+            let secs = retry_after
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .or_else(|| body["retryAfter"].as_u64());
+            Outcome::throttled(
+                secs.map_or(DEFAULT_RETRY_AFTER, Duration::from_secs),
+                code.map_or("429".into(), |c| c.to_string()),
+            )
+        }
+        s if s >= 500 || s == 408 => Outcome::retry(s.to_string(), message),
+        s => Outcome::permanent(
+            code.map_or(s.to_string(), |c| format!("{s}/{c}")),
+            message,
+        ),
+    }
+}
+
+/// The index of the first bad row named by a 10006 aggregate error: an
+/// `additionalErrors` entry's `rowIndex`, or "row N" in its message.
+fn first_bad_row(body: &Value) -> Option<usize> {
+    body["additionalErrors"]
+        .as_array()?
+        .iter()
+        .filter_map(|e| {
+            e["rowIndex"].as_u64().map(|n| n as usize).or_else(|| {
+                let msg = e["message"].as_str()?.to_ascii_lowercase();
+                let rest = msg.split("row ").nth(1)?;
+                rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+            })
+        })
+        .min()
+}
+
+/// Per-row outcomes of a rowset answer.
+pub fn rowset_outcomes(status: u16, retry_after: Option<&str>, body: &Value, rows: usize) -> Vec<Outcome> {
+    if (200..300).contains(&status) {
+        return vec![Outcome::Delivered; rows];
+    }
+    if status == 400 && body["errorcode"].as_i64() == Some(10006) {
+        let no_details = body["additionalErrors"].as_array().is_none_or(Vec::is_empty);
+        return match first_bad_row(body) {
+            // Rows before the first bad row were saved; the bad row is refused; the rows
+            // after it were not attempted.
+            Some(bad) if bad < rows => (0..rows)
+                .map(|i| match i.cmp(&bad) {
+                    std::cmp::Ordering::Less => Outcome::Delivered,
+                    std::cmp::Ordering::Equal => Outcome::permanent(
+                        "10006",
+                        body["additionalErrors"]
+                            .as_array()
+                            .and_then(|a| a.first())
+                            .and_then(|e| e["message"].as_str())
+                            .unwrap_or("row refused"),
+                    ),
+                    std::cmp::Ordering::Greater => {
+                        Outcome::retry("10006", "not attempted after an earlier bad row")
+                    }
+                })
+                .collect(),
+            // "Unable to save rows" with no details is transient (as Segment treats it).
+            _ if no_details => vec![Outcome::retry("10006", "unable to save rows"); rows],
+            _ => vec![Outcome::retry("10006", "aggregate error without a row index"); rows],
+        };
+    }
+    vec![classify(status, retry_after, body); rows]
+}
+
+fn values(target: &SfmcTarget, m: &DeliveryMessage) -> Map<String, Value> {
+    target
+        .columns()
+        .into_iter()
+        .filter_map(|(c, f)| field(m, &f).map(|v| (c, Value::String(v))))
+        .collect()
+}
+
+/// Delivers one client's messages. One outcome per message.
+pub async fn deliver(
+    http: &CrmHttp,
+    client: &ClientConfig,
+    token: &StoredToken,
+    messages: &[DeliveryMessage],
+) -> Vec<Outcome> {
+    let target = match SfmcTarget::from_client(client) {
+        Ok(t) => t,
+        Err(e) => return vec![Outcome::permanent("invalid_target", e); messages.len()],
+    };
+    match target.kind {
+        SfmcKind::DataExtension => {
+            let mut out = Vec::with_capacity(messages.len());
+            for chunk in messages.chunks(target.batch_size) {
+                out.extend(rowset(http, &target, token, chunk).await);
+            }
+            out
+        }
+        SfmcKind::Journey => {
+            let key = target.event_definition_key.clone().unwrap_or_default();
+            if key.is_empty() {
+                return vec![
+                    Outcome::permanent("invalid_target", "journey target without event_definition_key");
+                    messages.len()
+                ];
+            }
+            futures_util::stream::iter(messages)
+                .map(|m| journey_event(http, &target, &key, token, m))
+                .buffered(JOURNEY_CONCURRENCY)
+                .collect()
+                .await
+        }
+    }
+}
+
+async fn rowset(http: &CrmHttp, target: &SfmcTarget, token: &StoredToken, chunk: &[DeliveryMessage]) -> Vec<Outcome> {
+    let rows: Vec<Value> = chunk
+        .iter()
+        .map(|m| json!({"keys": {target.key_field.clone(): m.record_id}, "values": values(target, m)}))
+        .collect();
+    let res = http
+        .client
+        .post(format!(
+            "{}/hub/v1/dataevents/key:{}/rowset",
+            token.api_endpoint, target.data_extension_key
+        ))
+        .bearer_auth(token.access_token.expose())
+        .json(&rows)
+        .send()
+        .await;
+    let res = match res {
+        Ok(r) => r,
+        Err(e) => return vec![from_transport(&e); chunk.len()],
+    };
+    let status = res.status().as_u16();
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    rowset_outcomes(status, retry_after.as_deref(), &body, chunk.len())
+}
+
+async fn journey_event(http: &CrmHttp, target: &SfmcTarget, key: &str, token: &StoredToken, m: &DeliveryMessage) -> Outcome {
+    let body = json!({"ContactKey": m.event.email.as_str(), "EventDefinitionKey": key, "Data": values(target, m)});
+    let res = http
+        .client
+        .post(format!("{}/interaction/v1/events", token.api_endpoint))
+        .bearer_auth(token.access_token.expose())
+        .header("Content-Type", "application/json; charset=UTF-8")
+        .body(body.to_string())
+        .send()
+        .await;
+    match res {
+        Err(e) => from_transport(&e),
+        Ok(res) => {
+            let status = res.status().as_u16();
+            if (200..300).contains(&status) {
+                return Outcome::Delivered;
+            }
+            let retry_after = res.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let body: Value = res.json().await.unwrap_or(Value::Null);
+            classify(status, retry_after.as_deref(), &body)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregate_error_splits_at_the_first_bad_row() {
+        let body = json!({"message": "Aggregate Error", "errorcode": 10006,
+            "additionalErrors": [{"message": "Row 2: The value for field Price is invalid", "errorcode": 10000}]});
+        let o = rowset_outcomes(400, None, &body, 5);
+        assert_eq!(o[0], Outcome::Delivered);
+        assert_eq!(o[1], Outcome::Delivered);
+        assert_eq!(o[2].kind(), "permanent");
+        assert_eq!(o[3].kind(), "retry_later");
+        assert_eq!(o[4].kind(), "retry_later");
+        let transient = json!({"message": "Unable to save rows for data extension ID x", "errorcode": 10006});
+        assert!(rowset_outcomes(400, None, &transient, 3).iter().all(|o| o.kind() == "retry_later"));
+    }
+
+    #[test]
+    fn throttling_and_auth() {
+        let t = classify(429, Some("7"), &json!({"errorcode": 50100, "retryAfter": 5}));
+        assert_eq!(t, Outcome::throttled(Duration::from_secs(7), "50100"));
+        assert_eq!(classify(429, None, &json!({"errorcode": 50200})), Outcome::throttled(BLOCKED_WAIT, "50200"));
+        assert_eq!(classify(429, None, &json!({"retryAfter": 9})), Outcome::throttled(Duration::from_secs(9), "429"));
+        assert_eq!(classify(401, None, &json!({"errorcode": 0})).kind(), "token_rejected");
+        assert_eq!(classify(403, None, &json!({"errorcode": 20002})).kind(), "permanent");
+        assert_eq!(classify(500, None, &json!({})).kind(), "retry_later");
+        assert_eq!(classify(404, None, &json!({})).kind(), "permanent");
+    }
+}

@@ -1,0 +1,257 @@
+//! Where a client's events go in its CRM, and how fields map — from the client's
+//! `target` configuration, with defaults for everything.
+
+use domain::{ClientConfig, DeliveryMessage};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// A field of our event (`email`, `eventType`, `productId`, `productName`,
+/// `productPrice`, `productImage`, `productUrl`, `tid`, `eventId`, `recordId`,
+/// `receivedAt`, `clientId`, or `properties.NAME`) as text.
+pub fn field(message: &DeliveryMessage, name: &str) -> Option<String> {
+    let e = &message.event;
+    match name {
+        "email" => Some(e.email.to_string()),
+        "eventType" => Some(e.event_type.as_str().to_owned()),
+        "productId" => e.product_id.clone(),
+        "productName" => e.product_name.clone(),
+        "productPrice" => e.product_price.map(|p| format!("{p:.2}")),
+        "productImage" => e.product_image.clone(),
+        "productUrl" => e.product_url.clone(),
+        "tid" => e.tid.clone(),
+        "eventId" => e.event_id.clone(),
+        "recordId" => Some(message.record_id.clone()),
+        "clientId" => Some(message.client_id.to_string()),
+        "receivedAt" => Some(domain::delivery::rfc3339(message.received_at)),
+        other => other.strip_prefix("properties.").and_then(|p| {
+            e.properties.get(p).map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+        }),
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de> + Default>(client: &ClientConfig) -> Result<T, String> {
+    match &client.target {
+        None | Some(Value::Null) => Ok(T::default()),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| format!("client {} has an invalid target: {e}", client.client_id)),
+    }
+}
+
+/// Responsys target kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponsysKind {
+    /// Merge into the profile list.
+    #[default]
+    ProfileList,
+    /// Merge into a profile extension table.
+    Pet,
+    /// Merge into a supplemental table.
+    SupplementalTable,
+}
+
+/// Responsys target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResponsysTarget {
+    /// What to merge into.
+    #[serde(alias = "type")]
+    pub kind: ResponsysKind,
+    /// Profile list (`CONTACTS_LIST`).
+    #[serde(alias = "profileList", alias = "profile_list")]
+    pub list_name: String,
+    /// PET name (kind = pet).
+    #[serde(alias = "petName")]
+    pub pet_name: Option<String>,
+    /// Folder of the supplemental table (kind = supplemental_table).
+    pub folder: Option<String>,
+    /// Supplemental table name.
+    #[serde(alias = "tableName")]
+    pub table_name: Option<String>,
+    /// A custom event to trigger for the merged recipients, if any.
+    #[serde(alias = "eventName")]
+    pub event_name: Option<String>,
+    /// Folder of the profile list (for the custom event's recipients).
+    #[serde(alias = "listFolder")]
+    pub list_folder: String,
+    /// Column ← event field. Default by kind.
+    pub fields: Option<BTreeMap<String, String>>,
+}
+
+impl Default for ResponsysTarget {
+    fn default() -> Self {
+        ResponsysTarget {
+            kind: ResponsysKind::ProfileList,
+            list_name: "CONTACTS_LIST".into(),
+            pet_name: None,
+            folder: None,
+            table_name: None,
+            event_name: None,
+            list_folder: "!MageData".into(),
+            fields: None,
+        }
+    }
+}
+
+impl ResponsysTarget {
+    /// The target of a client.
+    pub fn from_client(client: &ClientConfig) -> Result<Self, String> {
+        parse(client)
+    }
+
+    /// (column, event field) pairs, the email column first.
+    pub fn columns(&self) -> Vec<(String, String)> {
+        if let Some(f) = &self.fields {
+            return f.iter().map(|(c, e)| (c.clone(), e.clone())).collect();
+        }
+        let email = match self.kind {
+            ResponsysKind::ProfileList => "EMAIL_ADDRESS_",
+            // PET and supplemental tables name it without the trailing underscore… the
+            // PET still needs the profile-list key `EMAIL_ADDRESS_` in fieldNames.
+            ResponsysKind::Pet => "EMAIL_ADDRESS_",
+            ResponsysKind::SupplementalTable => "EMAIL_ADDRESS",
+        };
+        let mut cols = vec![(email.to_owned(), "email".to_owned())];
+        if self.kind != ResponsysKind::ProfileList {
+            for (c, f) in [
+                ("RECORD_ID", "recordId"),
+                ("EVENT_TYPE", "eventType"),
+                ("EVENT_TS", "receivedAt"),
+                ("PRODUCT_ID", "productId"),
+                ("PRODUCT_NAME", "productName"),
+                ("PRODUCT_PRICE", "productPrice"),
+                ("PRODUCT_URL", "productUrl"),
+                ("PRODUCT_IMAGE", "productImage"),
+            ] {
+                cols.push((c.to_owned(), f.to_owned()));
+            }
+        }
+        cols
+    }
+}
+
+/// SFMC target kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SfmcKind {
+    /// Upsert rows into a data extension.
+    #[default]
+    DataExtension,
+    /// Fire a Journey Builder entry event per record.
+    Journey,
+}
+
+/// SFMC target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SfmcTarget {
+    /// What to write.
+    #[serde(alias = "type")]
+    pub kind: SfmcKind,
+    /// External key of the data extension.
+    #[serde(alias = "dataExtensionKey")]
+    pub data_extension_key: String,
+    /// Event definition key (kind = journey).
+    #[serde(alias = "eventDefinitionKey")]
+    pub event_definition_key: Option<String>,
+    /// Rows per rowset call (≤ 50 by SFMC's best practice).
+    #[serde(alias = "batchSize")]
+    pub batch_size: usize,
+    /// The data extension's primary-key column.
+    #[serde(alias = "keyField")]
+    pub key_field: String,
+    /// Column ← event field. Default: Email, EventType, ProductId, ….
+    pub fields: Option<BTreeMap<String, String>>,
+}
+
+impl Default for SfmcTarget {
+    fn default() -> Self {
+        SfmcTarget {
+            kind: SfmcKind::DataExtension,
+            data_extension_key: "ConnectEvents".into(),
+            event_definition_key: None,
+            batch_size: crate::sfmc::DEFAULT_ROWS_PER_CALL,
+            key_field: "RecordId".into(),
+            fields: None,
+        }
+    }
+}
+
+impl SfmcTarget {
+    /// The target of a client.
+    pub fn from_client(client: &ClientConfig) -> Result<Self, String> {
+        let mut t: SfmcTarget = parse(client)?;
+        t.batch_size = t.batch_size.clamp(1, crate::sfmc::DEFAULT_ROWS_PER_CALL);
+        Ok(t)
+    }
+
+    /// (column, event field) pairs.
+    pub fn columns(&self) -> Vec<(String, String)> {
+        if let Some(f) = &self.fields {
+            return f.iter().map(|(c, e)| (c.clone(), e.clone())).collect();
+        }
+        [
+            ("Email", "email"),
+            ("EventType", "eventType"),
+            ("EventDate", "receivedAt"),
+            ("ProductId", "productId"),
+            ("ProductName", "productName"),
+            ("Price", "productPrice"),
+            ("ProductUrl", "productUrl"),
+            ("ProductImage", "productImage"),
+        ]
+        .iter()
+        .map(|(c, f)| ((*c).to_owned(), (*f).to_owned()))
+        .collect()
+    }
+}
+
+/// RD Station target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RdStationTarget {
+    /// `conversion_identifier` per event type (default: the event type).
+    #[serde(alias = "conversionIdentifiers")]
+    pub conversion_identifiers: BTreeMap<String, String>,
+    /// `cf_*` custom field ← event field, for CONVERSION events.
+    pub fields: Option<BTreeMap<String, String>>,
+    /// Currency of e-commerce events.
+    pub currency: String,
+}
+
+impl Default for RdStationTarget {
+    fn default() -> Self {
+        RdStationTarget {
+            conversion_identifiers: BTreeMap::new(),
+            fields: None,
+            currency: "BRL".into(),
+        }
+    }
+}
+
+impl RdStationTarget {
+    /// The target of a client.
+    pub fn from_client(client: &ClientConfig) -> Result<Self, String> {
+        parse(client)
+    }
+
+    /// (custom field, event field) pairs of CONVERSION payloads.
+    pub fn custom_fields(&self) -> Vec<(String, String)> {
+        if let Some(f) = &self.fields {
+            return f.iter().map(|(c, e)| (c.clone(), e.clone())).collect();
+        }
+        [
+            ("cf_product_id", "productId"),
+            ("cf_product_name", "productName"),
+            ("cf_product_price", "productPrice"),
+            ("cf_product_url", "productUrl"),
+        ]
+        .iter()
+        .map(|(c, f)| ((*c).to_owned(), (*f).to_owned()))
+        .collect()
+    }
+}

@@ -1,0 +1,185 @@
+//! The one token-refresh logic, below the handlers: read the cached token; if it is
+//! missing, due or was rejected, fetch the credentials, authenticate, and store the new
+//! token with a conditional write that never replaces a newer one. Single-flight per
+//! (client, CRM) within the process.
+
+use crate::credentials::Credentials;
+use crate::http::{AuthError, AuthToken, CrmHttp};
+use crate::{rdstation, responsys, sfmc};
+use domain::{ClientConfig, ClientId, Clock, Crm, SecretStore, StoreError, StoredToken, TokenStore};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Why no token could be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The client has no credentials secret, or the secret does not exist.
+    #[error("no credentials for client {0}")]
+    NoCredentials(String),
+    /// The CRM refused the credentials, or the secret is unusable: a human must act.
+    #[error("{0}")]
+    Rejected(String),
+    /// A transient failure (CRM auth endpoint, secrets or tokens store).
+    #[error("{0}")]
+    Transient(String),
+}
+
+impl TokenError {
+    /// Whether retrying later may help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, TokenError::Transient(_))
+    }
+}
+
+impl From<AuthError> for TokenError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Transient(m) => TokenError::Transient(m),
+            other => TokenError::Rejected(other.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for TokenError {
+    fn from(e: StoreError) -> Self {
+        TokenError::Transient(e.to_string())
+    }
+}
+
+/// What a refresh did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refreshed {
+    /// A new token was obtained and stored.
+    New,
+    /// The stored token was still good (or another refresher just stored one).
+    Kept,
+}
+
+type Flight = Arc<tokio::sync::Mutex<()>>;
+
+/// Tokens of every client, refreshed on demand.
+pub struct TokenManager<T, S, C> {
+    tokens: T,
+    secrets: S,
+    clock: C,
+    http: CrmHttp,
+    flights: Mutex<HashMap<(ClientId, Crm), Flight>>,
+}
+
+impl<T, S, C> std::fmt::Debug for TokenManager<T, S, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenManager").finish_non_exhaustive()
+    }
+}
+
+impl<T: TokenStore, S: SecretStore, C: Clock> TokenManager<T, S, C> {
+    /// A manager over the tokens table and the secrets.
+    pub fn new(tokens: T, secrets: S, clock: C, http: CrmHttp) -> Self {
+        TokenManager {
+            tokens,
+            secrets,
+            clock,
+            http,
+            flights: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The tokens table.
+    pub fn tokens(&self) -> &T {
+        &self.tokens
+    }
+
+    fn flight(&self, client: &ClientConfig) -> Flight {
+        let key = (client.client_id.clone(), client.crm);
+        match self.flights.lock() {
+            Ok(mut map) => Arc::clone(map.entry(key).or_default()),
+            Err(_) => Flight::default(),
+        }
+    }
+
+    /// A usable token: the cached one unless it is missing or due.
+    pub async fn current(&self, client: &ClientConfig) -> Result<StoredToken, TokenError> {
+        let now = self.clock.now_ms();
+        if let Some(t) = self.tokens.get_token(&client.client_id, client.crm).await?
+            && !t.is_due(now)
+        {
+            return Ok(t);
+        }
+        self.refresh(client, false, None).await.map(|(t, _)| t)
+    }
+
+    /// A token to replace `rejected`, which the CRM refused: the stored one if another
+    /// refresher already replaced it, else a new one.
+    pub async fn after_rejection(
+        &self,
+        client: &ClientConfig,
+        rejected: &StoredToken,
+    ) -> Result<StoredToken, TokenError> {
+        self.refresh(client, true, Some(rejected)).await.map(|(t, _)| t)
+    }
+
+    /// Refreshes when due, or always with `force`. `rejected`: a token the CRM refused.
+    pub async fn refresh(
+        &self,
+        client: &ClientConfig,
+        force: bool,
+        rejected: Option<&StoredToken>,
+    ) -> Result<(StoredToken, Refreshed), TokenError> {
+        let flight = self.flight(client);
+        let _guard = flight.lock().await;
+        let now = self.clock.now_ms();
+        let stored = self.tokens.get_token(&client.client_id, client.crm).await?;
+        if let Some(s) = &stored {
+            let replaced = rejected.is_some_and(|r| r.access_token != s.access_token);
+            if (replaced && !s.is_expired(now)) || (!force && rejected.is_none() && !s.is_due(now)) {
+                return Ok((s.clone(), Refreshed::Kept));
+            }
+        }
+        let name = client
+            .secret_name
+            .as_deref()
+            .ok_or_else(|| TokenError::NoCredentials(client.client_id.to_string()))?;
+        let secret = self
+            .secrets
+            .get_secret(name)
+            .await?
+            .ok_or_else(|| TokenError::NoCredentials(client.client_id.to_string()))?;
+        let creds = Credentials::parse(client.crm, secret.expose())?;
+        // A token the CRM refused cannot be used to refresh itself.
+        let usable = stored.as_ref().filter(|_| rejected.is_none());
+        let auth: AuthToken = match &creds {
+            Credentials::Responsys(c) => responsys::authenticate(&self.http, c, usable, now).await?,
+            Credentials::Salesforce(c) => sfmc::authenticate(&self.http, c, now).await?,
+            Credentials::RdStation(c) => rdstation::authenticate(&self.http, c, now).await?,
+        };
+        if let (Some(new_refresh), Credentials::RdStation(c)) = (&auth.refresh_token, &creds)
+            && new_refresh != &c.refresh_token
+        {
+            // Save the rotated refresh token before the access token: a crash in
+            // between must not lose the only valid refresh token.
+            let mut json: serde_json::Value = serde_json::from_str(secret.expose())
+                .map_err(|_| TokenError::Rejected("the credentials secret is not JSON".into()))?;
+            json["refreshToken"] = serde_json::Value::String(new_refresh.expose().clone());
+            self.secrets
+                .put_secret(name, &domain::Secret::new(json.to_string()))
+                .await?;
+            tracing::info!(clientId = client.client_id.as_str(), "RD Station refresh token rotated and saved");
+        }
+        let token = StoredToken {
+            client_id: client.client_id.clone(),
+            crm: client.crm,
+            access_token: auth.access_token,
+            api_endpoint: auth.api_endpoint,
+            issued_at: auth.issued_at,
+            expires_at: auth.expires_at,
+            updated_at: self.clock.now_ms(),
+        };
+        if self.tokens.put_token_if_newer(&token).await? {
+            Ok((token, Refreshed::New))
+        } else {
+            // Another process stored a newer token meanwhile: use that one.
+            let newer = self.tokens.get_token(&client.client_id, client.crm).await?;
+            Ok((newer.unwrap_or(token), Refreshed::Kept))
+        }
+    }
+}
