@@ -29,6 +29,12 @@ pub struct FileConfig {
     /// `[queues]`.
     #[serde(default)]
     pub queues: QueuesSection,
+    /// `[delivery]`.
+    #[serde(default)]
+    pub delivery: DeliverySection,
+    /// `[secrets]`.
+    #[serde(default)]
+    pub secrets: SecretsSection,
     /// `[[clients]]`.
     #[serde(default)]
     pub clients: Vec<ClientSection>,
@@ -65,6 +71,26 @@ pub struct StoreSection {
 pub struct QueuesSection {
     /// Receives of a message before it moves to its DLQ (default 5).
     pub max_receive_count: Option<u32>,
+}
+
+/// `[delivery]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySection {
+    /// Delivery workers per CRM (default 2).
+    pub workers_per_crm: Option<usize>,
+    /// Messages per receive, 1–10 (default 10).
+    pub batch_size: Option<usize>,
+    /// Seconds a received message stays hidden (default 60).
+    pub visibility_timeout_seconds: Option<u64>,
+}
+
+/// `[secrets]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSection {
+    /// JSON file of credentials by secret name (default DATA/secrets.json).
+    pub file: Option<PathBuf>,
 }
 
 /// `[[clients]]`.
@@ -172,6 +198,28 @@ impl FileConfig {
     }
 }
 
+/// The demo credentials, pointing at the sandbox at `sandbox`: (secret name, JSON).
+/// `rd_refresh` is the RD Station refresh token to keep (it rotates on every refresh).
+pub fn demo_secrets(sandbox: &str, rd_refresh: Option<String>) -> Vec<(String, serde_json::Value)> {
+    let base = sandbox.trim_end_matches('/');
+    vec![
+        (
+            "/connect/responsys/demo-responsys/credentials".into(),
+            serde_json::json!({"username": "demo-responsys", "password": "demo", "loginUrl": format!("{base}/responsys")}),
+        ),
+        (
+            "/connect/salesforce/demo-salesforce/credentials".into(),
+            serde_json::json!({"clientId": "demo-salesforce", "clientSecret": "demo", "subdomain": "demo", "authUrl": format!("{base}/sfmc")}),
+        ),
+        (
+            "/connect/rdstation/demo-rdstation/credentials".into(),
+            serde_json::json!({"clientId": "demo-rdstation", "clientSecret": "demo",
+                "refreshToken": rd_refresh.unwrap_or_else(|| "demo-refresh-token".into()),
+                "authUrl": format!("{base}/rdstation"), "apiUrl": format!("{base}/rdstation")}),
+        ),
+    ]
+}
+
 /// The demo identities of DESIGN.md: one client per CRM, every origin allowed, and the
 /// RD Station tid `GA4.100000000.200000000` → `demo-rdstation`.
 pub fn demo_identities() -> (Vec<ClientConfig>, Vec<RdStationConfig>) {
@@ -183,7 +231,9 @@ pub fn demo_identities() -> (Vec<ClientConfig>, Vec<RdStationConfig>) {
                 crm,
                 active: true,
                 allowed_origins: AllowedOrigins(vec!["*".into()]),
-                target: None,
+                // Responsys: events go to a PET, so product data shows up.
+                target: (crm == Crm::Responsys)
+                    .then(|| serde_json::json!({"kind": "pet", "pet_name": "CONNECT_EVENTS"})),
                 secret_name: Some(format!("/connect/{crm}/demo-{crm}/credentials")),
                 rate_limit_per_second: None,
             })

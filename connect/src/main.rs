@@ -37,6 +37,21 @@ enum Command {
         /// Benchmarks only: validate events but store nothing (measures the HTTP ceiling).
         #[arg(long, hide = true)]
         discard: bool,
+        /// Benchmarks only: run no delivery workers.
+        #[arg(long, hide = true)]
+        no_deliver: bool,
+        /// Where the in-process sandbox CRMs listen with --demo [default: 127.0.0.1:3900].
+        #[arg(long, value_name = "ADDR", conflicts_with = "sandbox_url")]
+        sandbox_listen: Option<SocketAddr>,
+        /// Point the demo clients at an already running `connect sandbox`.
+        #[arg(long, value_name = "URL")]
+        sandbox_url: Option<String>,
+    },
+    /// Run the sandbox CRMs (fake Responsys, SFMC, RD Station) on their own.
+    Sandbox {
+        /// Address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3900")]
+        listen: SocketAddr,
     },
     /// Benchmarks and load generation.
     Bench {
@@ -104,6 +119,9 @@ fn main() -> std::process::ExitCode {
                 demo,
                 listen,
                 discard,
+                no_deliver,
+                sandbox_listen,
+                sandbox_url,
             } => {
                 serve::run(serve::ServeOptions {
                     config,
@@ -111,8 +129,19 @@ fn main() -> std::process::ExitCode {
                     listen,
                     demo,
                     discard,
+                    no_deliver,
+                    sandbox_listen,
+                    sandbox_url,
                 })
                 .await
+            }
+            Command::Sandbox { listen } => {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                println!("connect sandbox listening on http://{}", listener.local_addr()?);
+                tokio::select! {
+                    r = sandbox::serve(listener, sandbox::Sandbox::default()) => r.map_err(Into::into),
+                    _ = tokio::signal::ctrl_c() => Ok(()),
+                }
             }
             Command::Bench {
                 command:

@@ -32,6 +32,15 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Labels by CRM and client.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabels {
+    /// CRM.
+    pub crm: String,
+    /// Client.
+    pub client: String,
+}
+
 /// Labels by route.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -52,6 +61,17 @@ pub struct Metrics {
     fanout_failed: Family<CrmLabels, Counter>,
     skipped: Family<ReasonLabels, Counter>,
     fanout_lag: Histogram,
+    delivery: Family<ClientLabels, Counter>,
+    retried: Family<ClientLabels, Counter>,
+    throttled: Family<ClientLabels, Counter>,
+    dead_lettered: Family<ClientLabels, Counter>,
+    delivery_latency: Family<CrmLabels, Histogram>,
+    token_refreshes: Family<CrmLabels, Counter>,
+}
+
+fn delivery_histogram() -> Histogram {
+    // 1 ms … ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
 fn latency_histogram() -> Histogram {
@@ -118,7 +138,35 @@ impl Default for Metrics {
             "From a record's receipt to its message on the delivery queue",
             fanout_lag.clone(),
         );
+        let delivery = Family::<ClientLabels, Counter>::default();
+        let retried = Family::<ClientLabels, Counter>::default();
+        let throttled = Family::<ClientLabels, Counter>::default();
+        let dead_lettered = Family::<ClientLabels, Counter>::default();
+        let delivery_latency = Family::<CrmLabels, Histogram>::new_with_constructor(
+            delivery_histogram as fn() -> Histogram,
+        );
+        let token_refreshes = Family::<CrmLabels, Counter>::default();
+        registry.register("delivered", "Messages delivered to their CRM (EMF: Delivered)", delivery.clone());
+        registry.register("retried", "Messages left for a later retry (EMF: Retried)", retried.clone());
+        registry.register("throttled", "Messages held back by a CRM throttle (EMF: Throttled)", throttled.clone());
+        registry.register("dead_lettered", "Messages sent to the DLQ (EMF: DeadLettered)", dead_lettered.clone());
+        registry.register(
+            "delivery_latency_seconds",
+            "From receipt to delivery (EMF: DeliveryLatencyMs)",
+            delivery_latency.clone(),
+        );
+        registry.register(
+            "token_refreshes_forced",
+            "Token refreshes forced by a rejected token",
+            token_refreshes.clone(),
+        );
         Metrics {
+            delivery,
+            retried,
+            throttled,
+            dead_lettered,
+            delivery_latency,
+            token_refreshes,
             registry,
             requests,
             latency,
@@ -192,6 +240,37 @@ impl Metrics {
                 let lag_ms = (now_ms - r.timestamp).max(0);
                 self.fanout_lag.observe(lag_ms as f64 / 1000.0);
             }
+        }
+    }
+
+    /// Records what one delivery batch did.
+    pub fn observe_delivery(&self, crm: domain::Crm, outcome: &deliver::DeliverOutcome) {
+        for ((client, kind), n) in &outcome.counts {
+            let family = match *kind {
+                "delivered" => &self.delivery,
+                "retried" => &self.retried,
+                "throttled" => &self.throttled,
+                _ => &self.dead_lettered,
+            };
+            family
+                .get_or_create(&ClientLabels {
+                    crm: crm.as_str().to_owned(),
+                    client: client.clone(),
+                })
+                .inc_by(*n);
+        }
+        let labels = CrmLabels {
+            crm: crm.as_str().to_owned(),
+        };
+        for (_, ms) in &outcome.latencies_ms {
+            self.delivery_latency
+                .get_or_create(&labels)
+                .observe(*ms as f64 / 1000.0);
+        }
+        if outcome.token_refreshes > 0 {
+            self.token_refreshes
+                .get_or_create(&labels)
+                .inc_by(outcome.token_refreshes);
         }
     }
 

@@ -15,7 +15,7 @@ use domain::{NavigationRecord, PutOutcome, RecordStore, StoreError, SystemClock}
 use fanout::{FanoutHandler, FanoutSettings};
 use ingest::{IngestHandler, IngestRequest, IngestSettings, MAX_BODY_BYTES};
 use local::queues::DEFAULT_MAX_RECEIVE_COUNT;
-use local::{LocalQueues, LogAlerts, SqliteStore, StoreOptions};
+use local::{FileSecrets, LocalQueues, LogAlerts, SqliteStore, StoreOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,7 +41,16 @@ pub struct ServeOptions {
     pub demo: bool,
     /// Benchmark only: accept and validate events but store nothing (the HTTP ceiling).
     pub discard: bool,
+    /// Benchmark only: no delivery workers (messages stay on the local queues).
+    pub no_deliver: bool,
+    /// Where the in-process sandbox listens (`--demo` without `--sandbox-url`).
+    pub sandbox_listen: Option<SocketAddr>,
+    /// An already running sandbox for the demo clients.
+    pub sandbox_url: Option<String>,
 }
+
+/// Default address of the in-process sandbox.
+pub const DEFAULT_SANDBOX_LISTEN: &str = "127.0.0.1:3900";
 
 /// The record store of the server: SQLite, or nothing (benchmark ceiling).
 #[derive(Debug, Clone)]
@@ -103,6 +112,29 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         rdstation.extend(r);
     }
 
+    // The demo's CRMs: an in-process sandbox, or one already running.
+    let sandbox_url = match (&opts.sandbox_url, opts.demo) {
+        (Some(url), _) => Some(url.trim_end_matches('/').to_owned()),
+        (None, true) => {
+            let addr = match opts.sandbox_listen {
+                Some(a) => a,
+                None => DEFAULT_SANDBOX_LISTEN.parse().context("default sandbox address")?,
+            };
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot start the sandbox on {addr} (use --sandbox-listen or --sandbox-url)"))?;
+            let url = format!("http://{}", listener.local_addr()?);
+            tokio::spawn(async move {
+                if let Err(e) = sandbox::serve(listener, sandbox::Sandbox::default()).await {
+                    tracing::error!(error = %e, "the sandbox stopped");
+                }
+            });
+            println!("connect sandbox listening on {url}");
+            Some(url)
+        }
+        (None, false) => None,
+    };
+
     let store = SqliteStore::open(
         &data_dir,
         StoreOptions {
@@ -120,6 +152,16 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             .upsert_rdstation(rd)
             .await
             .with_context(|| format!("saving RD Station config of tid {}", rd.tid))?;
+    }
+
+    let secrets_path = file
+        .secrets
+        .file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("secrets.json"));
+    let secrets = FileSecrets::open(&secrets_path);
+    if let (true, Some(url)) = (opts.demo, &sandbox_url) {
+        write_demo_secrets(&secrets, url).await?;
     }
 
     let record_store = if opts.discard {
@@ -179,6 +221,43 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         .fallback(any(ingest_route))
         .with_state(Arc::clone(&app));
 
+    // Delivery workers, per CRM.
+    let http = crm::CrmHttp::new(&crm::HttpSettings::default()).context("CRM HTTP client")?;
+    let alerts = Arc::new(domain::alerts::DedupAlerts::new(
+        LogAlerts,
+        SystemClock,
+        domain::alerts::DEFAULT_ALERT_WINDOW_MS,
+    ));
+    let worker_settings = runtime::deliver::WorkerSettings {
+        batch_size: file.delivery.batch_size.unwrap_or(10).clamp(1, 10),
+        visibility_timeout: Duration::from_secs(file.delivery.visibility_timeout_seconds.unwrap_or(60).max(1)),
+        ..runtime::deliver::WorkerSettings::default()
+    };
+    let mut workers = Vec::new();
+    let workers_per_crm = if opts.no_deliver { 0 } else { file.delivery.workers_per_crm.unwrap_or(2) };
+    for crm in domain::Crm::ALL {
+        let handler = Arc::new(deliver::DeliverHandler::new(
+            crm,
+            store.clone(),
+            crm::TokenManager::new(store.clone(), secrets.clone(), SystemClock, http.clone()),
+            http.clone(),
+            queues.clone(),
+            Arc::clone(&alerts),
+            SystemClock,
+            deliver::DeliverSettings::for_crm(crm),
+        ));
+        for _ in 0..workers_per_crm {
+            workers.push(tokio::spawn(runtime::deliver::run(
+                crm,
+                Arc::clone(&handler),
+                queues.clone(),
+                Arc::clone(&metrics),
+                worker_settings.clone(),
+                stop_tx.subscribe(),
+            )));
+        }
+    }
+
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -207,10 +286,34 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     if let Err(e) = fanout_task.await {
         tracing::error!(error = %e, "the fanout poller failed");
     }
+    for w in workers {
+        if let Err(e) = w.await {
+            tracing::error!(error = %e, "a delivery worker failed");
+        }
+    }
     tracing::info!("closing the store");
     sweeper.abort();
     store.shutdown().await;
     tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Writes the demo credentials (pointing at the sandbox) into the secrets file, keeping
+/// the RD Station refresh token already there (the sandbox rotates it).
+async fn write_demo_secrets(secrets: &FileSecrets, sandbox: &str) -> anyhow::Result<()> {
+    use domain::SecretStore;
+    let rd_name = "/connect/rdstation/demo-rdstation/credentials";
+    let rd_refresh = secrets
+        .get_secret(rd_name)
+        .await?
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(s.expose()).ok())
+        .filter(|v| v["authUrl"].as_str().is_some_and(|u| u.starts_with(sandbox)))
+        .and_then(|v| v["refreshToken"].as_str().map(str::to_owned));
+    for (name, value) in config::demo_secrets(sandbox, rd_refresh) {
+        secrets
+            .put_secret(&name, &domain::Secret::new(value.to_string()))
+            .await?;
+    }
     Ok(())
 }
 

@@ -9,7 +9,6 @@ use crate::http::{AuthError, AuthToken, CrmHttp, base_url};
 use crate::outcome::{Outcome, from_transport};
 use crate::target::{RdStationTarget, field};
 use domain::{ClientConfig, DeliveryMessage, EventType, Secret, StoredToken};
-use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
@@ -184,11 +183,15 @@ pub async fn deliver(
         Ok(t) => t,
         Err(e) => return vec![Outcome::permanent("invalid_target", e); messages.len()],
     };
-    futures_util::stream::iter(messages)
-        .map(|m| send(http, &target, token, api_key, m))
-        .buffered(CONCURRENCY)
-        .collect()
-        .await
+    let mut out = Vec::with_capacity(messages.len());
+    for chunk in messages.chunks(CONCURRENCY) {
+        let calls: Vec<_> = chunk
+            .iter()
+            .map(|m| send(http, &target, token, api_key, m))
+            .collect();
+        out.extend(futures_util::future::join_all(calls).await);
+    }
+    out
 }
 
 async fn send(

@@ -6,7 +6,6 @@ use crate::http::{AuthError, AuthToken, CrmHttp, base_url};
 use crate::outcome::{Outcome, from_transport};
 use crate::target::{SfmcKind, SfmcTarget, field};
 use domain::{ClientConfig, DeliveryMessage, StoredToken};
-use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
@@ -178,11 +177,15 @@ pub async fn deliver(
                     messages.len()
                 ];
             }
-            futures_util::stream::iter(messages)
-                .map(|m| journey_event(http, &target, &key, token, m))
-                .buffered(JOURNEY_CONCURRENCY)
-                .collect()
-                .await
+            let mut out = Vec::with_capacity(messages.len());
+            for chunk in messages.chunks(JOURNEY_CONCURRENCY) {
+                let calls: Vec<_> = chunk
+                    .iter()
+                    .map(|m| journey_event(http, &target, &key, token, m))
+                    .collect();
+                out.extend(futures_util::future::join_all(calls).await);
+            }
+            out
         }
     }
 }

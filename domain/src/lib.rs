@@ -13,6 +13,7 @@
 //!
 //! Every bound is a named constant, documented where it is declared.
 
+pub mod alerts;
 pub mod change;
 pub mod client;
 pub mod crm;

@@ -13,7 +13,9 @@ pub mod alerts;
 pub mod queues;
 pub mod schema;
 pub mod store;
+pub mod tokens;
 
 pub use alerts::LogAlerts;
 pub use queues::{LocalQueues, QueueStats, ReceivedMessage, queue_name};
 pub use store::{Change, SqliteStore, StoreOptions, Synchronous};
+pub use tokens::FileSecrets;

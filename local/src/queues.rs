@@ -312,6 +312,21 @@ fn receipt_seq(receipt: &str) -> Option<i64> {
 }
 
 #[async_trait]
+impl domain::QueueControl for LocalQueues {
+    async fn change_visibility(
+        &self,
+        crm: Crm,
+        receipt_handle: &str,
+        timeout: Duration,
+    ) -> Result<(), QueueError> {
+        LocalQueues::change_visibility(self, &queue_name(crm, QueueKind::Delivery), receipt_handle, timeout)
+            .await
+            .map(drop)
+            .map_err(to_queue_error)
+    }
+}
+
+#[async_trait]
 impl QueueSender for LocalQueues {
     async fn send_batch(
         &self,

@@ -64,6 +64,18 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX queue_messages_ready ON queue_messages (queue, visible_at, seq);
     "#,
+    // 3: the CRM token cache (as the DynamoDB tokens table: key client + CRM).
+    r#"
+    CREATE TABLE tokens (
+        client_id  TEXT NOT NULL,
+        crm        TEXT NOT NULL,
+        issued_at  INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        item       TEXT NOT NULL,
+        PRIMARY KEY (client_id, crm)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// A schema problem.

@@ -1,0 +1,107 @@
+//! Delivery workers: receive from a CRM's local queue (with the SQS semantics of
+//! `local::queues`), run the deliver handler, delete what is done. They wake as soon as
+//! a message is sent, or when the next hidden message becomes visible.
+
+use crate::metrics::Metrics;
+use deliver::{DeliverHandler, InboundMessage};
+use domain::{AlertSink, ClientDirectory, Clock, Crm, QueueKind, SecretStore, TokenStore};
+use local::{LocalQueues, queue_name};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Settings of the workers of one CRM.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Messages received at once (≤ 10, as SQS).
+    pub batch_size: usize,
+    /// Visibility timeout of a receive.
+    pub visibility_timeout: Duration,
+    /// Longest sleep with nothing to do (a safety net; sends wake the workers).
+    pub idle_poll: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            batch_size: 10,
+            visibility_timeout: Duration::from_secs(60),
+            idle_poll: Duration::from_secs(5),
+        }
+    }
+}
+
+type Handler<D, T, S, A, C> = DeliverHandler<D, T, S, LocalQueues, A, C>;
+
+/// Runs one worker until `stop` turns true (the batch in hand is finished first).
+pub async fn run<D, T, S, A, C>(
+    crm: Crm,
+    handler: Arc<Handler<D, T, S, A, C>>,
+    queues: LocalQueues,
+    metrics: Arc<Metrics>,
+    settings: WorkerSettings,
+    mut stop: watch::Receiver<bool>,
+) where
+    D: ClientDirectory,
+    T: TokenStore,
+    S: SecretStore,
+    A: AlertSink,
+    C: Clock + Clone,
+{
+    let (queue, dlq) = (queue_name(crm, QueueKind::Delivery), queue_name(crm, QueueKind::DeadLetter));
+    let mut sends = queues.watch_sends();
+    while !*stop.borrow() {
+        sends.borrow_and_update();
+        let received = match queues
+            .receive(&queue, Some(&dlq), settings.batch_size, settings.visibility_timeout)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(crm = crm.as_str(), error = %e, "receive failed");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+        };
+        if received.is_empty() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let wait = match queues.next_visible_at(&queue).await {
+                Ok(Some(at)) if at > now => Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(settings.idle_poll),
+                Ok(Some(_)) => Duration::from_millis(5),
+                _ => settings.idle_poll,
+            };
+            tokio::select! {
+                _ = sends.changed() => {}
+                () = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let batch: Vec<InboundMessage> = received
+            .iter()
+            .map(|m| InboundMessage {
+                message_id: m.message_id.clone(),
+                receipt_handle: m.receipt_handle.clone(),
+                body: m.body.clone(),
+                attributes: m.attributes.clone(),
+                receive_count: m.receive_count,
+            })
+            .collect();
+        let outcome = handler.handle(&batch).await;
+        metrics.observe_delivery(crm, &outcome);
+        for m in &received {
+            if !outcome.redeliver.contains(&m.message_id) {
+                match queues.delete(&queue, &m.receipt_handle).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(crm = crm.as_str(), "a handled message was received again before its delete; it may be delivered twice"),
+                    Err(e) => tracing::error!(crm = crm.as_str(), error = %e, "delete failed; the message will be delivered again"),
+                }
+            }
+        }
+    }
+}

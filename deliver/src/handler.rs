@@ -1,0 +1,434 @@
+//! The transport-free deliver handler.
+
+use crm::rdstation::ApiKey;
+use crm::{CrmHttp, Outcome, TokenError, TokenManager};
+use domain::delivery::{attr, rfc3339};
+use domain::{
+    Alert, AlertSink, ClientConfig, ClientDirectory, ClientId, Clock, Crm, DeliveryMessage,
+    OutgoingMessage, QueueControl, QueueKind, QueueSender, SecretStore, StoredToken, TokenStore,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// Longest message delay SQS accepts for a visibility timeout (12 h); our cap is lower.
+pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+/// Longest detail kept in the `failureDetail` attribute.
+pub const MAX_FAILURE_DETAIL: usize = 512;
+/// Clients delivered at once in one invocation.
+pub const CLIENT_CONCURRENCY: usize = 4;
+
+/// Settings of the handler.
+#[derive(Debug, Clone)]
+pub struct DeliverSettings {
+    /// Hide a message this long after its first transient failure; doubles with each
+    /// receive (jittered).
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Name in alerts (`deliver-responsys`).
+    pub source: String,
+}
+
+impl DeliverSettings {
+    /// Defaults for `crm`: 10 s doubling up to 15 min.
+    pub fn for_crm(crm: Crm) -> Self {
+        DeliverSettings {
+            retry_base: Duration::from_secs(10),
+            retry_max: Duration::from_secs(15 * 60),
+            source: format!("deliver-{crm}"),
+        }
+    }
+}
+
+/// A message as received from the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundMessage {
+    /// Queue message id.
+    pub message_id: String,
+    /// Receipt handle of this receive.
+    pub receipt_handle: String,
+    /// Body.
+    pub body: String,
+    /// String message attributes.
+    pub attributes: Vec<(String, String)>,
+    /// `ApproximateReceiveCount`.
+    pub receive_count: u32,
+}
+
+/// What one invocation did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliverOutcome {
+    /// Message ids to redeliver (the partial batch failures). Every other message is
+    /// done: delivered, or dead-lettered on purpose.
+    pub redeliver: Vec<String>,
+    /// Counts by (client, outcome kind): delivered, retried, throttled, dead_lettered.
+    pub counts: BTreeMap<(String, &'static str), u64>,
+    /// Receipt-to-delivery latencies (ms) of the delivered messages, by client.
+    pub latencies_ms: Vec<(String, i64)>,
+    /// Token refreshes forced by a rejected token.
+    pub token_refreshes: u64,
+}
+
+/// What to do with one message.
+enum Disposition {
+    Done,
+    Hide(Duration, &'static str),
+    DeadLetter { reason: &'static str, status: String, detail: String },
+}
+
+/// The deliver handler of one CRM.
+pub struct DeliverHandler<D, T, S, Q, A, C> {
+    crm: Crm,
+    directory: D,
+    tokens: TokenManager<T, S, C>,
+    http: CrmHttp,
+    queues: Q,
+    alerts: A,
+    clock: C,
+    settings: DeliverSettings,
+}
+
+impl<D, T, S, Q, A, C> std::fmt::Debug for DeliverHandler<D, T, S, Q, A, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliverHandler").field("crm", &self.crm).finish()
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+impl<D, T, S, Q, A, C> DeliverHandler<D, T, S, Q, A, C>
+where
+    D: ClientDirectory,
+    T: TokenStore,
+    S: SecretStore,
+    Q: QueueSender + QueueControl,
+    A: AlertSink,
+    C: Clock + Clone,
+{
+    /// A handler for `crm`'s queue.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        crm: Crm,
+        directory: D,
+        tokens: TokenManager<T, S, C>,
+        http: CrmHttp,
+        queues: Q,
+        alerts: A,
+        clock: C,
+        settings: DeliverSettings,
+    ) -> Self {
+        DeliverHandler {
+            crm,
+            directory,
+            tokens,
+            http,
+            queues,
+            alerts,
+            clock,
+            settings,
+        }
+    }
+
+    /// The token manager (shared with the token schedule in `connect serve`).
+    pub fn tokens(&self) -> &TokenManager<T, S, C> {
+        &self.tokens
+    }
+
+    /// Delivers a batch; returns the messages to redeliver.
+    pub async fn handle(&self, batch: &[InboundMessage]) -> DeliverOutcome {
+        let mut outcome = DeliverOutcome::default();
+        let mut dispositions: Vec<Option<Disposition>> = (0..batch.len()).map(|_| None).collect();
+        let mut by_client: BTreeMap<ClientId, Vec<(usize, DeliveryMessage)>> = BTreeMap::new();
+        for (i, m) in batch.iter().enumerate() {
+            match serde_json::from_str::<DeliveryMessage>(&m.body) {
+                Ok(d) if d.crm == self.crm && d.v == domain::delivery::MESSAGE_VERSION => {
+                    by_client.entry(d.client_id.clone()).or_default().push((i, d));
+                }
+                Ok(d) => {
+                    dispositions[i] = Some(Disposition::DeadLetter {
+                        reason: "malformed_message",
+                        status: "wrong_queue".into(),
+                        detail: format!("a v{} message for {} on the {} queue", d.v, d.crm, self.crm),
+                    });
+                }
+                Err(e) => {
+                    dispositions[i] = Some(Disposition::DeadLetter {
+                        reason: "malformed_message",
+                        status: "invalid_body".into(),
+                        detail: truncate(&e.to_string(), MAX_FAILURE_DETAIL),
+                    });
+                }
+            }
+        }
+        let groups: Vec<(ClientId, Vec<(usize, DeliveryMessage)>)> = by_client.into_iter().collect();
+        let mut results: Vec<(ClientId, Vec<(usize, Outcome)>, u64)> = Vec::new();
+        for chunk in groups.chunks(CLIENT_CONCURRENCY) {
+            let futures: Vec<_> = chunk
+                .iter()
+                .map(|(client, messages)| self.deliver_client(client, messages))
+                .collect();
+            for ((client, _), (outcomes, refreshes)) in
+                chunk.iter().zip(futures_util::future::join_all(futures).await)
+            {
+                results.push((client.clone(), outcomes, refreshes));
+            }
+        }
+
+        let now = self.clock.now_ms();
+        let mut alert_counts: BTreeMap<(String, &'static str), (u64, String)> = BTreeMap::new();
+        let mut received_at: HashMap<usize, i64> = HashMap::new();
+        for (i, m) in batch.iter().enumerate() {
+            if let Ok(d) = serde_json::from_str::<DeliveryMessage>(&m.body) {
+                received_at.insert(i, d.received_at);
+            }
+        }
+        for (client, outcomes, refreshes) in results {
+            outcome.token_refreshes += refreshes;
+            for (i, o) in outcomes {
+                let receive_count = batch[i].receive_count.max(1);
+                let d = match o {
+                    Outcome::Delivered => {
+                        outcome
+                            .latencies_ms
+                            .push((client.to_string(), now - received_at.get(&i).copied().unwrap_or(now)));
+                        Disposition::Done
+                    }
+                    Outcome::RetryLater { .. } | Outcome::TokenRejected { .. } => {
+                        Disposition::Hide(self.backoff(receive_count), "retried")
+                    }
+                    Outcome::Throttled { wait, .. } => Disposition::Hide(wait.min(MAX_VISIBILITY), "throttled"),
+                    Outcome::Permanent { status, reason } => {
+                        let kind = if status == "no_credentials" || status == "unknown_client" || status == "inactive_client" {
+                            "undeliverable_client"
+                        } else {
+                            "permanent_failure"
+                        };
+                        let e = alert_counts
+                            .entry((client.to_string(), kind))
+                            .or_insert((0, String::new()));
+                        e.0 += 1;
+                        if e.1.is_empty() {
+                            e.1 = format!("{status}: {}", truncate(&reason, 200));
+                        }
+                        Disposition::DeadLetter {
+                            reason: match status.as_str() {
+                                "unknown_client" | "inactive_client" | "no_credentials" | "invalid_target" => "client_config",
+                                _ => "rejected_by_crm",
+                            },
+                            status,
+                            detail: truncate(&reason, MAX_FAILURE_DETAIL),
+                        }
+                    }
+                };
+                dispositions[i] = Some(d);
+            }
+        }
+        for ((client, kind), (count, example)) in alert_counts {
+            self.alerts
+                .alert(&Alert {
+                    kind: kind.to_owned(),
+                    source: self.settings.source.clone(),
+                    crm: Some(self.crm),
+                    client_id: ClientId::parse(&client).ok(),
+                    count,
+                    message: format!("{count} message(s) dead-lettered; first: {example}"),
+                })
+                .await;
+        }
+        self.apply(batch, dispositions, &mut outcome).await;
+        outcome
+    }
+
+    /// Backoff of the `n`-th receive: base × 2^(n−1), jittered ±20 %, capped.
+    fn backoff(&self, receive_count: u32) -> Duration {
+        let exp = receive_count.saturating_sub(1).min(16);
+        let raw = self.settings.retry_base.saturating_mul(1u32 << exp).min(self.settings.retry_max);
+        let jitter = 0.8 + 0.4 * (f64::from(uuid::Uuid::new_v4().as_bytes()[0]) / 255.0);
+        raw.mul_f64(jitter).min(self.settings.retry_max).max(Duration::from_secs(1))
+    }
+
+    /// Delivers one client's messages; one outcome per message, and the refreshes done.
+    async fn deliver_client(
+        &self,
+        client_id: &ClientId,
+        messages: &[(usize, DeliveryMessage)],
+    ) -> (Vec<(usize, Outcome)>, u64) {
+        let all = |o: Outcome| messages.iter().map(|(i, _)| (*i, o.clone())).collect();
+        let client = match self.directory.client(client_id).await {
+            Ok(Some(c)) if c.active && c.crm == self.crm => c,
+            Ok(Some(c)) if !c.active => {
+                return (all(Outcome::permanent("inactive_client", format!("client {client_id} is not active"))), 0);
+            }
+            Ok(Some(c)) => {
+                return (all(Outcome::permanent("unknown_client", format!("client {client_id} delivers to {}", c.crm))), 0);
+            }
+            Ok(None) => {
+                return (all(Outcome::permanent("unknown_client", format!("client {client_id} is not configured"))), 0);
+            }
+            Err(e) => return (all(Outcome::retry("directory", e.to_string())), 0),
+        };
+        let api_key = self.api_key(&client, messages).await;
+        let mut token = None;
+        if client.secret_name.is_some() || api_key.is_none() {
+            match self.tokens.current(&client).await {
+                Ok(t) => token = Some(t),
+                Err(e) => return (all(self.token_failure(&client, &e).await), 0),
+            }
+        }
+        let payload: Vec<DeliveryMessage> = messages.iter().map(|(_, m)| m.clone()).collect();
+        let mut outcomes = self.send(&client, token.as_ref(), api_key.as_ref(), &payload).await;
+        let mut refreshes = 0;
+        let rejected: Vec<usize> = (0..outcomes.len())
+            .filter(|k| matches!(outcomes[*k], Outcome::TokenRejected { .. }))
+            .collect();
+        if !rejected.is_empty()
+            && let Some(old) = &token
+        {
+            refreshes = 1;
+            match self.tokens.after_rejection(&client, old).await {
+                Ok(fresh) => {
+                    let again: Vec<DeliveryMessage> = rejected.iter().map(|k| payload[*k].clone()).collect();
+                    let retried = self.send(&client, Some(&fresh), api_key.as_ref(), &again).await;
+                    for (k, o) in rejected.iter().zip(retried) {
+                        outcomes[*k] = match o {
+                            Outcome::TokenRejected { reason } => Outcome::retry("token_rejected_twice", reason),
+                            other => other,
+                        };
+                    }
+                }
+                Err(e) => {
+                    let o = self.token_failure(&client, &e).await;
+                    for k in rejected {
+                        outcomes[k] = o.clone();
+                    }
+                }
+            }
+        }
+        (messages.iter().map(|(i, _)| *i).zip(outcomes).collect(), refreshes)
+    }
+
+    async fn send(
+        &self,
+        client: &ClientConfig,
+        token: Option<&StoredToken>,
+        api_key: Option<&ApiKey>,
+        messages: &[DeliveryMessage],
+    ) -> Vec<Outcome> {
+        let mut out = Vec::with_capacity(messages.len());
+        for chunk in messages.chunks(crm::batch_limit(client).max(1)) {
+            out.extend(crm::deliver(&self.http, client, token, api_key, chunk).await);
+        }
+        out
+    }
+
+    /// The RD Station API key of a client without OAuth credentials (from the RD config
+    /// of its messages' tid).
+    async fn api_key(&self, client: &ClientConfig, messages: &[(usize, DeliveryMessage)]) -> Option<ApiKey> {
+        if self.crm != Crm::RdStation || client.secret_name.is_some() {
+            return None;
+        }
+        let tid = messages.iter().find_map(|(_, m)| m.event.tid.clone())?;
+        let config = self.directory.rdstation_by_tid(&tid).await.ok()??;
+        Some(ApiKey {
+            key: config.token?,
+            base: config.endpoint.unwrap_or_else(|| crm::credentials::RDSTATION_API.to_owned()),
+        })
+    }
+
+    /// The outcome of messages whose token could not be had, with an alert.
+    async fn token_failure(&self, client: &ClientConfig, e: &TokenError) -> Outcome {
+        match e {
+            TokenError::Transient(m) => Outcome::retry("token_unavailable", m.clone()),
+            TokenError::NoCredentials(m) => Outcome::permanent("no_credentials", format!("no credentials secret for {m}")),
+            TokenError::Rejected(m) => {
+                self.alerts
+                    .alert(&Alert {
+                        kind: "credentials_rejected".into(),
+                        source: self.settings.source.clone(),
+                        crm: Some(self.crm),
+                        client_id: Some(client.client_id.clone()),
+                        count: 1,
+                        message: format!("the CRM refused the credentials of {}: {m}", client.client_id),
+                    })
+                    .await;
+                // Kept for redelivery: once the credentials are fixed, they flow again.
+                Outcome::retry("credentials_rejected", m.clone())
+            }
+        }
+    }
+
+    /// Carries out the dispositions: visibility changes, DLQ sends.
+    async fn apply(&self, batch: &[InboundMessage], dispositions: Vec<Option<Disposition>>, outcome: &mut DeliverOutcome) {
+        let now = self.clock.now_ms();
+        let mut dead: Vec<(usize, OutgoingMessage)> = Vec::new();
+        for (i, d) in dispositions.into_iter().enumerate() {
+            let m = &batch[i];
+            let client = m
+                .attributes
+                .iter()
+                .find(|(k, _)| k == attr::CLIENT_ID)
+                .map_or_else(|| "-".to_owned(), |(_, v)| v.clone());
+            let mut count = |kind: &'static str| *outcome.counts.entry((client.clone(), kind)).or_default() += 1;
+            match d {
+                None | Some(Disposition::Done) => count("delivered"),
+                Some(Disposition::Hide(wait, kind)) => {
+                    count(kind);
+                    if let Err(e) = self.queues.change_visibility(self.crm, &m.receipt_handle, wait).await {
+                        tracing::warn!(error = %e, "could not change the visibility; the queue's own timeout applies");
+                    }
+                    outcome.redeliver.push(m.message_id.clone());
+                }
+                Some(Disposition::DeadLetter { reason, status, detail }) => {
+                    count("dead_lettered");
+                    let failure = [
+                        attr::FAILURE_REASON,
+                        attr::FAILURE_STATUS,
+                        attr::FAILED_AT,
+                        attr::ATTEMPTS,
+                        "failureDetail",
+                        "redrivenAt",
+                        "redriveCount",
+                    ];
+                    let mut attributes: Vec<(String, String)> = m
+                        .attributes
+                        .iter()
+                        .filter(|(k, _)| !failure.contains(&k.as_str()) || k == "redriveCount")
+                        .cloned()
+                        .collect();
+                    attributes.extend([
+                        (attr::FAILURE_REASON.to_owned(), reason.to_owned()),
+                        (attr::FAILURE_STATUS.to_owned(), status),
+                        (attr::FAILED_AT.to_owned(), rfc3339(now)),
+                        (attr::ATTEMPTS.to_owned(), m.receive_count.to_string()),
+                        ("failureDetail".to_owned(), detail),
+                    ]);
+                    dead.push((
+                        i,
+                        OutgoingMessage {
+                            id: format!("m{i}"),
+                            body: m.body.clone(),
+                            attributes,
+                        },
+                    ));
+                }
+            }
+        }
+        for chunk in dead.chunks(10) {
+            let messages: Vec<OutgoingMessage> = chunk.iter().map(|(_, m)| m.clone()).collect();
+            let failed: Vec<String> = match self.queues.send_batch(self.crm, QueueKind::DeadLetter, &messages).await {
+                Ok(f) => f.into_iter().map(|f| f.id).collect(),
+                Err(e) => {
+                    tracing::error!(error = %e, "DLQ send failed; the messages stay for redelivery");
+                    messages.iter().map(|m| m.id.clone()).collect()
+                }
+            };
+            for (i, m) in chunk {
+                if failed.contains(&m.id) {
+                    outcome.redeliver.push(batch[*i].message_id.clone());
+                }
+            }
+        }
+    }
+}

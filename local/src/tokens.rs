@@ -1,0 +1,134 @@
+//! The token cache on SQLite, and credentials from a local secrets file.
+
+use crate::store::SqliteStore;
+use async_trait::async_trait;
+use domain::{ClientId, Crm, Secret, SecretStore, StoreError, StoredToken, TokenStore};
+use rusqlite::{OptionalExtension, params};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+#[async_trait]
+impl TokenStore for SqliteStore {
+    async fn get_token(&self, client: &ClientId, crm: Crm) -> Result<Option<StoredToken>, StoreError> {
+        let (client, crm) = (client.to_string(), crm.as_str());
+        self.read(move |conn| {
+            let item: Option<String> = conn
+                .query_row(
+                    "SELECT item FROM tokens WHERE client_id = ?1 AND crm = ?2",
+                    params![client, crm],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            item.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn put_token_if_newer(&self, token: &StoredToken) -> Result<bool, StoreError> {
+        let item = serde_json::to_string(token).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (client, crm) = (token.client_id.to_string(), token.crm.as_str());
+        let (issued, expires, updated) = (token.issued_at, token.expires_at, token.updated_at);
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO tokens (client_id, crm, issued_at, expires_at, updated_at, item)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (client_id, crm) DO UPDATE SET issued_at = excluded.issued_at,
+                   expires_at = excluded.expires_at, updated_at = excluded.updated_at,
+                   item = excluded.item
+                 WHERE excluded.issued_at > tokens.issued_at
+                    OR (excluded.issued_at = tokens.issued_at AND excluded.updated_at > tokens.updated_at)",
+                params![client, crm, issued, expires, updated, item],
+            )
+            .map(|n| n == 1)
+        })
+        .await
+    }
+}
+
+/// Credentials from a JSON file: `{"<secret name>": <credentials object or string>}`.
+/// Written back atomically (temp file + rename, mode 0600) when a secret changes.
+#[derive(Debug, Clone)]
+pub struct FileSecrets {
+    path: PathBuf,
+    lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl FileSecrets {
+    /// Secrets in `path`. Warns when the file can be read by group or others.
+    pub fn open(path: &Path) -> FileSecrets {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(m) = std::fs::metadata(path)
+                && m.permissions().mode() & 0o077 != 0
+            {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the secrets file is readable by group or others; chmod 600 it"
+                );
+            }
+        }
+        FileSecrets {
+            path: path.to_owned(),
+            lock: std::sync::Arc::default(),
+        }
+    }
+
+    fn read_all(&self) -> Result<BTreeMap<String, serde_json::Value>, StoreError> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                StoreError::Corrupt(format!("{} is not a JSON object of secrets (line {})", self.path.display(), e.line()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Writes every secret (atomically, 0600).
+    pub fn write_all(&self, all: &BTreeMap<String, serde_json::Value>) -> Result<(), StoreError> {
+        let tmp = self.path.with_extension("tmp");
+        let text = serde_json::to_string_pretty(all).map_err(unavailable)?;
+        {
+            use std::io::Write;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut f = options.open(&tmp).map_err(unavailable)?;
+            f.write_all(text.as_bytes()).map_err(unavailable)?;
+            f.sync_all().map_err(unavailable)?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl SecretStore for FileSecrets {
+    async fn get_secret(&self, name: &str) -> Result<Option<Secret<String>>, StoreError> {
+        let _g = self.lock.lock().await;
+        Ok(self.read_all()?.get(name).map(|v| {
+            Secret::new(match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+        }))
+    }
+
+    async fn put_secret(&self, name: &str, value: &Secret<String>) -> Result<(), StoreError> {
+        let _g = self.lock.lock().await;
+        let mut all = self.read_all()?;
+        let v = serde_json::from_str(value.expose())
+            .unwrap_or_else(|_| serde_json::Value::String(value.expose().clone()));
+        all.insert(name.to_owned(), v);
+        self.write_all(&all)
+    }
+}
