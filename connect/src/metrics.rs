@@ -146,10 +146,26 @@ impl Default for Metrics {
             delivery_histogram as fn() -> Histogram,
         );
         let token_refreshes = Family::<CrmLabels, Counter>::default();
-        registry.register("delivered", "Messages delivered to their CRM (EMF: Delivered)", delivery.clone());
-        registry.register("retried", "Messages left for a later retry (EMF: Retried)", retried.clone());
-        registry.register("throttled", "Messages held back by a CRM throttle (EMF: Throttled)", throttled.clone());
-        registry.register("dead_lettered", "Messages sent to the DLQ (EMF: DeadLettered)", dead_lettered.clone());
+        registry.register(
+            "delivered",
+            "Messages delivered to their CRM (EMF: Delivered)",
+            delivery.clone(),
+        );
+        registry.register(
+            "retried",
+            "Messages left for a later retry (EMF: Retried)",
+            retried.clone(),
+        );
+        registry.register(
+            "throttled",
+            "Messages held back by a CRM throttle (EMF: Throttled)",
+            throttled.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Messages sent to the DLQ (EMF: DeadLettered)",
+            dead_lettered.clone(),
+        );
         registry.register(
             "delivery_latency_seconds",
             "From receipt to delivery (EMF: DeliveryLatencyMs)",

@@ -118,11 +118,15 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         (None, true) => {
             let addr = match opts.sandbox_listen {
                 Some(a) => a,
-                None => DEFAULT_SANDBOX_LISTEN.parse().context("default sandbox address")?,
+                None => DEFAULT_SANDBOX_LISTEN
+                    .parse()
+                    .context("default sandbox address")?,
             };
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot start the sandbox on {addr} (use --sandbox-listen or --sandbox-url)"))?;
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!(
+                    "cannot start the sandbox on {addr} (use --sandbox-listen or --sandbox-url)"
+                )
+            })?;
             let url = format!("http://{}", listener.local_addr()?);
             tokio::spawn(async move {
                 if let Err(e) = sandbox::serve(listener, sandbox::Sandbox::default()).await {
@@ -230,11 +234,20 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     ));
     let worker_settings = runtime::deliver::WorkerSettings {
         batch_size: file.delivery.batch_size.unwrap_or(10).clamp(1, 10),
-        visibility_timeout: Duration::from_secs(file.delivery.visibility_timeout_seconds.unwrap_or(60).max(1)),
+        visibility_timeout: Duration::from_secs(
+            file.delivery
+                .visibility_timeout_seconds
+                .unwrap_or(60)
+                .max(1),
+        ),
         ..runtime::deliver::WorkerSettings::default()
     };
     let mut workers = Vec::new();
-    let workers_per_crm = if opts.no_deliver { 0 } else { file.delivery.workers_per_crm.unwrap_or(2) };
+    let workers_per_crm = if opts.no_deliver {
+        0
+    } else {
+        file.delivery.workers_per_crm.unwrap_or(2)
+    };
     for crm in domain::Crm::ALL {
         let handler = Arc::new(deliver::DeliverHandler::new(
             crm,
@@ -307,7 +320,11 @@ async fn write_demo_secrets(secrets: &FileSecrets, sandbox: &str) -> anyhow::Res
         .get_secret(rd_name)
         .await?
         .and_then(|s| serde_json::from_str::<serde_json::Value>(s.expose()).ok())
-        .filter(|v| v["authUrl"].as_str().is_some_and(|u| u.starts_with(sandbox)))
+        .filter(|v| {
+            v["authUrl"]
+                .as_str()
+                .is_some_and(|u| u.starts_with(sandbox))
+        })
         .and_then(|v| v["refreshToken"].as_str().map(str::to_owned));
     for (name, value) in config::demo_secrets(sandbox, rd_refresh) {
         secrets

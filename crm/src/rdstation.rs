@@ -53,7 +53,9 @@ pub async fn authenticate(
     if (200..300).contains(&status) {
         let token = body["access_token"].as_str().unwrap_or_default();
         if token.is_empty() {
-            return Err(AuthError::Transient("token answer without access_token".into()));
+            return Err(AuthError::Transient(
+                "token answer without access_token".into(),
+            ));
         }
         let expires_in = body["expires_in"].as_i64().unwrap_or(86_400);
         return Ok(AuthToken {
@@ -97,7 +99,10 @@ pub fn event(target: &RdStationTarget, m: &DeliveryMessage) -> (&'static str, Va
             let mut item = Map::new();
             item.insert("product_id".into(), json!(id));
             item.insert("sku".into(), json!(id));
-            item.insert("product_title".into(), json!(m.event.product_name.clone().unwrap_or_else(|| id.clone())));
+            item.insert(
+                "product_title".into(),
+                json!(m.event.product_name.clone().unwrap_or_else(|| id.clone())),
+            );
             item.insert("price".into(), json!(m.event.product_price.unwrap_or(0.0)));
             item.insert("quantity".into(), json!(1));
             if let Some(u) = &m.event.product_url {
@@ -137,18 +142,23 @@ pub fn event(target: &RdStationTarget, m: &DeliveryMessage) -> (&'static str, Va
 /// Classifies a non-success answer.
 pub fn classify(status: u16, www_authenticate: Option<&str>, body: &Value) -> Outcome {
     match status {
-        401 => Outcome::token_rejected(if www_authenticate.is_some_and(|h| h.contains("expired_token")) {
-            "expired_token"
-        } else {
-            "401"
-        }),
+        401 => Outcome::token_rejected(
+            if www_authenticate.is_some_and(|h| h.contains("expired_token")) {
+                "expired_token"
+            } else {
+                "401"
+            },
+        ),
         429 => {
             let wait = Duration::from_secs(body["remaining_time"].as_u64().unwrap_or(60));
             let what = body["error"].as_str().unwrap_or("rate limit exceeded");
             if wait > LONGEST_THROTTLE {
                 Outcome::permanent(
                     "429",
-                    format!("RD Station limit for this lead reached ({what}); retry after {} s", wait.as_secs()),
+                    format!(
+                        "RD Station limit for this lead reached ({what}); retry after {} s",
+                        wait.as_secs()
+                    ),
                 )
             } else {
                 Outcome::throttled(wait, "429")
@@ -158,15 +168,26 @@ pub fn classify(status: u16, www_authenticate: Option<&str>, body: &Value) -> Ou
         s => {
             let (kind, message) = match body {
                 Value::Array(a) => (
-                    a.first().and_then(|e| e["error_type"].as_str()).unwrap_or(""),
-                    a.first().and_then(|e| e["error_message"].as_str()).unwrap_or(""),
+                    a.first()
+                        .and_then(|e| e["error_type"].as_str())
+                        .unwrap_or(""),
+                    a.first()
+                        .and_then(|e| e["error_message"].as_str())
+                        .unwrap_or(""),
                 ),
                 _ => (
                     body["error_type"].as_str().unwrap_or(""),
                     body["error_message"].as_str().unwrap_or(""),
                 ),
             };
-            Outcome::permanent(if kind.is_empty() { s.to_string() } else { format!("{s}/{kind}") }, message)
+            Outcome::permanent(
+                if kind.is_empty() {
+                    s.to_string()
+                } else {
+                    format!("{s}/{kind}")
+                },
+                message,
+            )
         }
     }
 }
@@ -246,13 +267,23 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert_eq!(classify(401, Some(r#"Bearer error="expired_token""#), &Value::Null), Outcome::token_rejected("expired_token"));
-        let short = json!({"error": "rate limit exceeded", "max": 120, "usage": 121, "remaining_time": 20});
-        assert_eq!(classify(429, None, &short), Outcome::throttled(Duration::from_secs(20), "429"));
+        assert_eq!(
+            classify(401, Some(r#"Bearer error="expired_token""#), &Value::Null),
+            Outcome::token_rejected("expired_token")
+        );
+        let short =
+            json!({"error": "rate limit exceeded", "max": 120, "usage": 121, "remaining_time": 20});
+        assert_eq!(
+            classify(429, None, &short),
+            Outcome::throttled(Duration::from_secs(20), "429")
+        );
         let lead = json!({"error": "'lead_limiter' rate limit exceeded for 86400 second(s) period for key 'x'", "max": 24, "usage": 25, "remaining_time": 43067});
         assert_eq!(classify(429, None, &lead).kind(), "permanent");
         let invalid = json!([{"error_type": "INVALID_OPTION", "error_message": "bad", "path": "$.event_type"}]);
-        assert_eq!(classify(400, None, &invalid), Outcome::permanent("400/INVALID_OPTION", "bad"));
+        assert_eq!(
+            classify(400, None, &invalid),
+            Outcome::permanent("400/INVALID_OPTION", "bad")
+        );
         assert_eq!(classify(503, None, &Value::Null).kind(), "retry_later");
     }
 }

@@ -39,9 +39,14 @@ pub fn classify(status: u16, body: &Value) -> Outcome {
         "API_LIMIT_EXCEEDED" => Outcome::throttled(API_LIMIT_WAIT, code),
         "INTERNAL_CAPACITY_LIMIT_EXCEEDED" => Outcome::throttled(CAPACITY_LIMIT_WAIT, code),
         "SERVICE_UNAVAILABLE" | "UNABLE_TO_SUBMIT_ASYNC_REQUEST" => Outcome::retry(code, detail),
-        _ if status >= 500 || status == 408 => {
-            Outcome::retry(if code.is_empty() { status.to_string() } else { code }, detail)
-        }
+        _ if status >= 500 || status == 408 => Outcome::retry(
+            if code.is_empty() {
+                status.to_string()
+            } else {
+                code
+            },
+            detail,
+        ),
         "" => Outcome::permanent(status.to_string(), detail),
         _ => Outcome::permanent(code, detail),
     }
@@ -75,7 +80,9 @@ pub async fn authenticate(
             .await;
         match login_answer(res, now_ms).await {
             Ok(t) => return Ok(t),
-            Err(e) => tracing::info!(error = %e, "token refresh refused; logging in with the password"),
+            Err(e) => {
+                tracing::info!(error = %e, "token refresh refused; logging in with the password")
+            }
         }
     }
     let res = http
@@ -102,7 +109,9 @@ async fn login_answer(
         let token = body["authToken"].as_str().unwrap_or_default();
         let endpoint = body["endPoint"].as_str().unwrap_or_default();
         if token.is_empty() || endpoint.is_empty() {
-            return Err(AuthError::Transient("login answer without authToken/endPoint".into()));
+            return Err(AuthError::Transient(
+                "login answer without authToken/endPoint".into(),
+            ));
         }
         let issued_at = issued_at_ms(&body["issuedAt"], now_ms);
         return Ok(AuthToken {
@@ -181,10 +190,16 @@ async fn merge(
     let columns = target.columns();
     let records: Vec<Vec<String>> = chunk
         .iter()
-        .map(|m| columns.iter().map(|(_, f)| field(m, f).unwrap_or_default()).collect())
+        .map(|m| {
+            columns
+                .iter()
+                .map(|(_, f)| field(m, f).unwrap_or_default())
+                .collect()
+        })
         .collect();
     let field_names: Vec<&str> = columns.iter().map(|(c, _)| c.as_str()).collect();
-    let record_data = json!({"fieldNames": field_names, "records": records, "mapTemplateName": null});
+    let record_data =
+        json!({"fieldNames": field_names, "records": records, "mapTemplateName": null});
     let base = &token.api_endpoint;
     let (url, body) = match target.kind {
         ResponsysKind::ProfileList => (
@@ -233,13 +248,21 @@ async fn merge(
         return vec![classify(status, &body); chunk.len()];
     }
     // 200 is not "all merged": each row holds the key, or a MERGEFAILED string.
-    let rows = body["recordData"]["records"].as_array().cloned().unwrap_or_default();
+    let rows = body["recordData"]["records"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     (0..chunk.len())
-        .map(|i| match rows.get(i).and_then(|r| r.get(0)).and_then(Value::as_str) {
-            Some(s) if s.starts_with("MERGEFAILED") => Outcome::permanent("MERGEFAILED", s),
-            Some(_) => Outcome::Delivered,
-            None => Outcome::retry("incomplete_answer", "the merge answer has no row for this record"),
-        })
+        .map(
+            |i| match rows.get(i).and_then(|r| r.get(0)).and_then(Value::as_str) {
+                Some(s) if s.starts_with("MERGEFAILED") => Outcome::permanent("MERGEFAILED", s),
+                Some(_) => Outcome::Delivered,
+                None => Outcome::retry(
+                    "incomplete_answer",
+                    "the merge answer has no row for this record",
+                ),
+            },
+        )
         .collect()
 }
 
@@ -274,7 +297,10 @@ async fn trigger(
                        "eventStringDataMapping": null}, "recipientData": data});
     let res = http
         .client
-        .post(format!("{}/rest/api/v1.3/events/{event}", token.api_endpoint))
+        .post(format!(
+            "{}/rest/api/v1.3/events/{event}",
+            token.api_endpoint
+        ))
         .header("Authorization", token.access_token.expose())
         .header("Content-Type", "application/json")
         .body(ascii_json(&body))
@@ -295,9 +321,14 @@ async fn trigger(
             Some(r) if r["success"].as_bool() == Some(true) => Outcome::Delivered,
             Some(r) => Outcome::permanent(
                 "EVENT_TRIGGER_FAILED",
-                r["errorMessage"].as_str().unwrap_or("the custom event was not triggered"),
+                r["errorMessage"]
+                    .as_str()
+                    .unwrap_or("the custom event was not triggered"),
             ),
-            None => Outcome::retry("incomplete_answer", "the trigger answer has no row for this recipient"),
+            None => Outcome::retry(
+                "incomplete_answer",
+                "the trigger answer has no row for this recipient",
+            ),
         })
         .collect()
 }
@@ -308,12 +339,19 @@ mod tests {
 
     #[test]
     fn classification_is_by_error_code() {
-        let c = |s, code: &str| classify(s, &json!({"errorCode": code, "title": "t", "detail": "d"}));
+        let c =
+            |s, code: &str| classify(s, &json!({"errorCode": code, "title": "t", "detail": "d"}));
         assert_eq!(c(401, "TOKEN_EXPIRED").kind(), "token_rejected");
         assert_eq!(c(401, "INVALID_TOKEN").kind(), "token_rejected");
-        assert_eq!(c(400, "API_LIMIT_EXCEEDED"), Outcome::throttled(API_LIMIT_WAIT, "API_LIMIT_EXCEEDED"));
+        assert_eq!(
+            c(400, "API_LIMIT_EXCEEDED"),
+            Outcome::throttled(API_LIMIT_WAIT, "API_LIMIT_EXCEEDED")
+        );
         assert_eq!(c(401, "API_LIMIT_EXCEEDED").kind(), "throttled");
-        assert_eq!(c(400, "INTERNAL_CAPACITY_LIMIT_EXCEEDED"), Outcome::throttled(CAPACITY_LIMIT_WAIT, "INTERNAL_CAPACITY_LIMIT_EXCEEDED"));
+        assert_eq!(
+            c(400, "INTERNAL_CAPACITY_LIMIT_EXCEEDED"),
+            Outcome::throttled(CAPACITY_LIMIT_WAIT, "INTERNAL_CAPACITY_LIMIT_EXCEEDED")
+        );
         assert_eq!(c(503, "SERVICE_UNAVAILABLE").kind(), "retry_later");
         assert_eq!(c(502, "").kind(), "retry_later");
         assert_eq!(c(400, "INVALID_PARAMETER").kind(), "permanent");
@@ -322,6 +360,9 @@ mod tests {
 
     #[test]
     fn custom_event_data_is_ascii() {
-        assert_eq!(ascii_json(&json!({"n": "Tênis 👟"})), r#"{"n":"T\u00eanis \ud83d\udc5f"}"#);
+        assert_eq!(
+            ascii_json(&json!({"n": "Tênis 👟"})),
+            r#"{"n":"T\u00eanis \ud83d\udc5f"}"#
+        );
     }
 }

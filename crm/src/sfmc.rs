@@ -49,7 +49,9 @@ pub async fn authenticate(
         let base = body["rest_instance_url"].as_str().unwrap_or_default();
         let expires_in = body["expires_in"].as_i64().unwrap_or(1079);
         if token.is_empty() || base.is_empty() {
-            return Err(AuthError::Transient("token answer without access_token/rest_instance_url".into()));
+            return Err(AuthError::Transient(
+                "token answer without access_token/rest_instance_url".into(),
+            ));
         }
         return Ok(AuthToken {
             access_token: domain::Secret::new(token.to_owned()),
@@ -64,7 +66,9 @@ pub async fn authenticate(
     if status == 429 || status >= 500 {
         Err(AuthError::Transient(format!("{status} {error}")))
     } else {
-        Err(AuthError::Rejected(format!("{status} {error}: {description}")))
+        Err(AuthError::Rejected(format!(
+            "{status} {error}: {description}"
+        )))
     }
 }
 
@@ -85,10 +89,7 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &Value) -> Outcome
             )
         }
         s if s >= 500 || s == 408 => Outcome::retry(s.to_string(), message),
-        s => Outcome::permanent(
-            code.map_or(s.to_string(), |c| format!("{s}/{c}")),
-            message,
-        ),
+        s => Outcome::permanent(code.map_or(s.to_string(), |c| format!("{s}/{c}")), message),
     }
 }
 
@@ -102,19 +103,29 @@ fn first_bad_row(body: &Value) -> Option<usize> {
             e["rowIndex"].as_u64().map(|n| n as usize).or_else(|| {
                 let msg = e["message"].as_str()?.to_ascii_lowercase();
                 let rest = msg.split("row ").nth(1)?;
-                rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
             })
         })
         .min()
 }
 
 /// Per-row outcomes of a rowset answer.
-pub fn rowset_outcomes(status: u16, retry_after: Option<&str>, body: &Value, rows: usize) -> Vec<Outcome> {
+pub fn rowset_outcomes(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &Value,
+    rows: usize,
+) -> Vec<Outcome> {
     if (200..300).contains(&status) {
         return vec![Outcome::Delivered; rows];
     }
     if status == 400 && body["errorcode"].as_i64() == Some(10006) {
-        let no_details = body["additionalErrors"].as_array().is_none_or(Vec::is_empty);
+        let no_details = body["additionalErrors"]
+            .as_array()
+            .is_none_or(Vec::is_empty);
         return match first_bad_row(body) {
             // Rows before the first bad row were saved; the bad row is refused; the rows
             // after it were not attempted.
@@ -173,7 +184,10 @@ pub async fn deliver(
             let key = target.event_definition_key.clone().unwrap_or_default();
             if key.is_empty() {
                 return vec![
-                    Outcome::permanent("invalid_target", "journey target without event_definition_key");
+                    Outcome::permanent(
+                        "invalid_target",
+                        "journey target without event_definition_key"
+                    );
                     messages.len()
                 ];
             }
@@ -190,7 +204,12 @@ pub async fn deliver(
     }
 }
 
-async fn rowset(http: &CrmHttp, target: &SfmcTarget, token: &StoredToken, chunk: &[DeliveryMessage]) -> Vec<Outcome> {
+async fn rowset(
+    http: &CrmHttp,
+    target: &SfmcTarget,
+    token: &StoredToken,
+    chunk: &[DeliveryMessage],
+) -> Vec<Outcome> {
     let rows: Vec<Value> = chunk
         .iter()
         .map(|m| json!({"keys": {target.key_field.clone(): m.record_id}, "values": values(target, m)}))
@@ -219,7 +238,13 @@ async fn rowset(http: &CrmHttp, target: &SfmcTarget, token: &StoredToken, chunk:
     rowset_outcomes(status, retry_after.as_deref(), &body, chunk.len())
 }
 
-async fn journey_event(http: &CrmHttp, target: &SfmcTarget, key: &str, token: &StoredToken, m: &DeliveryMessage) -> Outcome {
+async fn journey_event(
+    http: &CrmHttp,
+    target: &SfmcTarget,
+    key: &str,
+    token: &StoredToken,
+    m: &DeliveryMessage,
+) -> Outcome {
     let body = json!({"ContactKey": m.event.email.as_str(), "EventDefinitionKey": key, "Data": values(target, m)});
     let res = http
         .client
@@ -236,7 +261,11 @@ async fn journey_event(http: &CrmHttp, target: &SfmcTarget, key: &str, token: &S
             if (200..300).contains(&status) {
                 return Outcome::Delivered;
             }
-            let retry_after = res.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let retry_after = res
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let body: Value = res.json().await.unwrap_or(Value::Null);
             classify(status, retry_after.as_deref(), &body)
         }
@@ -257,18 +286,39 @@ mod tests {
         assert_eq!(o[2].kind(), "permanent");
         assert_eq!(o[3].kind(), "retry_later");
         assert_eq!(o[4].kind(), "retry_later");
-        let transient = json!({"message": "Unable to save rows for data extension ID x", "errorcode": 10006});
-        assert!(rowset_outcomes(400, None, &transient, 3).iter().all(|o| o.kind() == "retry_later"));
+        let transient =
+            json!({"message": "Unable to save rows for data extension ID x", "errorcode": 10006});
+        assert!(
+            rowset_outcomes(400, None, &transient, 3)
+                .iter()
+                .all(|o| o.kind() == "retry_later")
+        );
     }
 
     #[test]
     fn throttling_and_auth() {
-        let t = classify(429, Some("7"), &json!({"errorcode": 50100, "retryAfter": 5}));
+        let t = classify(
+            429,
+            Some("7"),
+            &json!({"errorcode": 50100, "retryAfter": 5}),
+        );
         assert_eq!(t, Outcome::throttled(Duration::from_secs(7), "50100"));
-        assert_eq!(classify(429, None, &json!({"errorcode": 50200})), Outcome::throttled(BLOCKED_WAIT, "50200"));
-        assert_eq!(classify(429, None, &json!({"retryAfter": 9})), Outcome::throttled(Duration::from_secs(9), "429"));
-        assert_eq!(classify(401, None, &json!({"errorcode": 0})).kind(), "token_rejected");
-        assert_eq!(classify(403, None, &json!({"errorcode": 20002})).kind(), "permanent");
+        assert_eq!(
+            classify(429, None, &json!({"errorcode": 50200})),
+            Outcome::throttled(BLOCKED_WAIT, "50200")
+        );
+        assert_eq!(
+            classify(429, None, &json!({"retryAfter": 9})),
+            Outcome::throttled(Duration::from_secs(9), "429")
+        );
+        assert_eq!(
+            classify(401, None, &json!({"errorcode": 0})).kind(),
+            "token_rejected"
+        );
+        assert_eq!(
+            classify(403, None, &json!({"errorcode": 20002})).kind(),
+            "permanent"
+        );
         assert_eq!(classify(500, None, &json!({})).kind(), "retry_later");
         assert_eq!(classify(404, None, &json!({})).kind(), "permanent");
     }

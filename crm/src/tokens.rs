@@ -6,7 +6,9 @@
 use crate::credentials::Credentials;
 use crate::http::{AuthError, AuthToken, CrmHttp};
 use crate::{rdstation, responsys, sfmc};
-use domain::{ClientConfig, ClientId, Clock, Crm, SecretStore, StoreError, StoredToken, TokenStore};
+use domain::{
+    ClientConfig, ClientId, Clock, Crm, SecretStore, StoreError, StoredToken, TokenStore,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -115,7 +117,9 @@ impl<T: TokenStore, S: SecretStore, C: Clock> TokenManager<T, S, C> {
         client: &ClientConfig,
         rejected: &StoredToken,
     ) -> Result<StoredToken, TokenError> {
-        self.refresh(client, true, Some(rejected)).await.map(|(t, _)| t)
+        self.refresh(client, true, Some(rejected))
+            .await
+            .map(|(t, _)| t)
     }
 
     /// Refreshes when due, or always with `force`. `rejected`: a token the CRM refused.
@@ -131,7 +135,8 @@ impl<T: TokenStore, S: SecretStore, C: Clock> TokenManager<T, S, C> {
         let stored = self.tokens.get_token(&client.client_id, client.crm).await?;
         if let Some(s) = &stored {
             let replaced = rejected.is_some_and(|r| r.access_token != s.access_token);
-            if (replaced && !s.is_expired(now)) || (!force && rejected.is_none() && !s.is_due(now)) {
+            if (replaced && !s.is_expired(now)) || (!force && rejected.is_none() && !s.is_due(now))
+            {
                 return Ok((s.clone(), Refreshed::Kept));
             }
         }
@@ -148,7 +153,9 @@ impl<T: TokenStore, S: SecretStore, C: Clock> TokenManager<T, S, C> {
         // A token the CRM refused cannot be used to refresh itself.
         let usable = stored.as_ref().filter(|_| rejected.is_none());
         let auth: AuthToken = match &creds {
-            Credentials::Responsys(c) => responsys::authenticate(&self.http, c, usable, now).await?,
+            Credentials::Responsys(c) => {
+                responsys::authenticate(&self.http, c, usable, now).await?
+            }
             Credentials::Salesforce(c) => sfmc::authenticate(&self.http, c, now).await?,
             Credentials::RdStation(c) => rdstation::authenticate(&self.http, c, now).await?,
         };
@@ -163,7 +170,10 @@ impl<T: TokenStore, S: SecretStore, C: Clock> TokenManager<T, S, C> {
             self.secrets
                 .put_secret(name, &domain::Secret::new(json.to_string()))
                 .await?;
-            tracing::info!(clientId = client.client_id.as_str(), "RD Station refresh token rotated and saved");
+            tracing::info!(
+                clientId = client.client_id.as_str(),
+                "RD Station refresh token rotated and saved"
+            );
         }
         let token = StoredToken {
             client_id: client.client_id.clone(),

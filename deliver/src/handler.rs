@@ -73,7 +73,11 @@ pub struct DeliverOutcome {
 enum Disposition {
     Done,
     Hide(Duration, &'static str),
-    DeadLetter { reason: &'static str, status: String, detail: String },
+    DeadLetter {
+        reason: &'static str,
+        status: String,
+        detail: String,
+    },
 }
 
 /// The deliver handler of one CRM.
@@ -90,7 +94,9 @@ pub struct DeliverHandler<D, T, S, Q, A, C> {
 
 impl<D, T, S, Q, A, C> std::fmt::Debug for DeliverHandler<D, T, S, Q, A, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeliverHandler").field("crm", &self.crm).finish()
+        f.debug_struct("DeliverHandler")
+            .field("crm", &self.crm)
+            .finish()
     }
 }
 
@@ -144,13 +150,19 @@ where
         for (i, m) in batch.iter().enumerate() {
             match serde_json::from_str::<DeliveryMessage>(&m.body) {
                 Ok(d) if d.crm == self.crm && d.v == domain::delivery::MESSAGE_VERSION => {
-                    by_client.entry(d.client_id.clone()).or_default().push((i, d));
+                    by_client
+                        .entry(d.client_id.clone())
+                        .or_default()
+                        .push((i, d));
                 }
                 Ok(d) => {
                     dispositions[i] = Some(Disposition::DeadLetter {
                         reason: "malformed_message",
                         status: "wrong_queue".into(),
-                        detail: format!("a v{} message for {} on the {} queue", d.v, d.crm, self.crm),
+                        detail: format!(
+                            "a v{} message for {} on the {} queue",
+                            d.v, d.crm, self.crm
+                        ),
                     });
                 }
                 Err(e) => {
@@ -162,15 +174,17 @@ where
                 }
             }
         }
-        let groups: Vec<(ClientId, Vec<(usize, DeliveryMessage)>)> = by_client.into_iter().collect();
+        let groups: Vec<(ClientId, Vec<(usize, DeliveryMessage)>)> =
+            by_client.into_iter().collect();
         let mut results: Vec<(ClientId, Vec<(usize, Outcome)>, u64)> = Vec::new();
         for chunk in groups.chunks(CLIENT_CONCURRENCY) {
             let futures: Vec<_> = chunk
                 .iter()
                 .map(|(client, messages)| self.deliver_client(client, messages))
                 .collect();
-            for ((client, _), (outcomes, refreshes)) in
-                chunk.iter().zip(futures_util::future::join_all(futures).await)
+            for ((client, _), (outcomes, refreshes)) in chunk
+                .iter()
+                .zip(futures_util::future::join_all(futures).await)
             {
                 results.push((client.clone(), outcomes, refreshes));
             }
@@ -190,17 +204,23 @@ where
                 let receive_count = batch[i].receive_count.max(1);
                 let d = match o {
                     Outcome::Delivered => {
-                        outcome
-                            .latencies_ms
-                            .push((client.to_string(), now - received_at.get(&i).copied().unwrap_or(now)));
+                        outcome.latencies_ms.push((
+                            client.to_string(),
+                            now - received_at.get(&i).copied().unwrap_or(now),
+                        ));
                         Disposition::Done
                     }
                     Outcome::RetryLater { .. } | Outcome::TokenRejected { .. } => {
                         Disposition::Hide(self.backoff(receive_count), "retried")
                     }
-                    Outcome::Throttled { wait, .. } => Disposition::Hide(wait.min(MAX_VISIBILITY), "throttled"),
+                    Outcome::Throttled { wait, .. } => {
+                        Disposition::Hide(wait.min(MAX_VISIBILITY), "throttled")
+                    }
                     Outcome::Permanent { status, reason } => {
-                        let kind = if status == "no_credentials" || status == "unknown_client" || status == "inactive_client" {
+                        let kind = if status == "no_credentials"
+                            || status == "unknown_client"
+                            || status == "inactive_client"
+                        {
                             "undeliverable_client"
                         } else {
                             "permanent_failure"
@@ -214,7 +234,8 @@ where
                         }
                         Disposition::DeadLetter {
                             reason: match status.as_str() {
-                                "unknown_client" | "inactive_client" | "no_credentials" | "invalid_target" => "client_config",
+                                "unknown_client" | "inactive_client" | "no_credentials"
+                                | "invalid_target" => "client_config",
                                 _ => "rejected_by_crm",
                             },
                             status,
@@ -244,9 +265,15 @@ where
     /// Backoff of the `n`-th receive: base × 2^(n−1), jittered ±20 %, capped.
     fn backoff(&self, receive_count: u32) -> Duration {
         let exp = receive_count.saturating_sub(1).min(16);
-        let raw = self.settings.retry_base.saturating_mul(1u32 << exp).min(self.settings.retry_max);
+        let raw = self
+            .settings
+            .retry_base
+            .saturating_mul(1u32 << exp)
+            .min(self.settings.retry_max);
         let jitter = 0.8 + 0.4 * (f64::from(uuid::Uuid::new_v4().as_bytes()[0]) / 255.0);
-        raw.mul_f64(jitter).min(self.settings.retry_max).max(Duration::from_secs(1))
+        raw.mul_f64(jitter)
+            .min(self.settings.retry_max)
+            .max(Duration::from_secs(1))
     }
 
     /// Delivers one client's messages; one outcome per message, and the refreshes done.
@@ -259,13 +286,31 @@ where
         let client = match self.directory.client(client_id).await {
             Ok(Some(c)) if c.active && c.crm == self.crm => c,
             Ok(Some(c)) if !c.active => {
-                return (all(Outcome::permanent("inactive_client", format!("client {client_id} is not active"))), 0);
+                return (
+                    all(Outcome::permanent(
+                        "inactive_client",
+                        format!("client {client_id} is not active"),
+                    )),
+                    0,
+                );
             }
             Ok(Some(c)) => {
-                return (all(Outcome::permanent("unknown_client", format!("client {client_id} delivers to {}", c.crm))), 0);
+                return (
+                    all(Outcome::permanent(
+                        "unknown_client",
+                        format!("client {client_id} delivers to {}", c.crm),
+                    )),
+                    0,
+                );
             }
             Ok(None) => {
-                return (all(Outcome::permanent("unknown_client", format!("client {client_id} is not configured"))), 0);
+                return (
+                    all(Outcome::permanent(
+                        "unknown_client",
+                        format!("client {client_id} is not configured"),
+                    )),
+                    0,
+                );
             }
             Err(e) => return (all(Outcome::retry("directory", e.to_string())), 0),
         };
@@ -278,7 +323,9 @@ where
             }
         }
         let payload: Vec<DeliveryMessage> = messages.iter().map(|(_, m)| m.clone()).collect();
-        let mut outcomes = self.send(&client, token.as_ref(), api_key.as_ref(), &payload).await;
+        let mut outcomes = self
+            .send(&client, token.as_ref(), api_key.as_ref(), &payload)
+            .await;
         let mut refreshes = 0;
         let rejected: Vec<usize> = (0..outcomes.len())
             .filter(|k| matches!(outcomes[*k], Outcome::TokenRejected { .. }))
@@ -289,11 +336,16 @@ where
             refreshes = 1;
             match self.tokens.after_rejection(&client, old).await {
                 Ok(fresh) => {
-                    let again: Vec<DeliveryMessage> = rejected.iter().map(|k| payload[*k].clone()).collect();
-                    let retried = self.send(&client, Some(&fresh), api_key.as_ref(), &again).await;
+                    let again: Vec<DeliveryMessage> =
+                        rejected.iter().map(|k| payload[*k].clone()).collect();
+                    let retried = self
+                        .send(&client, Some(&fresh), api_key.as_ref(), &again)
+                        .await;
                     for (k, o) in rejected.iter().zip(retried) {
                         outcomes[*k] = match o {
-                            Outcome::TokenRejected { reason } => Outcome::retry("token_rejected_twice", reason),
+                            Outcome::TokenRejected { reason } => {
+                                Outcome::retry("token_rejected_twice", reason)
+                            }
                             other => other,
                         };
                     }
@@ -306,7 +358,10 @@ where
                 }
             }
         }
-        (messages.iter().map(|(i, _)| *i).zip(outcomes).collect(), refreshes)
+        (
+            messages.iter().map(|(i, _)| *i).zip(outcomes).collect(),
+            refreshes,
+        )
     }
 
     async fn send(
@@ -325,7 +380,11 @@ where
 
     /// The RD Station API key of a client without OAuth credentials (from the RD config
     /// of its messages' tid).
-    async fn api_key(&self, client: &ClientConfig, messages: &[(usize, DeliveryMessage)]) -> Option<ApiKey> {
+    async fn api_key(
+        &self,
+        client: &ClientConfig,
+        messages: &[(usize, DeliveryMessage)],
+    ) -> Option<ApiKey> {
         if self.crm != Crm::RdStation || client.secret_name.is_some() {
             return None;
         }
@@ -333,7 +392,9 @@ where
         let config = self.directory.rdstation_by_tid(&tid).await.ok()??;
         Some(ApiKey {
             key: config.token?,
-            base: config.endpoint.unwrap_or_else(|| crm::credentials::RDSTATION_API.to_owned()),
+            base: config
+                .endpoint
+                .unwrap_or_else(|| crm::credentials::RDSTATION_API.to_owned()),
         })
     }
 
@@ -341,7 +402,9 @@ where
     async fn token_failure(&self, client: &ClientConfig, e: &TokenError) -> Outcome {
         match e {
             TokenError::Transient(m) => Outcome::retry("token_unavailable", m.clone()),
-            TokenError::NoCredentials(m) => Outcome::permanent("no_credentials", format!("no credentials secret for {m}")),
+            TokenError::NoCredentials(m) => {
+                Outcome::permanent("no_credentials", format!("no credentials secret for {m}"))
+            }
             TokenError::Rejected(m) => {
                 self.alerts
                     .alert(&Alert {
@@ -350,7 +413,10 @@ where
                         crm: Some(self.crm),
                         client_id: Some(client.client_id.clone()),
                         count: 1,
-                        message: format!("the CRM refused the credentials of {}: {m}", client.client_id),
+                        message: format!(
+                            "the CRM refused the credentials of {}: {m}",
+                            client.client_id
+                        ),
                     })
                     .await;
                 // Kept for redelivery: once the credentials are fixed, they flow again.
@@ -360,7 +426,12 @@ where
     }
 
     /// Carries out the dispositions: visibility changes, DLQ sends.
-    async fn apply(&self, batch: &[InboundMessage], dispositions: Vec<Option<Disposition>>, outcome: &mut DeliverOutcome) {
+    async fn apply(
+        &self,
+        batch: &[InboundMessage],
+        dispositions: Vec<Option<Disposition>>,
+        outcome: &mut DeliverOutcome,
+    ) {
         let now = self.clock.now_ms();
         let mut dead: Vec<(usize, OutgoingMessage)> = Vec::new();
         for (i, d) in dispositions.into_iter().enumerate() {
@@ -370,17 +441,27 @@ where
                 .iter()
                 .find(|(k, _)| k == attr::CLIENT_ID)
                 .map_or_else(|| "-".to_owned(), |(_, v)| v.clone());
-            let mut count = |kind: &'static str| *outcome.counts.entry((client.clone(), kind)).or_default() += 1;
+            let mut count = |kind: &'static str| {
+                *outcome.counts.entry((client.clone(), kind)).or_default() += 1
+            };
             match d {
                 None | Some(Disposition::Done) => count("delivered"),
                 Some(Disposition::Hide(wait, kind)) => {
                     count(kind);
-                    if let Err(e) = self.queues.change_visibility(self.crm, &m.receipt_handle, wait).await {
+                    if let Err(e) = self
+                        .queues
+                        .change_visibility(self.crm, &m.receipt_handle, wait)
+                        .await
+                    {
                         tracing::warn!(error = %e, "could not change the visibility; the queue's own timeout applies");
                     }
                     outcome.redeliver.push(m.message_id.clone());
                 }
-                Some(Disposition::DeadLetter { reason, status, detail }) => {
+                Some(Disposition::DeadLetter {
+                    reason,
+                    status,
+                    detail,
+                }) => {
                     count("dead_lettered");
                     let failure = [
                         attr::FAILURE_REASON,
@@ -417,7 +498,11 @@ where
         }
         for chunk in dead.chunks(10) {
             let messages: Vec<OutgoingMessage> = chunk.iter().map(|(_, m)| m.clone()).collect();
-            let failed: Vec<String> = match self.queues.send_batch(self.crm, QueueKind::DeadLetter, &messages).await {
+            let failed: Vec<String> = match self
+                .queues
+                .send_batch(self.crm, QueueKind::DeadLetter, &messages)
+                .await
+            {
                 Ok(f) => f.into_iter().map(|f| f.id).collect(),
                 Err(e) => {
                     tracing::error!(error = %e, "DLQ send failed; the messages stay for redelivery");

@@ -12,7 +12,11 @@ pub fn inbound(event: &SqsEvent) -> Vec<InboundMessage> {
         .iter()
         .enumerate()
         .map(|(i, r)| InboundMessage {
-            message_id: r.message_id.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| format!("unknown-{i}")),
+            message_id: r
+                .message_id
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| format!("unknown-{i}")),
             receipt_handle: r.receipt_handle.clone().unwrap_or_default(),
             body: r.body.clone().unwrap_or_default(),
             attributes: r

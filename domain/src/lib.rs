@@ -32,10 +32,10 @@ pub use crm::Crm;
 pub use delivery::DeliveryMessage;
 pub use event::{ClientId, Email, EventType, FieldError, GtmEvent};
 pub use ports::{
-    Alert, AlertSink, ClientDirectory, Clock, OutgoingMessage, PutOutcome, QueueError, QueueKind,
-    QueueControl, QueueSender, RecordStore, SecretStore, SendFailure, StoreError, SystemClock,
-    TokenStore,
+    Alert, AlertSink, ClientDirectory, Clock, OutgoingMessage, PutOutcome, QueueControl,
+    QueueError, QueueKind, QueueSender, RecordStore, SecretStore, SendFailure, StoreError,
+    SystemClock, TokenStore,
 };
-pub use token::StoredToken;
 pub use record::NavigationRecord;
 pub use secret::Secret;
+pub use token::StoredToken;

@@ -199,8 +199,10 @@ pub trait TokenStore: Send + Sync {
     ) -> Result<Option<crate::token::StoredToken>, StoreError>;
     /// Stores `token` unless the stored one was issued later (a conditional write: two
     /// refreshers never leave the older token stored). Returns whether it was written.
-    async fn put_token_if_newer(&self, token: &crate::token::StoredToken)
-    -> Result<bool, StoreError>;
+    async fn put_token_if_newer(
+        &self,
+        token: &crate::token::StoredToken,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Secrets (Secrets Manager on AWS, a local file otherwise).
@@ -209,7 +211,8 @@ pub trait SecretStore: Send + Sync {
     /// The secret's current value.
     async fn get_secret(&self, name: &str) -> Result<Option<crate::Secret<String>>, StoreError>;
     /// Replaces the secret's value (RD Station refresh-token rotation).
-    async fn put_secret(&self, name: &str, value: &crate::Secret<String>) -> Result<(), StoreError>;
+    async fn put_secret(&self, name: &str, value: &crate::Secret<String>)
+    -> Result<(), StoreError>;
 }
 
 /// Visibility control of received messages.

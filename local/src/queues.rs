@@ -319,10 +319,15 @@ impl domain::QueueControl for LocalQueues {
         receipt_handle: &str,
         timeout: Duration,
     ) -> Result<(), QueueError> {
-        LocalQueues::change_visibility(self, &queue_name(crm, QueueKind::Delivery), receipt_handle, timeout)
-            .await
-            .map(drop)
-            .map_err(to_queue_error)
+        LocalQueues::change_visibility(
+            self,
+            &queue_name(crm, QueueKind::Delivery),
+            receipt_handle,
+            timeout,
+        )
+        .await
+        .map(drop)
+        .map_err(to_queue_error)
     }
 }
 

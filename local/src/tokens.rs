@@ -13,7 +13,11 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 #[async_trait]
 impl TokenStore for SqliteStore {
-    async fn get_token(&self, client: &ClientId, crm: Crm) -> Result<Option<StoredToken>, StoreError> {
+    async fn get_token(
+        &self,
+        client: &ClientId,
+        crm: Crm,
+    ) -> Result<Option<StoredToken>, StoreError> {
         let (client, crm) = (client.to_string(), crm.as_str());
         self.read(move |conn| {
             let item: Option<String> = conn
@@ -83,7 +87,11 @@ impl FileSecrets {
     fn read_all(&self) -> Result<BTreeMap<String, serde_json::Value>, StoreError> {
         match std::fs::read_to_string(&self.path) {
             Ok(text) => serde_json::from_str(&text).map_err(|e| {
-                StoreError::Corrupt(format!("{} is not a JSON object of secrets (line {})", self.path.display(), e.line()))
+                StoreError::Corrupt(format!(
+                    "{} is not a JSON object of secrets (line {})",
+                    self.path.display(),
+                    e.line()
+                ))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
             Err(e) => Err(unavailable(e)),

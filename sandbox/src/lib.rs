@@ -108,7 +108,10 @@ impl Sandbox {
             let Some(rate) = i.faults.get(crm).filter(|f| f.mode == mode).map(|f| f.rate) else {
                 return false;
             };
-            let acc = i.shares.entry((crm.to_owned(), mode.to_owned())).or_insert(0.0);
+            let acc = i
+                .shares
+                .entry((crm.to_owned(), mode.to_owned()))
+                .or_insert(0.0);
             *acc += rate.clamp(0.0, 1.0);
             if *acc >= 1.0 - 1e-9 {
                 *acc -= 1.0;
@@ -174,13 +177,28 @@ impl Sandbox {
             *b = base.trim_end_matches('/').to_owned();
         }
         Router::new()
-            .route("/_sandbox/records", axum::routing::get(records).delete(clear_records))
+            .route(
+                "/_sandbox/records",
+                axum::routing::get(records).delete(clear_records),
+            )
             .route("/_sandbox/faults", post(set_fault).delete(clear_faults))
             .route("/responsys/rest/api/v1.3/auth/token", post(responsys_login))
-            .route("/responsys/rest/api/v1.3/lists/{list}/members", post(responsys_merge))
-            .route("/responsys/rest/api/v1.3/lists/{list}/listExtensions/{pet}/members", post(responsys_merge2))
-            .route("/responsys/rest/api/v1.3/folders/{folder}/suppData/{table}/members", post(responsys_merge2))
-            .route("/responsys/rest/api/v1.3/events/{event}", post(responsys_event))
+            .route(
+                "/responsys/rest/api/v1.3/lists/{list}/members",
+                post(responsys_merge),
+            )
+            .route(
+                "/responsys/rest/api/v1.3/lists/{list}/listExtensions/{pet}/members",
+                post(responsys_merge2),
+            )
+            .route(
+                "/responsys/rest/api/v1.3/folders/{folder}/suppData/{table}/members",
+                post(responsys_merge2),
+            )
+            .route(
+                "/responsys/rest/api/v1.3/events/{event}",
+                post(responsys_event),
+            )
             .route("/sfmc/v2/token", post(sfmc_token))
             .route("/sfmc/hub/v1/dataevents/{key}/rowset", post(sfmc_rowset))
             .route("/sfmc/interaction/v1/events", post(sfmc_journey))
@@ -209,13 +227,26 @@ async fn clear_records(State(s): State<Sandbox>) -> StatusCode {
 async fn set_fault(State(s): State<Sandbox>, body: String) -> Response {
     let fault: Fault = match serde_json::from_str(&body) {
         Ok(f) => f,
-        Err(e) => return json_response(StatusCode::BAD_REQUEST, json!({"error": format!("invalid fault: {e}")})),
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("invalid fault: {e}")}),
+            );
+        }
     };
     if !["responsys", "salesforce", "rdstation"].contains(&fault.crm.as_str()) {
-        return json_response(StatusCode::BAD_REQUEST, json!({"error": "crm must be responsys, salesforce or rdstation"}));
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "crm must be responsys, salesforce or rdstation"}),
+        );
     }
-    if !["reject", "unavailable", "throttle", "expire_tokens", "slow"].contains(&fault.mode.as_str()) {
-        return json_response(StatusCode::BAD_REQUEST, json!({"error": "mode must be reject, unavailable, throttle, expire_tokens or slow"}));
+    if !["reject", "unavailable", "throttle", "expire_tokens", "slow"]
+        .contains(&fault.mode.as_str())
+    {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "mode must be reject, unavailable, throttle, expire_tokens or slow"}),
+        );
     }
     s.with(|i| {
         if fault.mode == "expire_tokens" {
@@ -244,7 +275,10 @@ async fn clear_faults(State(s): State<Sandbox>) -> StatusCode {
 // ---------------------------------------------------------------- Responsys
 
 fn responsys_error(status: StatusCode, code: &str, title: &str, detail: &str) -> Response {
-    json_response(status, json!({"type": "", "title": title, "errorCode": code, "detail": detail, "errorDetails": []}))
+    json_response(
+        status,
+        json!({"type": "", "title": title, "errorCode": code, "detail": detail, "errorDetails": []}),
+    )
 }
 
 #[derive(Deserialize)]
@@ -254,55 +288,131 @@ struct ResponsysLogin {
     auth_type: String,
 }
 
-async fn responsys_login(State(s): State<Sandbox>, headers: HeaderMap, Form(f): Form<ResponsysLogin>) -> Response {
+async fn responsys_login(
+    State(s): State<Sandbox>,
+    headers: HeaderMap,
+    Form(f): Form<ResponsysLogin>,
+) -> Response {
     let client = match f.auth_type.as_str() {
         "password" => match (f.user_name, f.password) {
             (Some(u), Some(p)) if !u.is_empty() && p != "wrong" => u,
-            _ => return responsys_error(StatusCode::BAD_REQUEST, "INVALID_USER_NAME_PASSWORD", "Invalid user name or password", "Login failed"),
+            _ => {
+                return responsys_error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_USER_NAME_PASSWORD",
+                    "Invalid user name or password",
+                    "Login failed",
+                );
+            }
         },
         "token" => {
-            let old = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let old = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             match s.check("responsys", old) {
                 Ok(c) => {
                     s.with(|i| i.tokens.remove(old));
                     c
                 }
-                Err(true) => return responsys_error(StatusCode::UNAUTHORIZED, "TOKEN_EXPIRED", "Authentication token expired", "Token expired"),
-                Err(false) => return responsys_error(StatusCode::UNAUTHORIZED, "INVALID_TOKEN", "Not a valid token", "Invalid token"),
+                Err(true) => {
+                    return responsys_error(
+                        StatusCode::UNAUTHORIZED,
+                        "TOKEN_EXPIRED",
+                        "Authentication token expired",
+                        "Token expired",
+                    );
+                }
+                Err(false) => {
+                    return responsys_error(
+                        StatusCode::UNAUTHORIZED,
+                        "INVALID_TOKEN",
+                        "Not a valid token",
+                        "Invalid token",
+                    );
+                }
             }
         }
-        _ => return responsys_error(StatusCode::BAD_REQUEST, "INVALID_PARAMETER", "Invalid request parameters", "auth_type"),
+        _ => {
+            return responsys_error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_PARAMETER",
+                "Invalid request parameters",
+                "auth_type",
+            );
+        }
     };
     let (token, _) = s.issue("responsys", &client, RESPONSYS_TOKEN_TTL);
-    let issued = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    json_response(StatusCode::OK, json!({"authToken": token, "issuedAt": issued, "endPoint": format!("{}/responsys", s.base())}))
+    let issued = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    json_response(
+        StatusCode::OK,
+        json!({"authToken": token, "issuedAt": issued, "endPoint": format!("{}/responsys", s.base())}),
+    )
 }
 
 /// Common checks of a Responsys data call; the client on success.
 async fn responsys_guard(s: &Sandbox, headers: &HeaderMap) -> Result<String, Response> {
     s.maybe_slow("responsys").await;
-    let token = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let client = match s.check("responsys", token) {
         Ok(c) => c,
-        Err(true) => return Err(responsys_error(StatusCode::UNAUTHORIZED, "TOKEN_EXPIRED", "Authentication token expired", "Token expired")),
-        Err(false) => return Err(responsys_error(StatusCode::UNAUTHORIZED, "INVALID_TOKEN", "Not a valid token", "Invalid token")),
+        Err(true) => {
+            return Err(responsys_error(
+                StatusCode::UNAUTHORIZED,
+                "TOKEN_EXPIRED",
+                "Authentication token expired",
+                "Token expired",
+            ));
+        }
+        Err(false) => {
+            return Err(responsys_error(
+                StatusCode::UNAUTHORIZED,
+                "INVALID_TOKEN",
+                "Not a valid token",
+                "Invalid token",
+            ));
+        }
     };
     if s.hit("responsys", "unavailable") {
-        return Err(responsys_error(StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", "Service unavailable", "Try again later"));
+        return Err(responsys_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVICE_UNAVAILABLE",
+            "Service unavailable",
+            "Try again later",
+        ));
     }
     if s.hit("responsys", "throttle") {
         // Documented as 400 (error table) or 401 (FAQ): the sandbox uses 400.
-        return Err(responsys_error(StatusCode::BAD_REQUEST, "API_LIMIT_EXCEEDED", "API limit exceeded",
-            "You exceeded your allowable limit to call the mergeListMembers API function. Please try again in a minute."));
+        return Err(responsys_error(
+            StatusCode::BAD_REQUEST,
+            "API_LIMIT_EXCEEDED",
+            "API limit exceeded",
+            "You exceeded your allowable limit to call the mergeListMembers API function. Please try again in a minute.",
+        ));
     }
     Ok(client)
 }
 
-async fn responsys_merge(State(s): State<Sandbox>, Path(_list): Path<String>, headers: HeaderMap, body: String) -> Response {
+async fn responsys_merge(
+    State(s): State<Sandbox>,
+    Path(_list): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     responsys_merge_any(s, headers, body).await
 }
 
-async fn responsys_merge2(State(s): State<Sandbox>, Path(_p): Path<(String, String)>, headers: HeaderMap, body: String) -> Response {
+async fn responsys_merge2(
+    State(s): State<Sandbox>,
+    Path(_p): Path<(String, String)>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     responsys_merge_any(s, headers, body).await
 }
 
@@ -312,21 +422,50 @@ async fn responsys_merge_any(s: Sandbox, headers: HeaderMap, body: String) -> Re
         Err(r) => return r,
     };
     let Ok(body) = serde_json::from_str::<Value>(&body) else {
-        return responsys_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST_CONTENT", "Invalid request content", "Not valid JSON");
+        return responsys_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST_CONTENT",
+            "Invalid request content",
+            "Not valid JSON",
+        );
     };
-    let names: Vec<String> = body["recordData"]["fieldNames"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()).unwrap_or_default();
-    let rows = body["recordData"]["records"].as_array().cloned().unwrap_or_default();
+    let names: Vec<String> = body["recordData"]["fieldNames"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let rows = body["recordData"]["records"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if names.is_empty() {
-        return responsys_error(StatusCode::BAD_REQUEST, "INVALID_PARAMETER", "Invalid request parameters", "FieldList is null OR empty");
+        return responsys_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_PARAMETER",
+            "Invalid request parameters",
+            "FieldList is null OR empty",
+        );
     }
     if rows.len() > 200 {
-        return responsys_error(StatusCode::BAD_REQUEST, "RECIPIENT_LIMIT_EXCEEDED", "Recipient limit exceeded", "More than 200 records");
+        return responsys_error(
+            StatusCode::BAD_REQUEST,
+            "RECIPIENT_LIMIT_EXCEEDED",
+            "Recipient limit exceeded",
+            "More than 200 records",
+        );
     }
     let email_col = names.iter().position(|n| n.starts_with("EMAIL_ADDRESS"));
     let mut out = Vec::new();
     for (n, row) in rows.iter().enumerate() {
         let values = row.as_array().cloned().unwrap_or_default();
-        let email = email_col.and_then(|c| values.get(c)).and_then(Value::as_str).unwrap_or("").to_owned();
+        let email = email_col
+            .and_then(|c| values.get(c))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         if email.is_empty() || s.hit("responsys", "reject") {
             out.push(json!([format!("MERGEFAILED: Record {n} = INVALID_PARAMETER: The value {email} is not a valid email address")]));
             continue;
@@ -335,77 +474,139 @@ async fn responsys_merge_any(s: Sandbox, headers: HeaderMap, body: String) -> Re
         s.log("responsys", &client, &email, Value::Object(raw));
         out.push(json!([format!("{}", 4_094_326 + n)]));
     }
-    json_response(StatusCode::OK, json!({"recordData": {"fieldNames": ["RIID_"], "records": out, "mapTemplateName": null}}))
+    json_response(
+        StatusCode::OK,
+        json!({"recordData": {"fieldNames": ["RIID_"], "records": out, "mapTemplateName": null}}),
+    )
 }
 
-async fn responsys_event(State(s): State<Sandbox>, Path(_event): Path<String>, headers: HeaderMap, body: String) -> Response {
+async fn responsys_event(
+    State(s): State<Sandbox>,
+    Path(_event): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     if let Err(r) = responsys_guard(&s, &headers).await {
         return r;
     }
     let Ok(body) = serde_json::from_str::<Value>(&body) else {
-        return responsys_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST_CONTENT", "Invalid request content", "Not valid JSON");
+        return responsys_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST_CONTENT",
+            "Invalid request content",
+            "Not valid JSON",
+        );
     };
     let n = body["recipientData"].as_array().map_or(0, Vec::len);
-    let results: Vec<Value> = (0..n).map(|i| json!({"recipientId": 4_094_326 + i, "success": true, "errorMessage": null})).collect();
+    let results: Vec<Value> = (0..n)
+        .map(|i| json!({"recipientId": 4_094_326 + i, "success": true, "errorMessage": null}))
+        .collect();
     json_response(StatusCode::OK, Value::Array(results))
 }
 
 // ---------------------------------------------------------------- SFMC
 
 fn sfmc_error(status: StatusCode, message: &str, code: i64) -> Response {
-    json_response(status, json!({"message": message, "errorcode": code, "documentation": "https://developer.salesforce.com/docs"}))
+    json_response(
+        status,
+        json!({"message": message, "errorcode": code, "documentation": "https://developer.salesforce.com/docs"}),
+    )
 }
 
 async fn sfmc_token(State(s): State<Sandbox>, body: String) -> Response {
     let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let client = body["client_id"].as_str().unwrap_or("");
-    if body["grant_type"] != "client_credentials" || client.is_empty() || body["client_secret"] == "wrong" {
-        return json_response(StatusCode::UNAUTHORIZED, json!({"error": "invalid_client",
-            "error_description": "Client authentication failed.", "error_uri": "https://developer.salesforce.com/docs"}));
+    if body["grant_type"] != "client_credentials"
+        || client.is_empty()
+        || body["client_secret"] == "wrong"
+    {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "invalid_client",
+            "error_description": "Client authentication failed.", "error_uri": "https://developer.salesforce.com/docs"}),
+        );
     }
-    let (token, ttl) = s.issue("salesforce", client, Duration::from_secs(SFMC_TOKEN_TTL_SECONDS));
-    json_response(StatusCode::OK, json!({"access_token": token, "token_type": "Bearer",
+    let (token, ttl) = s.issue(
+        "salesforce",
+        client,
+        Duration::from_secs(SFMC_TOKEN_TTL_SECONDS),
+    );
+    json_response(
+        StatusCode::OK,
+        json!({"access_token": token, "token_type": "Bearer",
         "expires_in": ttl.as_secs().max(1), "scope": "data_extensions_write journeys_execute",
-        "soap_instance_url": format!("{}/sfmc/", s.base()), "rest_instance_url": format!("{}/sfmc/", s.base())}))
+        "soap_instance_url": format!("{}/sfmc/", s.base()), "rest_instance_url": format!("{}/sfmc/", s.base())}),
+    )
 }
 
 async fn sfmc_guard(s: &Sandbox, headers: &HeaderMap) -> Result<String, Response> {
     s.maybe_slow("salesforce").await;
-    let token = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
     let client = s.check("salesforce", token).map_err(|_| {
-        sfmc_error(StatusCode::UNAUTHORIZED, "Not Authorized: The token was not found in the request, or it is invalid or expired", 0)
+        sfmc_error(
+            StatusCode::UNAUTHORIZED,
+            "Not Authorized: The token was not found in the request, or it is invalid or expired",
+            0,
+        )
     })?;
     if s.hit("salesforce", "unavailable") {
-        return Err(sfmc_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", 0));
+        return Err(sfmc_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            0,
+        ));
     }
     if s.hit("salesforce", "throttle") {
-        let mut r = json_response(StatusCode::TOO_MANY_REQUESTS, json!({"message": "Rate limit exceeded",
-            "errorcode": 50100, "retryAfter": SFMC_RETRY_AFTER_SECONDS, "documentation": "https://developer.salesforce.com/docs"}));
-        r.headers_mut().insert("retry-after", SFMC_RETRY_AFTER_SECONDS.into());
+        let mut r = json_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({"message": "Rate limit exceeded",
+            "errorcode": 50100, "retryAfter": SFMC_RETRY_AFTER_SECONDS, "documentation": "https://developer.salesforce.com/docs"}),
+        );
+        r.headers_mut()
+            .insert("retry-after", SFMC_RETRY_AFTER_SECONDS.into());
         return Err(r);
     }
     Ok(client)
 }
 
-async fn sfmc_rowset(State(s): State<Sandbox>, Path(_key): Path<String>, headers: HeaderMap, body: String) -> Response {
+async fn sfmc_rowset(
+    State(s): State<Sandbox>,
+    Path(_key): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     let client = match sfmc_guard(&s, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
     };
     let Ok(Value::Array(rows)) = serde_json::from_str::<Value>(&body) else {
-        return sfmc_error(StatusCode::BAD_REQUEST, "Request body is not a rowset array", 10000);
+        return sfmc_error(
+            StatusCode::BAD_REQUEST,
+            "Request body is not a rowset array",
+            10000,
+        );
     };
     for (n, row) in rows.iter().enumerate() {
         let email = row["values"]["Email"].as_str().unwrap_or("");
         if email.is_empty() || s.hit("salesforce", "reject") {
             // Rows before the first bad row are saved; this one and the rest are not.
-            return json_response(StatusCode::BAD_REQUEST, json!({"message": "Aggregate Error", "errorcode": 10006,
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"message": "Aggregate Error", "errorcode": 10006,
                 "documentation": "", "additionalErrors": [{"message": format!("Row {n}: Unable to save row: the value for field Email is invalid"),
-                "errorcode": 10000, "documentation": ""}]}));
+                "errorcode": 10000, "documentation": ""}]}),
+            );
         }
         s.log("salesforce", &client, email, row.clone());
     }
-    json_response(StatusCode::OK, json!({"requestId": uuid::Uuid::new_v4().to_string()}))
+    json_response(
+        StatusCode::OK,
+        json!({"requestId": uuid::Uuid::new_v4().to_string()}),
+    )
 }
 
 async fn sfmc_journey(State(s): State<Sandbox>, headers: HeaderMap, body: String) -> Response {
@@ -415,17 +616,32 @@ async fn sfmc_journey(State(s): State<Sandbox>, headers: HeaderMap, body: String
     };
     let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let contact = body["ContactKey"].as_str().unwrap_or("");
-    if contact.is_empty() || body["EventDefinitionKey"].as_str().is_none_or(str::is_empty) || s.hit("salesforce", "reject") {
-        return sfmc_error(StatusCode::BAD_REQUEST, "Event definition not found or contact not active", 10000);
+    if contact.is_empty()
+        || body["EventDefinitionKey"]
+            .as_str()
+            .is_none_or(str::is_empty)
+        || s.hit("salesforce", "reject")
+    {
+        return sfmc_error(
+            StatusCode::BAD_REQUEST,
+            "Event definition not found or contact not active",
+            10000,
+        );
     }
     s.log("salesforce", &client, contact, body.clone());
-    json_response(StatusCode::CREATED, json!({"eventInstanceId": uuid::Uuid::new_v4().to_string()}))
+    json_response(
+        StatusCode::CREATED,
+        json!({"eventInstanceId": uuid::Uuid::new_v4().to_string()}),
+    )
 }
 
 // ---------------------------------------------------------------- RD Station
 
 fn rd_error(status: StatusCode, kind: &str, message: &str) -> Response {
-    json_response(status, json!({"error_type": kind, "error_message": message}))
+    json_response(
+        status,
+        json!({"error_type": kind, "error_message": message}),
+    )
 }
 
 async fn rd_token(State(s): State<Sandbox>, body: String) -> Response {
@@ -436,50 +652,105 @@ async fn rd_token(State(s): State<Sandbox>, body: String) -> Response {
         body["refresh_token"].as_str().unwrap_or(""),
     );
     if client.is_empty() || secret == "wrong" {
-        return rd_error(StatusCode::UNAUTHORIZED, "ACCESS_DENIED", "Wrong credentials provided.");
+        return rd_error(
+            StatusCode::UNAUTHORIZED,
+            "ACCESS_DENIED",
+            "Wrong credentials provided.",
+        );
     }
     let valid = s.with(|i| match i.refresh_tokens.get(client) {
         Some(current) => current == refresh,
         None => !refresh.is_empty(),
     });
     if !valid {
-        return rd_error(StatusCode::UNAUTHORIZED, "INVALID_REFRESH_TOKEN", "The refresh token is invalid.");
+        return rd_error(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_REFRESH_TOKEN",
+            "The refresh token is invalid.",
+        );
     }
     let rotated = format!("rt-{}", uuid::Uuid::new_v4().simple());
     s.with(|i| i.refresh_tokens.insert(client.to_owned(), rotated.clone()));
-    let (token, ttl) = s.issue("rdstation", client, Duration::from_secs(RDSTATION_TOKEN_TTL_SECONDS));
-    json_response(StatusCode::OK, json!({"access_token": token, "expires_in": ttl.as_secs().max(1), "refresh_token": rotated}))
+    let (token, ttl) = s.issue(
+        "rdstation",
+        client,
+        Duration::from_secs(RDSTATION_TOKEN_TTL_SECONDS),
+    );
+    json_response(
+        StatusCode::OK,
+        json!({"access_token": token, "expires_in": ttl.as_secs().max(1), "refresh_token": rotated}),
+    )
 }
 
-async fn rd_deliver(s: &Sandbox, client: String, query_type: Option<String>, body: &str) -> Response {
+async fn rd_deliver(
+    s: &Sandbox,
+    client: String,
+    query_type: Option<String>,
+    body: &str,
+) -> Response {
     if s.hit("rdstation", "unavailable") {
-        return rd_error(StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", "Service temporarily unavailable");
+        return rd_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVICE_UNAVAILABLE",
+            "Service temporarily unavailable",
+        );
     }
     if s.hit("rdstation", "throttle") {
-        return json_response(StatusCode::TOO_MANY_REQUESTS, json!({"error": "'account_limiter' rate limit exceeded for 60 second(s) period",
-            "max": 120, "usage": 121, "remaining_time": RDSTATION_REMAINING_SECONDS}));
+        return json_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({"error": "'account_limiter' rate limit exceeded for 60 second(s) period",
+            "max": 120, "usage": 121, "remaining_time": RDSTATION_REMAINING_SECONDS}),
+        );
     }
     let body: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let event_type = body["event_type"].as_str().unwrap_or("");
-    let known = ["CONVERSION", "ECOMMERCE_CART_ABANDONED", "ECOMMERCE_CHECKOUT_STARTED", "ECOMMERCE_ORDER_PLACED",
-        "ECOMMERCE_ORDER_PAID", "ECOMMERCE_ORDER_FULFILLED", "ECOMMERCE_ORDER_REFUNDED", "ECOMMERCE_SHIPMENT_DELIVERED",
-        "ECOMMERCE_ORDER_CANCELLED", "OPPORTUNITY", "SALE"];
+    let known = [
+        "CONVERSION",
+        "ECOMMERCE_CART_ABANDONED",
+        "ECOMMERCE_CHECKOUT_STARTED",
+        "ECOMMERCE_ORDER_PLACED",
+        "ECOMMERCE_ORDER_PAID",
+        "ECOMMERCE_ORDER_FULFILLED",
+        "ECOMMERCE_ORDER_REFUNDED",
+        "ECOMMERCE_SHIPMENT_DELIVERED",
+        "ECOMMERCE_ORDER_CANCELLED",
+        "OPPORTUNITY",
+        "SALE",
+    ];
     if !known.contains(&event_type) || query_type.is_some_and(|q| q != event_type) {
-        return json_response(StatusCode::BAD_REQUEST, json!([{"error_type": "INVALID_OPTION",
-            "error_message": "Must be one of the valid options.", "path": "$.event_type"}]));
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!([{"error_type": "INVALID_OPTION",
+            "error_message": "Must be one of the valid options.", "path": "$.event_type"}]),
+        );
     }
     let email = body["payload"]["email"].as_str().unwrap_or("");
     if email.is_empty() || body["event_family"] != "CDP" || s.hit("rdstation", "reject") {
-        return json_response(StatusCode::BAD_REQUEST, json!({"errors": {"email": [{"error_type": "INVALID_FIELDS",
-            "error_message": "the email is invalid"}]}}));
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"errors": {"email": [{"error_type": "INVALID_FIELDS",
+            "error_message": "the email is invalid"}]}}),
+        );
     }
     s.log("rdstation", &client, email, body.clone());
-    json_response(StatusCode::OK, json!({"event_uuid": uuid::Uuid::new_v4().to_string()}))
+    json_response(
+        StatusCode::OK,
+        json!({"event_uuid": uuid::Uuid::new_v4().to_string()}),
+    )
 }
 
-async fn rd_event(State(s): State<Sandbox>, Query(q): Query<HashMap<String, String>>, headers: HeaderMap, body: String) -> Response {
+async fn rd_event(
+    State(s): State<Sandbox>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     s.maybe_slow("rdstation").await;
-    let token = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
     let client = match s.check("rdstation", token) {
         Ok(c) => c,
         Err(true) => {
@@ -493,15 +764,33 @@ async fn rd_event(State(s): State<Sandbox>, Query(q): Query<HashMap<String, Stri
     rd_deliver(&s, client, q.get("event_type").cloned(), &body).await
 }
 
-async fn rd_conversion(State(s): State<Sandbox>, Query(q): Query<HashMap<String, String>>, body: String) -> Response {
+async fn rd_conversion(
+    State(s): State<Sandbox>,
+    Query(q): Query<HashMap<String, String>>,
+    body: String,
+) -> Response {
     s.maybe_slow("rdstation").await;
     let key = q.get("api_key").cloned().unwrap_or_default();
     if key.is_empty() || key == "wrong" {
         return rd_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "Invalid API key.");
     }
-    if serde_json::from_str::<Value>(&body).ok().and_then(|b| b["event_type"].as_str().map(str::to_owned)).as_deref() != Some("CONVERSION") {
-        return json_response(StatusCode::BAD_REQUEST, json!([{"error_type": "INVALID_OPTION",
-            "error_message": "API keys accept CONVERSION events only.", "path": "$.event_type"}]));
+    if serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|b| b["event_type"].as_str().map(str::to_owned))
+        .as_deref()
+        != Some("CONVERSION")
+    {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!([{"error_type": "INVALID_OPTION",
+            "error_message": "API keys accept CONVERSION events only.", "path": "$.event_type"}]),
+        );
     }
-    rd_deliver(&s, format!("api-key:{}", key.chars().take(4).collect::<String>()), None, &body).await
+    rd_deliver(
+        &s,
+        format!("api-key:{}", key.chars().take(4).collect::<String>()),
+        None,
+        &body,
+    )
+    .await
 }

@@ -48,12 +48,20 @@ pub async fn run<D, T, S, A, C>(
     A: AlertSink,
     C: Clock + Clone,
 {
-    let (queue, dlq) = (queue_name(crm, QueueKind::Delivery), queue_name(crm, QueueKind::DeadLetter));
+    let (queue, dlq) = (
+        queue_name(crm, QueueKind::Delivery),
+        queue_name(crm, QueueKind::DeadLetter),
+    );
     let mut sends = queues.watch_sends();
     while !*stop.borrow() {
         sends.borrow_and_update();
         let received = match queues
-            .receive(&queue, Some(&dlq), settings.batch_size, settings.visibility_timeout)
+            .receive(
+                &queue,
+                Some(&dlq),
+                settings.batch_size,
+                settings.visibility_timeout,
+            )
             .await
         {
             Ok(r) => r,
@@ -71,7 +79,10 @@ pub async fn run<D, T, S, A, C>(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
             let wait = match queues.next_visible_at(&queue).await {
-                Ok(Some(at)) if at > now => Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(settings.idle_poll),
+                Ok(Some(at)) if at > now => {
+                    Duration::from_millis(u64::try_from(at - now).unwrap_or(0))
+                        .min(settings.idle_poll)
+                }
                 Ok(Some(_)) => Duration::from_millis(5),
                 _ => settings.idle_poll,
             };
@@ -98,8 +109,13 @@ pub async fn run<D, T, S, A, C>(
             if !outcome.redeliver.contains(&m.message_id) {
                 match queues.delete(&queue, &m.receipt_handle).await {
                     Ok(true) => {}
-                    Ok(false) => tracing::warn!(crm = crm.as_str(), "a handled message was received again before its delete; it may be delivered twice"),
-                    Err(e) => tracing::error!(crm = crm.as_str(), error = %e, "delete failed; the message will be delivered again"),
+                    Ok(false) => tracing::warn!(
+                        crm = crm.as_str(),
+                        "a handled message was received again before its delete; it may be delivered twice"
+                    ),
+                    Err(e) => {
+                        tracing::error!(crm = crm.as_str(), error = %e, "delete failed; the message will be delivered again")
+                    }
                 }
             }
         }

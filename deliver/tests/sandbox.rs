@@ -1,0 +1,514 @@
+//! Every outcome class end to end: the deliver handler against the sandbox CRMs over
+//! real HTTP, with the SQLite store (clients, tokens), a secrets file and the local
+//! queues.
+
+use async_trait::async_trait;
+use deliver::{DeliverHandler, DeliverSettings, InboundMessage};
+use domain::alerts::DedupAlerts;
+use domain::delivery::DeliveryMessage;
+use domain::{
+    Alert, AlertSink, AllowedOrigins, ClientConfig, ClientId, Crm, GtmEvent, NavigationRecord,
+    QueueKind, QueueSender, SystemClock, TokenStore,
+};
+use local::{FileSecrets, LocalQueues, SqliteStore, StoreOptions, queue_name};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+struct Alerts(Mutex<Vec<Alert>>);
+#[async_trait]
+impl AlertSink for Alerts {
+    async fn alert(&self, alert: &Alert) {
+        self.0.lock().expect("lock").push(alert.clone());
+    }
+}
+
+type Handler = DeliverHandler<
+    SqliteStore,
+    SqliteStore,
+    FileSecrets,
+    LocalQueues,
+    Arc<DedupAlerts<Arc<Alerts>, SystemClock>>,
+    SystemClock,
+>;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    sandbox: String,
+    store: SqliteStore,
+    queues: LocalQueues,
+    alerts: Arc<Alerts>,
+    http: reqwest::Client,
+    secrets: FileSecrets,
+}
+
+async fn env() -> Env {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let sandbox = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(sandbox::serve(listener, sandbox::Sandbox::default()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(&dir.path().join("data"), StoreOptions::default()).expect("open");
+    let secrets = FileSecrets::open(&dir.path().join("secrets.json"));
+    let creds = [
+        (
+            "responsys",
+            json!({"username": "shop-r", "password": "pw", "loginUrl": format!("{sandbox}/responsys")}),
+        ),
+        (
+            "salesforce",
+            json!({"clientId": "shop-s", "clientSecret": "pw", "subdomain": "x", "authUrl": format!("{sandbox}/sfmc")}),
+        ),
+        (
+            "rdstation",
+            json!({"clientId": "shop-d", "clientSecret": "pw", "refreshToken": "rt-0", "authUrl": format!("{sandbox}/rdstation"), "apiUrl": format!("{sandbox}/rdstation")}),
+        ),
+    ];
+    for (crm, value) in creds {
+        domain::SecretStore::put_secret(
+            &secrets,
+            &format!("/connect/{crm}/shop/credentials"),
+            &domain::Secret::new(value.to_string()),
+        )
+        .await
+        .expect("secret");
+    }
+    for (id, crm, target) in [
+        (
+            "shop-r",
+            Crm::Responsys,
+            Some(json!({"kind": "pet", "pet_name": "EVENTS"})),
+        ),
+        ("shop-s", Crm::Salesforce, None),
+        ("shop-d", Crm::RdStation, None),
+    ] {
+        store
+            .upsert_client(&ClientConfig {
+                client_id: ClientId::parse(id).expect("id"),
+                crm,
+                active: true,
+                allowed_origins: AllowedOrigins::default(),
+                target,
+                secret_name: Some(format!("/connect/{crm}/shop/credentials")),
+                rate_limit_per_second: None,
+            })
+            .await
+            .expect("client");
+    }
+    let queues = LocalQueues::new(store.clone(), Arc::new(SystemClock), 5);
+    Env {
+        _dir: dir,
+        sandbox,
+        store,
+        queues,
+        alerts: Arc::default(),
+        http: reqwest::Client::new(),
+        secrets,
+    }
+}
+
+impl Env {
+    fn handler(&self, crm: Crm) -> Handler {
+        let http = crm::CrmHttp::new(&crm::HttpSettings::default()).expect("http");
+        DeliverHandler::new(
+            crm,
+            self.store.clone(),
+            crm::TokenManager::new(
+                self.store.clone(),
+                self.secrets.clone(),
+                SystemClock,
+                http.clone(),
+            ),
+            http,
+            self.queues.clone(),
+            Arc::new(DedupAlerts::new(
+                Arc::clone(&self.alerts),
+                SystemClock,
+                300_000,
+            )),
+            SystemClock,
+            DeliverSettings::for_crm(crm),
+        )
+    }
+
+    async fn fault(&self, body: Value) {
+        let r = self
+            .http
+            .post(format!("{}/_sandbox/faults", self.sandbox))
+            .json(&body)
+            .send()
+            .await
+            .expect("fault");
+        assert!(r.status().is_success());
+    }
+
+    async fn records(&self) -> Vec<Value> {
+        self.http
+            .get(format!("{}/_sandbox/records", self.sandbox))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// Sends `n` messages of `client` to the CRM's queue and receives them, as a worker would.
+    async fn inbound(&self, crm: Crm, client: &str, n: usize) -> Vec<InboundMessage> {
+        let messages: Vec<domain::OutgoingMessage> = (0..n)
+            .map(|i| {
+                let body = json!({"clientId": client, "tid": "GA4.1.2", "email": format!("U{i}@Example.com"), "eventType": "add_to_cart", "productId": format!("SKU-{i}"), "productPrice": 5});
+                let event = GtmEvent::parse(crm, body).expect("valid");
+                let m = DeliveryMessage::from_record(NavigationRecord::new(event, ClientId::parse(client).expect("id"), crm, 1_764_000_000_000, 48));
+                domain::OutgoingMessage { id: format!("{i}"), body: serde_json::to_string(&m).expect("json"), attributes: m.attributes() }
+            })
+            .collect();
+        self.queues
+            .send_batch(crm, QueueKind::Delivery, &messages)
+            .await
+            .expect("send");
+        self.receive(crm).await
+    }
+
+    async fn receive(&self, crm: Crm) -> Vec<InboundMessage> {
+        let mut out = Vec::new();
+        loop {
+            let got = self
+                .queues
+                .receive(
+                    &queue_name(crm, QueueKind::Delivery),
+                    None,
+                    10,
+                    Duration::from_secs(30),
+                )
+                .await
+                .expect("receive");
+            if got.is_empty() {
+                return out;
+            }
+            out.extend(got.into_iter().map(|m| InboundMessage {
+                message_id: m.message_id,
+                receipt_handle: m.receipt_handle,
+                body: m.body,
+                attributes: m.attributes,
+                receive_count: m.receive_count,
+            }));
+        }
+    }
+
+    async fn dlq(&self, crm: Crm) -> Vec<HashMap<String, String>> {
+        self.queues
+            .receive(
+                &queue_name(crm, QueueKind::DeadLetter),
+                None,
+                10,
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("receive")
+            .into_iter()
+            .map(|m| m.attributes.into_iter().collect())
+            .collect()
+    }
+
+    async fn hidden_for(&self, crm: Crm) -> Option<i64> {
+        let at = self
+            .queues
+            .next_visible_at(&queue_name(crm, QueueKind::Delivery))
+            .await
+            .expect("next")?;
+        Some(at - domain::Clock::now_ms(&SystemClock))
+    }
+}
+
+#[tokio::test]
+async fn delivered_on_each_crm() {
+    let env = env().await;
+    for (crm, client) in [
+        (Crm::Responsys, "shop-r"),
+        (Crm::Salesforce, "shop-s"),
+        (Crm::RdStation, "shop-d"),
+    ] {
+        let batch = env.inbound(crm, client, 3).await;
+        let outcome = env.handler(crm).handle(&batch).await;
+        assert!(outcome.redeliver.is_empty(), "{crm}: {outcome:?}");
+        assert_eq!(
+            outcome.counts.get(&(client.to_owned(), "delivered")),
+            Some(&3),
+            "{crm}"
+        );
+    }
+    let records = env.records().await;
+    assert_eq!(records.len(), 9);
+    for r in &records {
+        assert!(
+            r["email"].as_str().expect("email").starts_with('u'),
+            "lower-case email: {r}"
+        );
+    }
+    let rd: Vec<&Value> = records.iter().filter(|r| r["crm"] == "rdstation").collect();
+    assert_eq!(rd[0]["raw"]["event_type"], "CONVERSION");
+    assert_eq!(
+        rd[0]["raw"]["payload"]["conversion_identifier"],
+        "add_to_cart"
+    );
+    // The RD refresh token rotated and was written back to the secret.
+    let secret =
+        domain::SecretStore::get_secret(&env.secrets, "/connect/rdstation/shop/credentials")
+            .await
+            .expect("get")
+            .expect("some");
+    assert_ne!(
+        serde_json::from_str::<Value>(secret.expose()).expect("json")["refreshToken"],
+        "rt-0"
+    );
+}
+
+#[tokio::test]
+async fn permanent_rejections_go_to_the_dlq_with_their_reason() {
+    let env = env().await;
+    for (crm, client, status) in [
+        (Crm::Responsys, "shop-r", "MERGEFAILED"),
+        (Crm::Salesforce, "shop-s", "10006"),
+        (Crm::RdStation, "shop-d", "400"),
+    ] {
+        env.fault(json!({"crm": crm, "mode": "reject", "rate": 1.0}))
+            .await;
+        let batch = env.inbound(crm, client, 2).await;
+        let outcome = env.handler(crm).handle(&batch).await;
+        let dlq = env.dlq(crm).await;
+        if crm == Crm::Salesforce {
+            // 10006: the first row is refused, the second was not attempted (retried).
+            assert_eq!(dlq.len(), 1, "{crm}");
+            assert_eq!(outcome.redeliver.len(), 1);
+        } else {
+            assert!(outcome.redeliver.is_empty(), "{crm}: {outcome:?}");
+            assert_eq!(dlq.len(), 2, "{crm}");
+        }
+        let a = &dlq[0];
+        assert_eq!(a["failureReason"], "rejected_by_crm");
+        assert!(a["failureStatus"].starts_with(status), "{crm}: {a:?}");
+        assert_eq!(a["attempts"], "1");
+        assert!(a.contains_key("failedAt") && a.contains_key("failureDetail"));
+        assert_eq!(a["clientId"], client);
+        assert!(
+            env.alerts
+                .0
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|x| x.kind == "permanent_failure" && x.crm == Some(crm))
+        );
+    }
+    assert!(env.records().await.is_empty());
+}
+
+#[tokio::test]
+async fn sfmc_aggregate_error_splits_the_batch() {
+    let env = env().await;
+    env.fault(json!({"crm": "salesforce", "mode": "reject", "rate": 0.34}))
+        .await;
+    let batch = env.inbound(Crm::Salesforce, "shop-s", 5).await;
+    let outcome = env.handler(Crm::Salesforce).handle(&batch).await;
+    // rate 0.34: the 3rd row is the first refused → rows 0–1 delivered, row 2 DLQ, 3–4 retried.
+    assert_eq!(
+        outcome.counts.get(&("shop-s".to_owned(), "delivered")),
+        Some(&2),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        outcome.counts.get(&("shop-s".to_owned(), "dead_lettered")),
+        Some(&1)
+    );
+    assert_eq!(
+        outcome.counts.get(&("shop-s".to_owned(), "retried")),
+        Some(&2)
+    );
+    assert_eq!(
+        outcome.redeliver,
+        vec![batch[3].message_id.clone(), batch[4].message_id.clone()]
+    );
+    assert_eq!(env.records().await.len(), 2);
+}
+
+#[tokio::test]
+async fn unavailable_means_retry_later_with_backoff() {
+    let env = env().await;
+    env.fault(json!({"crm": "rdstation", "mode": "unavailable", "rate": 1.0}))
+        .await;
+    let batch = env.inbound(Crm::RdStation, "shop-d", 2).await;
+    let outcome = env.handler(Crm::RdStation).handle(&batch).await;
+    assert_eq!(outcome.redeliver.len(), 2);
+    let hidden = env.hidden_for(Crm::RdStation).await.expect("hidden");
+    assert!(
+        (7_000..=13_000).contains(&hidden),
+        "first retry ≈ 10 s ± 20 %: {hidden}"
+    );
+    assert!(env.dlq(Crm::RdStation).await.is_empty());
+}
+
+#[tokio::test]
+async fn throttles_hide_messages_for_the_crm_wait() {
+    let env = env().await;
+    for (crm, client, expected_ms) in [
+        (Crm::Responsys, "shop-r", 60_000),
+        (Crm::Salesforce, "shop-s", 5_000),
+        (Crm::RdStation, "shop-d", 30_000),
+    ] {
+        env.fault(json!({"crm": crm, "mode": "throttle", "rate": 1.0}))
+            .await;
+        let batch = env.inbound(crm, client, 2).await;
+        let outcome = env.handler(crm).handle(&batch).await;
+        assert_eq!(outcome.redeliver.len(), 2, "{crm}");
+        assert_eq!(
+            outcome.counts.get(&(client.to_owned(), "throttled")),
+            Some(&2),
+            "{crm}"
+        );
+        let hidden = env.hidden_for(crm).await.expect("hidden");
+        assert!(
+            (expected_ms - 1_000..=expected_ms).contains(&hidden),
+            "{crm}: {hidden}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refreshed_exactly_once() {
+    let env = env().await;
+    for (crm, client) in [
+        (Crm::Responsys, "shop-r"),
+        (Crm::Salesforce, "shop-s"),
+        (Crm::RdStation, "shop-d"),
+    ] {
+        let handler = env.handler(crm);
+        let warm = env.inbound(crm, client, 1).await;
+        assert!(handler.handle(&warm).await.redeliver.is_empty());
+        let before = env
+            .store
+            .get_token(&ClientId::parse(client).expect("id"), crm)
+            .await
+            .expect("get")
+            .expect("token");
+        // Every token issued so far is invalid now; new ones live 60 s.
+        env.fault(json!({"crm": crm, "mode": "expire_tokens", "tokenTtlMs": 60_000}))
+            .await;
+        let batch = env.inbound(crm, client, 3).await;
+        let outcome = handler.handle(&batch).await;
+        assert!(outcome.redeliver.is_empty(), "{crm}: {outcome:?}");
+        assert_eq!(outcome.token_refreshes, 1, "{crm}");
+        let after = env
+            .store
+            .get_token(&ClientId::parse(client).expect("id"), crm)
+            .await
+            .expect("get")
+            .expect("token");
+        assert_ne!(before.access_token, after.access_token);
+        assert!(after.issued_at >= before.issued_at);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_refreshes_never_leave_the_older_token() {
+    let env = env().await;
+    let client = ClientConfig {
+        client_id: ClientId::parse("shop-s").expect("id"),
+        crm: Crm::Salesforce,
+        active: true,
+        allowed_origins: AllowedOrigins::default(),
+        target: None,
+        secret_name: Some("/connect/salesforce/shop/credentials".into()),
+        rate_limit_per_second: None,
+    };
+    let http = crm::CrmHttp::new(&crm::HttpSettings::default()).expect("http");
+    // Two managers = two processes (no shared single-flight), refreshing at once.
+    let a = crm::TokenManager::new(
+        env.store.clone(),
+        env.secrets.clone(),
+        SystemClock,
+        http.clone(),
+    );
+    let b = crm::TokenManager::new(env.store.clone(), env.secrets.clone(), SystemClock, http);
+    let (ra, rb) = tokio::join!(
+        a.refresh(&client, true, None),
+        b.refresh(&client, true, None)
+    );
+    let (ta, tb) = (ra.expect("a").0, rb.expect("b").0);
+    let stored = env
+        .store
+        .get_token(&client.client_id, client.crm)
+        .await
+        .expect("get")
+        .expect("token");
+    let newest = if (ta.issued_at, ta.updated_at) >= (tb.issued_at, tb.updated_at) {
+        ta
+    } else {
+        tb
+    };
+    assert_eq!(stored.issued_at, newest.issued_at);
+    // A stale write afterwards is refused.
+    let mut stale = stored.clone();
+    stale.issued_at -= 1_000;
+    stale.access_token = domain::Secret::new("stale".into());
+    assert!(!env.store.put_token_if_newer(&stale).await.expect("put"));
+    assert_ne!(
+        env.store
+            .get_token(&client.client_id, client.crm)
+            .await
+            .expect("get")
+            .expect("t")
+            .access_token
+            .expose(),
+        "stale"
+    );
+}
+
+#[tokio::test]
+async fn alerts_are_deduplicated_with_counts() {
+    let env = env().await;
+    env.fault(json!({"crm": "rdstation", "mode": "reject", "rate": 1.0}))
+        .await;
+    let handler = env.handler(Crm::RdStation);
+    let batch = env.inbound(Crm::RdStation, "shop-d", 100).await;
+    handler.handle(&batch).await;
+    let again = env.inbound(Crm::RdStation, "shop-d", 5).await;
+    handler.handle(&again).await;
+    let alerts = env.alerts.0.lock().expect("lock");
+    let permanent: Vec<&Alert> = alerts
+        .iter()
+        .filter(|a| a.kind == "permanent_failure")
+        .collect();
+    assert_eq!(permanent.len(), 1, "{alerts:?}");
+    assert_eq!(permanent[0].count, 100);
+    assert!(
+        !permanent[0].message.contains("@example.com"),
+        "no clear email in alerts"
+    );
+}
+
+#[tokio::test]
+async fn malformed_bodies_and_unknown_clients_are_dead_lettered() {
+    let env = env().await;
+    let batch = vec![InboundMessage {
+        message_id: "m1".into(),
+        receipt_handle: "1-x".into(),
+        body: "{not json".into(),
+        attributes: vec![],
+        receive_count: 1,
+    }];
+    let outcome = env.handler(Crm::Responsys).handle(&batch).await;
+    assert!(outcome.redeliver.is_empty());
+    let mut unknown = env.inbound(Crm::Responsys, "shop-nobody", 1).await;
+    unknown[0].receive_count = 3;
+    let outcome = env.handler(Crm::Responsys).handle(&unknown).await;
+    assert!(outcome.redeliver.is_empty());
+    let dlq = env.dlq(Crm::Responsys).await;
+    assert_eq!(dlq.len(), 2);
+    assert_eq!(dlq[0]["failureReason"], "malformed_message");
+    assert_eq!(dlq[1]["failureReason"], "client_config");
+    assert_eq!(dlq[1]["failureStatus"], "unknown_client");
+    assert_eq!(dlq[1]["attempts"], "3");
+}
