@@ -69,6 +69,9 @@ pub struct DeliverOutcome {
     pub token_refreshes: u64,
 }
 
+/// One client's outcomes: (client, (batch position, outcome)…, forced refreshes).
+type ClientResult = (ClientId, Vec<(usize, Outcome)>, u64);
+
 /// What to do with one message.
 enum Disposition {
     Done,
@@ -176,7 +179,7 @@ where
         }
         let groups: Vec<(ClientId, Vec<(usize, DeliveryMessage)>)> =
             by_client.into_iter().collect();
-        let mut results: Vec<(ClientId, Vec<(usize, Outcome)>, u64)> = Vec::new();
+        let mut results: Vec<ClientResult> = Vec::new();
         for chunk in groups.chunks(CLIENT_CONCURRENCY) {
             let futures: Vec<_> = chunk
                 .iter()

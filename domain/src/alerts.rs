@@ -15,12 +15,15 @@ struct Slot {
     suppressed: u64,
 }
 
+/// (source, client, kind) of an alert.
+type AlertKey = (String, Option<String>, String);
+
 /// Wraps an alert sink with de-duplication.
 pub struct DedupAlerts<A, C> {
     inner: A,
     clock: C,
     window_ms: i64,
-    slots: Mutex<HashMap<(String, Option<String>, String), Slot>>,
+    slots: Mutex<HashMap<AlertKey, Slot>>,
 }
 
 impl<A, C> std::fmt::Debug for DedupAlerts<A, C> {

@@ -32,6 +32,8 @@ pub struct Process {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// The in-process sandbox's URL, when it printed one.
+    pub sandbox: Option<String>,
     /// Its stderr (JSON logs).
     pub log: PathBuf,
 }
@@ -41,6 +43,9 @@ impl Process {
     /// `/health` (for `serve`).
     pub fn serve(data: &Path, args: &[&str]) -> Process {
         let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        if !args.contains(&"--sandbox-url") {
+            all.extend_from_slice(&["--sandbox-listen", "127.0.0.1:0"]);
+        }
         all.extend_from_slice(args);
         Process::spawn(data, &all, "/health")
     }
@@ -65,32 +70,53 @@ impl Process {
             .spawn()
             .expect("spawn connect");
         let stdout = child.stdout.take().expect("stdout");
+        // The line that says the process serves: its own, or the standalone sandbox's.
+        let ready = if args.first() == Some(&"sandbox") {
+            "connect sandbox listening on"
+        } else {
+            "connect listening on"
+        };
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
+            let mut lines = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).map(|n| n == 0).unwrap_or(true) {
+                    break;
+                }
+                let done = line.starts_with(ready);
+                lines.push(line);
+                if done {
+                    break;
+                }
+            }
+            let _ = tx.send(lines.join(""));
             // Keep draining so the child never blocks on a full pipe.
             let mut sink = String::new();
             while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
                 sink.clear();
             }
         });
-        let line = rx.recv_timeout(STARTUP_TIMEOUT).unwrap_or_default();
-        let Some(base) = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .filter(|s| s.starts_with("http://"))
-        else {
+        let output = rx.recv_timeout(STARTUP_TIMEOUT).unwrap_or_default();
+        let url_of = |prefix: &str| {
+            output
+                .lines()
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.trim().rsplit(' ').next())
+                .filter(|s| s.starts_with("http://"))
+                .map(str::to_owned)
+        };
+        let sandbox = url_of("connect sandbox listening on");
+        let Some(base) = url_of(ready) else {
             let _ = child.kill();
             let logs = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("connect did not start (stdout: {line:?}); logs:\n{logs}");
+            panic!("connect did not start (stdout: {output:?}); logs:\n{logs}");
         };
         let process = Process {
             child,
-            base: base.to_owned(),
+            base,
+            sandbox,
             log,
         };
         process.wait_ready(ready_path);

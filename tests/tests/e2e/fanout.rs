@@ -79,7 +79,7 @@ async fn post(http: &reqwest::Client, server: &Process, route: &str, body: Value
 async fn records_reach_their_crm_queue_with_attributes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let server = Process::serve(&data, &["--demo"]);
+    let server = Process::serve(&data, &["--demo", "--no-deliver"]);
     let http = reqwest::Client::new();
     let r = post(&http, &server, "/responsys", json!({"clientId": "demo-responsys", "email": "Ana@Example.com", "eventType": "add_to_cart", "productId": "SKU-1", "productPrice": 10})).await;
     post(
@@ -126,18 +126,19 @@ async fn a_crash_between_send_and_checkpoint_resends_and_loses_nothing() {
     let mut child = std::process::Command::new(&bin)
         .arg("--data")
         .arg(&data)
-        .args(["serve", "--demo", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--demo", "--no-deliver", "--listen", "127.0.0.1:0"])
+        .args(["--sandbox-listen", "127.0.0.1:0"])
         .env("CONNECT_FAILPOINT", "fanout-after-send")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn");
+    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("read");
+    while !line.starts_with("connect listening on") {
+        line.clear();
+        std::io::BufRead::read_line(&mut reader, &mut line).expect("read");
+    }
     let base = line.trim().rsplit(' ').next().expect("url").to_owned();
     let res = reqwest::Client::new()
         .post(format!("{base}/salesforce"))
@@ -153,7 +154,7 @@ async fn a_crash_between_send_and_checkpoint_resends_and_loses_nothing() {
     assert_eq!(checkpoint(&data), 0, "but not checkpointed");
 
     // Restart: the batch is sent again (a duplicate), the checkpoint advances.
-    let _server = Process::serve(&data, &["--demo"]);
+    let _server = Process::serve(&data, &["--demo", "--no-deliver"]);
     wait_caught_up(&data);
     let messages = queued(&data);
     assert_eq!(
@@ -168,7 +169,10 @@ async fn a_crash_between_send_and_checkpoint_resends_and_loses_nothing() {
 async fn sigkill_under_load_loses_no_stored_record() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let server = std::sync::Arc::new(std::sync::Mutex::new(Process::serve(&data, &["--demo"])));
+    let server = std::sync::Arc::new(std::sync::Mutex::new(Process::serve(
+        &data,
+        &["--demo", "--no-deliver"],
+    )));
     let url = server.lock().expect("lock").url("/responsys");
     let http = reqwest::Client::new();
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -197,7 +201,7 @@ async fn sigkill_under_load_loses_no_stored_record() {
     for t in tasks {
         t.await.expect("join");
     }
-    let _restarted = Process::serve(&data, &["--demo"]);
+    let _restarted = Process::serve(&data, &["--demo", "--no-deliver"]);
     wait_caught_up(&data);
     let db = open_db(&data);
     let unqueued: i64 = db

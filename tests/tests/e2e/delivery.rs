@@ -1,0 +1,172 @@
+//! `connect serve --demo` delivers to the sandbox CRMs end to end.
+
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tests::{Process, open_db};
+
+async fn records(http: &reqwest::Client, sandbox: &str) -> Vec<Value> {
+    http.get(format!("{sandbox}/_sandbox/records"))
+        .send()
+        .await
+        .expect("records")
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test]
+async fn each_route_reaches_its_sandbox_crm_within_a_second() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Process::serve(&dir.path().join("data"), &["--demo"]);
+    let sandbox = server.sandbox.clone().expect("the demo runs a sandbox");
+    let http = reqwest::Client::new();
+    let posts = [
+        (
+            "/responsys",
+            json!({"clientId": "demo-responsys", "email": "Ana@Example.com", "eventType": "product_view", "productId": "SKU-1"}),
+        ),
+        (
+            "/salesforce",
+            json!({"clientId": "demo-salesforce", "email": "bia@example.com", "eventType": "add_to_cart", "productId": "SKU-2"}),
+        ),
+        (
+            "/rdstation",
+            json!({"tid": "GA4.100000000.200000000", "email": "caio@example.com.br", "eventType": "cart_abandoned", "productId": "SKU-3"}),
+        ),
+    ];
+    let started = Instant::now();
+    for (route, body) in &posts {
+        let r = http
+            .post(server.url(route))
+            .header("content-type", "text/plain")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 202);
+    }
+    let mut got = Vec::new();
+    while started.elapsed() < Duration::from_secs(1) {
+        got = records(&http, &sandbox).await;
+        if got.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(got.len(), 3, "delivered within 1 s: {got:?}");
+    let by_crm = |crm: &str| {
+        got.iter()
+            .find(|r| r["crm"] == crm)
+            .cloned()
+            .expect("record")
+    };
+    assert_eq!(by_crm("responsys")["email"], "ana@example.com");
+    assert_eq!(by_crm("responsys")["clientId"], "demo-responsys");
+    assert_eq!(by_crm("responsys")["raw"]["PRODUCT_ID"], "SKU-1");
+    assert_eq!(by_crm("salesforce")["raw"]["values"]["ProductId"], "SKU-2");
+    assert_eq!(
+        by_crm("rdstation")["raw"]["event_type"],
+        "ECOMMERCE_CART_ABANDONED"
+    );
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"connect_delivered_total{crm="salesforce",client="demo-salesforce"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_permanent_rejection_lands_in_the_local_dlq_with_its_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Process::serve(&data, &["--demo"]);
+    let sandbox = server.sandbox.clone().expect("sandbox");
+    let http = reqwest::Client::new();
+    http.post(format!("{sandbox}/_sandbox/faults"))
+        .json(&json!({"crm": "responsys", "mode": "reject", "rate": 1.0}))
+        .send()
+        .await
+        .expect("fault");
+    let r = http
+        .post(server.url("/responsys"))
+        .header("content-type", "application/json")
+        .body(
+            json!({"clientId": "demo-responsys", "email": "ana@example.com", "eventType": "lead"})
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let attrs = loop {
+        let row: Option<String> = open_db(&data)
+            .query_row(
+                "SELECT attributes FROM queue_messages WHERE queue = 'responsys-dlq'",
+                [],
+                |r| r.get(0),
+            )
+            .ok();
+        if let Some(a) = row {
+            let pairs: Vec<(String, String)> = serde_json::from_str(&a).expect("attrs");
+            break pairs
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>();
+        }
+        assert!(Instant::now() < deadline, "nothing reached the DLQ");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(attrs["failureReason"], "rejected_by_crm");
+    assert_eq!(attrs["failureStatus"], "MERGEFAILED");
+    assert_eq!(attrs["clientId"], "demo-responsys");
+    assert!(records(&http, &sandbox).await.is_empty());
+    let left: i64 = open_db(&data)
+        .query_row(
+            "SELECT COUNT(*) FROM queue_messages WHERE queue = 'responsys'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(
+        left, 0,
+        "the delivery queue is empty: the message was dead-lettered, then deleted"
+    );
+}
+
+#[tokio::test]
+async fn an_external_sandbox_survives_a_pipeline_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sandbox = Process::spawn(
+        &dir.path().join("sb"),
+        &["sandbox", "--listen", "127.0.0.1:0"],
+        "/_sandbox/records",
+    );
+    let data = dir.path().join("data");
+    let http = reqwest::Client::new();
+    for round in 0..2 {
+        let mut server = Process::serve(&data, &["--demo", "--sandbox-url", &sandbox.base]);
+        let r = http
+            .post(server.url("/rdstation"))
+            .header("content-type", "application/json")
+            .body(json!({"tid": "GA4.100000000.200000000", "email": format!("r{round}@example.com"), "eventType": "lead"}).to_string())
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 202);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while records(&http, &sandbox.base).await.len() < round + 1 {
+            assert!(Instant::now() < deadline, "round {round} not delivered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(server.terminate().success());
+    }
+    // The rotated RD refresh token was kept across the restart.
+    assert_eq!(records(&http, &sandbox.base).await.len(), 2);
+}
