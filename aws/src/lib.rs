@@ -4,6 +4,7 @@
 //!   RD Station config tables ([`dynamo::DynamoClientDirectory`]), items converted with
 //!   `serde_dynamo` here, never in the domain.
 //! - [`sqs`]: delivery and dead-letter queues ([`sqs::SqsQueues`]).
+//! - [`tokens`]: the tokens table (conditional writes) and Secrets Manager.
 //! - [`sns`]: operator alerts ([`sns::SnsAlerts`]).
 //! - [`provision`]: table definitions, used by tests on the AWS API emulator (the
 //!   deployment itself is `serverless.yml`).
@@ -18,7 +19,9 @@ pub mod provision;
 pub mod sns;
 pub mod sqs;
 pub mod testing;
+pub mod tokens;
 
 pub use dynamo::{DynamoClientDirectory, DynamoRecordStore};
 pub use sns::SnsAlerts;
 pub use sqs::SqsQueues;
+pub use tokens::{DynamoTokens, SecretsManager};

@@ -46,7 +46,7 @@ pub fn body(alert: &Alert) -> String {
         "crm": alert.crm,
         "clientId": alert.client_id,
         "count": alert.count,
-        "message": alert.message,
+        "message": domain::redact::emails(&alert.message),
     })
     .to_string()
 }

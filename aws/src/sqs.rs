@@ -58,6 +58,35 @@ pub fn string_attributes(
         .collect()
 }
 
+/// Longest visibility timeout SQS accepts, in seconds (12 h).
+pub const MAX_VISIBILITY_SECONDS: u64 = 43_200;
+
+#[async_trait]
+impl domain::QueueControl for SqsQueues {
+    async fn change_visibility(
+        &self,
+        crm: Crm,
+        receipt_handle: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), QueueError> {
+        let url = self
+            .url(crm, QueueKind::Delivery)
+            .ok_or(QueueError::NotConfigured(crm, QueueKind::Delivery))?;
+        let seconds = timeout.as_secs_f64().ceil() as u64;
+        self.client
+            .change_message_visibility()
+            .queue_url(url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(
+                i32::try_from(seconds.min(MAX_VISIBILITY_SECONDS)).unwrap_or(i32::MAX),
+            )
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| QueueError::Unavailable(DisplayErrorContext(&e).to_string()))
+    }
+}
+
 #[async_trait]
 impl QueueSender for SqsQueues {
     async fn send_batch(

@@ -257,7 +257,9 @@ where
                     crm: Some(self.crm),
                     client_id: ClientId::parse(&client).ok(),
                     count,
-                    message: format!("{count} message(s) dead-lettered; first: {example}"),
+                    message: domain::redact::emails(&format!(
+                        "{count} message(s) dead-lettered; first: {example}"
+                    )),
                 })
                 .await;
         }

@@ -34,6 +34,20 @@ pub fn line(
     Value::Object(root).to_string()
 }
 
+/// One EMF line with one metric holding several values (e.g. latencies).
+pub fn values_line(
+    timestamp_ms: i64,
+    dimensions: &[(&str, &str)],
+    name: &str,
+    values: &[f64],
+    unit: &str,
+) -> String {
+    let mut v: Value = serde_json::from_str(&line(timestamp_ms, dimensions, &[(name, 0.0, unit)]))
+        .unwrap_or(Value::Null);
+    v[name] = json!(values);
+    v.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ pub mod emf;
 pub mod event;
 pub mod ports;
 pub mod record;
+pub mod redact;
 pub mod secret;
 pub mod time;
 pub mod token;

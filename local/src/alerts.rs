@@ -17,7 +17,7 @@ impl AlertSink for LogAlerts {
             clientId = alert.client_id.as_ref().map_or("-", |c| c.as_str()),
             count = alert.count,
             "{}",
-            alert.message
+            domain::redact::emails(&alert.message)
         );
     }
 }

@@ -1,1 +1,116 @@
-fn main() {}
+//! The `deliver` Lambda of one CRM: SQS (ReportBatchItemFailures) → the CRM.
+//!
+//! Env: `CRM`, `QUEUE_URL`, `DLQ_URL`, `CLIENTS_TABLE`, `RDSTATION_CONFIG_TABLE`,
+//! `TOKENS_TABLE`, `ALERT_TOPIC_ARN`.
+
+use aws::env::{
+    self, ALERT_TOPIC_ARN, CLIENTS_TABLE, CRM, DLQ_URL, QUEUE_URL, RDSTATION_CONFIG_TABLE,
+    TOKENS_TABLE,
+};
+use aws::{DynamoClientDirectory, DynamoTokens, SecretsManager, SnsAlerts, SqsQueues};
+use aws_lambda_events::sqs::SqsEvent;
+use deliver::lambda::{batch_response, inbound};
+use deliver::{DeliverHandler, DeliverOutcome, DeliverSettings};
+use domain::alerts::{DEFAULT_ALERT_WINDOW_MS, DedupAlerts};
+use domain::{Clock, Crm, QueueKind, SystemClock};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use std::collections::BTreeMap;
+
+/// EMF lines (namespace Connect, dimensions crm + clientId): Delivered, Retried,
+/// Throttled, DeadLettered, DeliveryLatencyMs.
+fn emit_metrics(crm: Crm, outcome: &DeliverOutcome) {
+    let now = SystemClock.now_ms();
+    let mut by_client: BTreeMap<&str, [f64; 4]> = BTreeMap::new();
+    for ((client, kind), n) in &outcome.counts {
+        let slot = match *kind {
+            "delivered" => 0,
+            "retried" => 1,
+            "throttled" => 2,
+            _ => 3,
+        };
+        by_client.entry(client.as_str()).or_default()[slot] += *n as f64;
+    }
+    for (client, [d, r, t, x]) in by_client {
+        println!(
+            "{}",
+            domain::emf::line(
+                now,
+                &[("crm", crm.as_str()), ("clientId", client)],
+                &[
+                    ("Delivered", d, "Count"),
+                    ("Retried", r, "Count"),
+                    ("Throttled", t, "Count"),
+                    ("DeadLettered", x, "Count")
+                ],
+            )
+        );
+    }
+    let mut latencies: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for (client, ms) in &outcome.latencies_ms {
+        latencies
+            .entry(client.as_str())
+            .or_default()
+            .push(*ms as f64);
+    }
+    for (client, values) in latencies {
+        println!(
+            "{}",
+            domain::emf::values_line(
+                now,
+                &[("crm", crm.as_str()), ("clientId", client)],
+                "DeliveryLatencyMs",
+                &values,
+                "Milliseconds"
+            )
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let crm: Crm = env::required(CRM)?.parse()?;
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    let queues = SqsQueues::new(aws_sdk_sqs::Client::new(&config))
+        .with_queue(crm, QueueKind::Delivery, env::required(QUEUE_URL)?)
+        .with_queue(crm, QueueKind::DeadLetter, env::required(DLQ_URL)?);
+    let http = crm::CrmHttp::new(&crm::HttpSettings::default())?;
+    let tokens = crm::TokenManager::new(
+        DynamoTokens::new(dynamodb.clone(), env::required(TOKENS_TABLE)?),
+        SecretsManager::new(aws_sdk_secretsmanager::Client::new(&config)),
+        SystemClock,
+        http.clone(),
+    );
+    let alerts = DedupAlerts::new(
+        SnsAlerts::new(
+            aws_sdk_sns::Client::new(&config),
+            env::required(ALERT_TOPIC_ARN)?,
+        ),
+        SystemClock,
+        DEFAULT_ALERT_WINDOW_MS,
+    );
+    let handler = DeliverHandler::new(
+        crm,
+        DynamoClientDirectory::new(
+            dynamodb,
+            env::required(CLIENTS_TABLE)?,
+            env::required(RDSTATION_CONFIG_TABLE)?,
+        ),
+        tokens,
+        http,
+        queues,
+        alerts,
+        SystemClock,
+        DeliverSettings::for_crm(crm),
+    );
+    let handler = &handler;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        let outcome = handler.handle(&inbound(&event.payload)).await;
+        emit_metrics(crm, &outcome);
+        Ok::<_, Error>(batch_response(&outcome.redeliver))
+    }))
+    .await
+}

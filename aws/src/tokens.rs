@@ -1,0 +1,128 @@
+//! The tokens table (DynamoDB) and Secrets Manager.
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::types::AttributeValue;
+use domain::{ClientId, Crm, Secret, SecretStore, StoreError, StoredToken, TokenStore};
+use std::collections::HashMap;
+
+fn unavailable<E: std::error::Error + 'static, R: std::fmt::Debug>(
+    e: SdkError<E, R>,
+) -> StoreError {
+    StoreError::Unavailable(DisplayErrorContext(&e).to_string())
+}
+
+/// The tokens table: key `clientId` + `crm`.
+#[derive(Debug, Clone)]
+pub struct DynamoTokens {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl DynamoTokens {
+    /// An adapter over `table`.
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        DynamoTokens {
+            client,
+            table: table.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl TokenStore for DynamoTokens {
+    async fn get_token(
+        &self,
+        client: &ClientId,
+        crm: Crm,
+    ) -> Result<Option<StoredToken>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("clientId", AttributeValue::S(client.to_string()))
+            .key("crm", AttributeValue::S(crm.as_str().to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        out.item
+            .map(|i| serde_dynamo::from_item(i).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    /// A conditional put: only when no token is stored, or the stored one was issued
+    /// earlier (or at the same time and stored earlier).
+    async fn put_token_if_newer(&self, token: &StoredToken) -> Result<bool, StoreError> {
+        let item: HashMap<String, AttributeValue> =
+            serde_dynamo::to_item(token).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(
+                "attribute_not_exists(clientId) OR issuedAt < :issued OR (issuedAt = :issued AND updatedAt < :updated)",
+            )
+            .expression_attribute_values(":issued", AttributeValue::N(token.issued_at.to_string()))
+            .expression_attribute_values(":updated", AttributeValue::N(token.updated_at.to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
+/// Secrets Manager.
+#[derive(Debug, Clone)]
+pub struct SecretsManager {
+    client: aws_sdk_secretsmanager::Client,
+}
+
+impl SecretsManager {
+    /// An adapter.
+    pub fn new(client: aws_sdk_secretsmanager::Client) -> Self {
+        SecretsManager { client }
+    }
+}
+
+#[async_trait]
+impl SecretStore for SecretsManager {
+    async fn get_secret(&self, name: &str) -> Result<Option<Secret<String>>, StoreError> {
+        match self.client.get_secret_value().secret_id(name).send().await {
+            Ok(out) => Ok(out.secret_string.map(Secret::new)),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(StoreError::Unavailable(
+                aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string(),
+            )),
+        }
+    }
+
+    async fn put_secret(&self, name: &str, value: &Secret<String>) -> Result<(), StoreError> {
+        self.client
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(value.expose())
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| {
+                StoreError::Unavailable(
+                    aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string(),
+                )
+            })
+    }
+}
