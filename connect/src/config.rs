@@ -35,6 +35,9 @@ pub struct FileConfig {
     /// `[secrets]`.
     #[serde(default)]
     pub secrets: SecretsSection,
+    /// `[alerts]`.
+    #[serde(default)]
+    pub alerts: AlertsSection,
     /// `[[clients]]`.
     #[serde(default)]
     pub clients: Vec<ClientSection>,
@@ -83,6 +86,14 @@ pub struct DeliverySection {
     pub batch_size: Option<usize>,
     /// Seconds a received message stays hidden (default 60).
     pub visibility_timeout_seconds: Option<u64>,
+}
+
+/// `[alerts]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsSection {
+    /// URL that receives each alert as a JSON POST (besides the log line).
+    pub webhook_url: Option<String>,
 }
 
 /// `[secrets]`.

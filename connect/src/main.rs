@@ -1,5 +1,6 @@
 //! `connect`: run the pipeline locally and operate it.
 
+mod alerts;
 mod bench;
 mod config;
 mod metrics;

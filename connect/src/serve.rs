@@ -15,7 +15,7 @@ use domain::{NavigationRecord, PutOutcome, RecordStore, StoreError, SystemClock}
 use fanout::{FanoutHandler, FanoutSettings};
 use ingest::{IngestHandler, IngestRequest, IngestSettings, MAX_BODY_BYTES};
 use local::queues::DEFAULT_MAX_RECEIVE_COUNT;
-use local::{FileSecrets, LocalQueues, LogAlerts, SqliteStore, StoreOptions};
+use local::{FileSecrets, LocalQueues, SqliteStore, StoreOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -201,7 +201,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     );
     let fanout = FanoutHandler::new(
         queues.clone(),
-        LogAlerts,
+        crate::alerts::LocalAlerts::new(file.alerts.webhook_url.clone())?,
         SystemClock,
         FanoutSettings {
             max_batch_entries: runtime::fanout::POLL_BATCH,
@@ -228,7 +228,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     // Delivery workers, per CRM.
     let http = crm::CrmHttp::new(&crm::HttpSettings::default()).context("CRM HTTP client")?;
     let alerts = Arc::new(domain::alerts::DedupAlerts::new(
-        LogAlerts,
+        crate::alerts::LocalAlerts::new(file.alerts.webhook_url.clone())?,
         SystemClock,
         domain::alerts::DEFAULT_ALERT_WINDOW_MS,
     ));

@@ -170,3 +170,76 @@ async fn an_external_sandbox_survives_a_pipeline_restart() {
     // The rotated RD refresh token was kept across the restart.
     assert_eq!(records(&http, &sandbox.base).await.len(), 2);
 }
+
+#[tokio::test]
+async fn alerts_reach_the_configured_webhook_without_emails() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook_url = format!("http://{}/hook", hook.local_addr().expect("addr"));
+    let received = tokio::spawn(async move {
+        let (mut socket, _) = hook.accept().await.expect("accept");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut chunk).await.expect("read");
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    socket
+                        .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                        .await
+                        .expect("write");
+                    return body.to_owned();
+                }
+            }
+            if n == 0 {
+                return String::new();
+            }
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, format!("[alerts]\nwebhook_url = \"{hook_url}\"\n")).expect("write");
+    let server = Process::serve(
+        &dir.path().join("data"),
+        &["--demo", "--config", config.to_str().expect("path")],
+    );
+    let http = reqwest::Client::new();
+    http.post(format!(
+        "{}/_sandbox/faults",
+        server.sandbox.clone().expect("sandbox")
+    ))
+    .json(&json!({"crm": "salesforce", "mode": "reject", "rate": 1.0}))
+    .send()
+    .await
+    .expect("fault");
+    http.post(server.url("/salesforce"))
+        .header("content-type", "application/json")
+        .body(json!({"clientId": "demo-salesforce", "email": "secret.person@example.com", "eventType": "lead"}).to_string())
+        .send()
+        .await
+        .expect("post");
+    let body = tokio::time::timeout(Duration::from_secs(10), received)
+        .await
+        .expect("webhook called")
+        .expect("join");
+    let alert: Value = serde_json::from_str(&body).expect("json alert");
+    assert_eq!(alert["kind"], "permanent_failure");
+    assert_eq!(alert["clientId"], "demo-salesforce");
+    assert!(!body.contains("secret.person"), "{body}");
+    assert!(
+        !server.logs().contains("secret.person@example.com"),
+        "no clear email in the logs"
+    );
+}
