@@ -243,4 +243,23 @@ impl ClientDirectory for DynamoClientDirectory {
         origins.dedup();
         Ok(origins)
     }
+
+    async fn clients_of(&self, crm: Crm) -> Result<Vec<ClientConfig>, StoreError> {
+        let mut clients = Vec::new();
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.clients_table)
+            .filter_expression("crm = :crm")
+            .expression_attribute_values(":crm", AttributeValue::S(crm.as_str().to_owned()))
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(unavailable)?;
+            clients.push(serde_dynamo::from_item(item).map_err(corrupt)?);
+        }
+        clients.sort_by(|a: &ClientConfig, b| a.client_id.cmp(&b.client_id));
+        Ok(clients)
+    }
 }

@@ -79,7 +79,54 @@ impl TokenStore for DynamoTokens {
             Err(e) => Err(unavailable(e)),
         }
     }
+
+    /// Stored in the same table under the sort key `status#{crm}`, so the function needs
+    /// no other table.
+    async fn record_refresh(
+        &self,
+        client: &ClientId,
+        crm: Crm,
+        status: &domain::token::RefreshStatus,
+    ) -> Result<(), StoreError> {
+        let mut item: HashMap<String, AttributeValue> =
+            serde_dynamo::to_item(status).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        item.insert("clientId".into(), AttributeValue::S(client.to_string()));
+        item.insert(
+            "crm".into(),
+            AttributeValue::S(format!("{STATUS_PREFIX}{crm}")),
+        );
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    async fn refresh_status(
+        &self,
+        client: &ClientId,
+        crm: Crm,
+    ) -> Result<Option<domain::token::RefreshStatus>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("clientId", AttributeValue::S(client.to_string()))
+            .key("crm", AttributeValue::S(format!("{STATUS_PREFIX}{crm}")))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        out.item
+            .map(|i| serde_dynamo::from_item(i).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
 }
+
+/// Sort-key prefix of refresh-status items in the tokens table.
+pub const STATUS_PREFIX: &str = "status#";
 
 /// Secrets Manager.
 #[derive(Debug, Clone)]

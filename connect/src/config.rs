@@ -38,6 +38,9 @@ pub struct FileConfig {
     /// `[alerts]`.
     #[serde(default)]
     pub alerts: AlertsSection,
+    /// `[tokens]`.
+    #[serde(default)]
+    pub tokens: TokensSection,
     /// `[[clients]]`.
     #[serde(default)]
     pub clients: Vec<ClientSection>,
@@ -86,6 +89,15 @@ pub struct DeliverySection {
     pub batch_size: Option<usize>,
     /// Seconds a received message stays hidden (default 60).
     pub visibility_timeout_seconds: Option<u64>,
+}
+
+/// `[tokens]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensSection {
+    /// Seconds between token checks per CRM (default 60); a token is refreshed when less
+    /// than max(25 % of its lifetime, 10 min) is left.
+    pub check_interval_seconds: Option<u64>,
 }
 
 /// `[alerts]`.

@@ -6,6 +6,7 @@ mod config;
 mod metrics;
 mod runtime;
 mod serve;
+mod tokens;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -54,10 +55,31 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3900")]
         listen: SocketAddr,
     },
+    /// CRM tokens: expiry and last refresh per client.
+    Tokens {
+        /// JSON output.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<TokensCommand>,
+    },
     /// Benchmarks and load generation.
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Refresh now (all active clients, or one).
+    Refresh {
+        /// Only this client.
+        #[arg(long, value_name = "ID")]
+        client: Option<String>,
+        /// Credentials file [default: DATA/secrets.json].
+        #[arg(long, value_name = "FILE")]
+        secrets: Option<PathBuf>,
     },
 }
 
@@ -81,12 +103,12 @@ enum BenchCommand {
     },
 }
 
-fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
+fn init_tracing(default_level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
@@ -100,7 +122,13 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let _guard = init_tracing();
+    // The server logs every request; operator commands only say what went wrong.
+    let level = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    let _guard = init_tracing(level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -135,6 +163,15 @@ fn main() -> std::process::ExitCode {
                     sandbox_url,
                 })
                 .await
+            }
+            Command::Tokens { json, command } => {
+                let data = cli.data.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR));
+                match command {
+                    None => tokens::list(&data, json).await,
+                    Some(TokensCommand::Refresh { client, secrets }) => {
+                        tokens::refresh(&data, secrets.as_deref(), client.as_deref()).await
+                    }
+                }
             }
             Command::Sandbox { listen } => {
                 let listener = tokio::net::TcpListener::bind(listen).await?;

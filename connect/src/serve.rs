@@ -143,6 +143,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         &data_dir,
         StoreOptions {
             synchronous: file.store.synchronous.unwrap_or_default(),
+            tool: false,
         },
     )?;
     for client in &clients {
@@ -248,11 +249,37 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     } else {
         file.delivery.workers_per_crm.unwrap_or(2)
     };
+    let token_check = file
+        .tokens
+        .check_interval_seconds
+        .map_or(runtime::tokens::DEFAULT_CHECK_INTERVAL, |s| {
+            Duration::from_secs(s.max(1))
+        });
     for crm in domain::Crm::ALL {
+        // One token manager per CRM, shared by delivery and the schedule (one
+        // single-flight per client in the process).
+        let manager = Arc::new(crm::TokenManager::new(
+            store.clone(),
+            secrets.clone(),
+            SystemClock,
+            http.clone(),
+        ));
+        workers.push(tokio::spawn(runtime::tokens::run(
+            token::TokenHandler::new(
+                crm,
+                store.clone(),
+                Arc::clone(&manager),
+                Arc::clone(&alerts),
+                SystemClock,
+                token::TokenSettings::default(),
+            ),
+            token_check,
+            stop_tx.subscribe(),
+        )));
         let handler = Arc::new(deliver::DeliverHandler::new(
             crm,
             store.clone(),
-            crm::TokenManager::new(store.clone(), secrets.clone(), SystemClock, http.clone()),
+            manager,
             http.clone(),
             queues.clone(),
             Arc::clone(&alerts),

@@ -87,7 +87,7 @@ enum Disposition {
 pub struct DeliverHandler<D, T, S, Q, A, C> {
     crm: Crm,
     directory: D,
-    tokens: TokenManager<T, S, C>,
+    tokens: std::sync::Arc<TokenManager<T, S, C>>,
     http: CrmHttp,
     queues: Q,
     alerts: A,
@@ -121,7 +121,7 @@ where
     pub fn new(
         crm: Crm,
         directory: D,
-        tokens: TokenManager<T, S, C>,
+        tokens: std::sync::Arc<TokenManager<T, S, C>>,
         http: CrmHttp,
         queues: Q,
         alerts: A,
@@ -141,7 +141,7 @@ where
     }
 
     /// The token manager (shared with the token schedule in `connect serve`).
-    pub fn tokens(&self) -> &TokenManager<T, S, C> {
+    pub fn tokens(&self) -> &std::sync::Arc<TokenManager<T, S, C>> {
         &self.tokens
     }
 

@@ -118,12 +118,12 @@ async fn env() -> Option<Env> {
     let handler = DeliverHandler::new(
         Crm::Responsys,
         directory,
-        crm::TokenManager::new(
+        std::sync::Arc::new(crm::TokenManager::new(
             DynamoTokens::new(ddb, &names.tokens),
             SecretsManager::new(secrets),
             SystemClock,
             http.clone(),
-        ),
+        )),
         http,
         SqsQueues::new(sqs.clone())
             .with_queue(Crm::Responsys, QueueKind::Delivery, &queue)

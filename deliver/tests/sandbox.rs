@@ -116,12 +116,12 @@ impl Env {
         DeliverHandler::new(
             crm,
             self.store.clone(),
-            crm::TokenManager::new(
+            std::sync::Arc::new(crm::TokenManager::new(
                 self.store.clone(),
                 self.secrets.clone(),
                 SystemClock,
                 http.clone(),
-            ),
+            )),
             http,
             self.queues.clone(),
             Arc::new(DedupAlerts::new(
@@ -425,13 +425,18 @@ async fn concurrent_refreshes_never_leave_the_older_token() {
     };
     let http = crm::CrmHttp::new(&crm::HttpSettings::default()).expect("http");
     // Two managers = two processes (no shared single-flight), refreshing at once.
-    let a = crm::TokenManager::new(
+    let a = std::sync::Arc::new(crm::TokenManager::new(
         env.store.clone(),
         env.secrets.clone(),
         SystemClock,
         http.clone(),
-    );
-    let b = crm::TokenManager::new(env.store.clone(), env.secrets.clone(), SystemClock, http);
+    ));
+    let b = std::sync::Arc::new(crm::TokenManager::new(
+        env.store.clone(),
+        env.secrets.clone(),
+        SystemClock,
+        http,
+    ));
     let (ra, rb) = tokio::join!(
         a.refresh(&client, true, None),
         b.refresh(&client, true, None)

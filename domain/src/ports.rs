@@ -45,6 +45,8 @@ pub trait ClientDirectory: Send + Sync {
     /// Every allowed origin of the active clients of `crm` (answers CORS preflights,
     /// which carry no body and so no client).
     async fn origins_for(&self, crm: Crm) -> Result<Vec<String>, StoreError>;
+    /// Every client of `crm`, active or not (the token schedule, operator tools).
+    async fn clients_of(&self, crm: Crm) -> Result<Vec<ClientConfig>, StoreError>;
 }
 
 /// The time source (a port so tests can pin it).
@@ -182,6 +184,33 @@ macro_rules! forward_ports {
             async fn origins_for(&self, crm: Crm) -> Result<Vec<String>, StoreError> {
                 (**self).origins_for(crm).await
             }
+            async fn clients_of(&self, crm: Crm) -> Result<Vec<ClientConfig>, StoreError> {
+                (**self).clients_of(crm).await
+            }
+        }
+        #[async_trait]
+        impl<T: TokenStore + ?Sized> TokenStore for $wrapper {
+            async fn get_token(&self, client: &ClientId, crm: Crm) -> Result<Option<crate::token::StoredToken>, StoreError> {
+                (**self).get_token(client, crm).await
+            }
+            async fn put_token_if_newer(&self, token: &crate::token::StoredToken) -> Result<bool, StoreError> {
+                (**self).put_token_if_newer(token).await
+            }
+            async fn record_refresh(&self, client: &ClientId, crm: Crm, status: &crate::token::RefreshStatus) -> Result<(), StoreError> {
+                (**self).record_refresh(client, crm, status).await
+            }
+            async fn refresh_status(&self, client: &ClientId, crm: Crm) -> Result<Option<crate::token::RefreshStatus>, StoreError> {
+                (**self).refresh_status(client, crm).await
+            }
+        }
+        #[async_trait]
+        impl<T: SecretStore + ?Sized> SecretStore for $wrapper {
+            async fn get_secret(&self, name: &str) -> Result<Option<crate::Secret<String>>, StoreError> {
+                (**self).get_secret(name).await
+            }
+            async fn put_secret(&self, name: &str, value: &crate::Secret<String>) -> Result<(), StoreError> {
+                (**self).put_secret(name, value).await
+            }
         }
     )*};
 }
@@ -203,6 +232,20 @@ pub trait TokenStore: Send + Sync {
         &self,
         token: &crate::token::StoredToken,
     ) -> Result<bool, StoreError>;
+    /// Records the result of a refresh attempt (shown by `connect tokens`; a failing
+    /// client stays marked until a refresh succeeds).
+    async fn record_refresh(
+        &self,
+        client: &ClientId,
+        crm: Crm,
+        status: &crate::token::RefreshStatus,
+    ) -> Result<(), StoreError>;
+    /// The result of the last refresh attempt.
+    async fn refresh_status(
+        &self,
+        client: &ClientId,
+        crm: Crm,
+    ) -> Result<Option<crate::token::RefreshStatus>, StoreError>;
 }
 
 /// Secrets (Secrets Manager on AWS, a local file otherwise).

@@ -47,6 +47,18 @@ impl StoredToken {
     }
 }
 
+/// The result of the last refresh attempt of a client's token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshStatus {
+    /// When (epoch ms).
+    pub at: i64,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// What happened (never a secret).
+    pub message: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -115,4 +115,8 @@ impl<D: ClientDirectory> ClientDirectory for CachedDirectory<D> {
             .put(crm, found.clone(), Instant::now() + self.positive_ttl);
         Ok(found)
     }
+
+    async fn clients_of(&self, crm: Crm) -> Result<Vec<ClientConfig>, StoreError> {
+        self.inner.clients_of(crm).await
+    }
 }

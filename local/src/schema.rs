@@ -76,6 +76,15 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (client_id, crm)
     ) WITHOUT ROWID;
     "#,
+    // 4: the result of the last token refresh of each client.
+    r#"
+    CREATE TABLE token_status (
+        client_id TEXT NOT NULL,
+        crm       TEXT NOT NULL,
+        item      TEXT NOT NULL,
+        PRIMARY KEY (client_id, crm)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// A schema problem.

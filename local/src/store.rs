@@ -67,6 +67,11 @@ pub enum Synchronous {
 pub struct StoreOptions {
     /// Durability of commits.
     pub synchronous: Synchronous,
+    /// Open as an operator tool (`connect tokens`, `connect dlq`) next to a running
+    /// server: no directory lock, no dedup set, and navigation inserts are refused (the
+    /// server's dedup set must see every one). Queues, tokens and clients stay writable;
+    /// SQLite serializes the writers.
+    pub tool: bool,
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -106,6 +111,8 @@ struct Inner {
     last_change: watch::Receiver<i64>,
     /// Held until shutdown: one process per data directory.
     lock: Mutex<Option<std::fs::File>>,
+    /// Opened as a tool (see [`StoreOptions::tool`]).
+    tool: bool,
 }
 
 /// The embedded store. Cheap to clone (a handle); [`SqliteStore::shutdown`] closes it.
@@ -201,7 +208,7 @@ impl SqliteStore {
                 path: lock_path.clone(),
                 source,
             })?;
-        if lock.try_lock().is_err() {
+        if !options.tool && lock.try_lock().is_err() {
             return Err(OpenError::Locked(dir.to_owned(), lock_path));
         }
         let path = dir.join(DB_FILE);
@@ -220,7 +227,12 @@ impl SqliteStore {
                 r.get(0)
             })
             .map_err(sqlite)?;
-        let dedup = load_dedup(&writer).map_err(sqlite)?;
+        let dedup = if options.tool {
+            HashSet::new()
+        } else {
+            load_dedup(&writer).map_err(sqlite)?
+        };
+        let tool = options.tool;
         let checkpoint_conn = open_conn(&path, options.synchronous).map_err(sqlite)?;
         let (stop_checkpoints, stop_rx) = std::sync::mpsc::channel();
         let checkpointer = std::thread::Builder::new()
@@ -247,6 +259,7 @@ impl SqliteStore {
                 checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
                 last_change,
                 lock: Mutex::new(Some(lock)),
+                tool,
             }),
         })
     }
@@ -698,6 +711,11 @@ impl Drop for Writer {
 #[async_trait]
 impl RecordStore for SqliteStore {
     async fn put_if_absent(&self, record: &NavigationRecord) -> Result<PutOutcome, StoreError> {
+        if self.inner.tool {
+            return Err(StoreError::Unavailable(
+                "this store was opened as a tool: records are stored by connect serve".into(),
+            ));
+        }
         let item = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (reply, rx) = oneshot::channel();
         self.inner
@@ -769,6 +787,23 @@ impl ClientDirectory for SqliteStore {
             origins.sort();
             origins.dedup();
             Ok(origins)
+        })
+        .await
+    }
+
+    async fn clients_of(&self, crm: Crm) -> Result<Vec<ClientConfig>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT item FROM clients WHERE crm = ?1 ORDER BY client_id")
+                .map_err(unavailable)?;
+            let items = stmt
+                .query_map([crm.as_str()], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?;
+            let mut clients = Vec::new();
+            for item in items {
+                clients.push(parse_item(&item.map_err(unavailable)?)?);
+            }
+            Ok(clients)
         })
         .await
     }

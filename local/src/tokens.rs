@@ -53,6 +53,46 @@ impl TokenStore for SqliteStore {
         })
         .await
     }
+
+    async fn record_refresh(
+        &self,
+        client: &ClientId,
+        crm: Crm,
+        status: &domain::token::RefreshStatus,
+    ) -> Result<(), StoreError> {
+        let item = serde_json::to_string(status).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (client, crm) = (client.to_string(), crm.as_str());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO token_status (client_id, crm, item) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (client_id, crm) DO UPDATE SET item = excluded.item",
+                params![client, crm, item],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn refresh_status(
+        &self,
+        client: &ClientId,
+        crm: Crm,
+    ) -> Result<Option<domain::token::RefreshStatus>, StoreError> {
+        let (client, crm) = (client.to_string(), crm.as_str());
+        self.read(move |conn| {
+            let item: Option<String> = conn
+                .query_row(
+                    "SELECT item FROM token_status WHERE client_id = ?1 AND crm = ?2",
+                    params![client, crm],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            item.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
+                .transpose()
+        })
+        .await
+    }
 }
 
 /// Credentials from a JSON file: `{"<secret name>": <credentials object or string>}`.

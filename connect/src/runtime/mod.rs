@@ -3,3 +3,4 @@
 
 pub mod deliver;
 pub mod fanout;
+pub mod tokens;

@@ -78,12 +78,12 @@ async fn main() -> Result<(), Error> {
         .with_queue(crm, QueueKind::Delivery, env::required(QUEUE_URL)?)
         .with_queue(crm, QueueKind::DeadLetter, env::required(DLQ_URL)?);
     let http = crm::CrmHttp::new(&crm::HttpSettings::default())?;
-    let tokens = crm::TokenManager::new(
+    let tokens = std::sync::Arc::new(crm::TokenManager::new(
         DynamoTokens::new(dynamodb.clone(), env::required(TOKENS_TABLE)?),
         SecretsManager::new(aws_sdk_secretsmanager::Client::new(&config)),
         SystemClock,
         http.clone(),
-    );
+    ));
     let alerts = DedupAlerts::new(
         SnsAlerts::new(
             aws_sdk_sns::Client::new(&config),

@@ -5,6 +5,7 @@ mod delivery;
 mod fanout;
 mod ingest_http;
 mod lifecycle;
+mod tokens;
 
 use std::path::Path;
 
