@@ -3,6 +3,7 @@
 mod alerts;
 mod bench;
 mod config;
+mod dlq;
 mod metrics;
 mod runtime;
 mod serve;
@@ -55,6 +56,24 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3900")]
         listen: SocketAddr,
     },
+    /// Inspect and redrive the dead-letter queues.
+    Dlq {
+        /// Use AWS (default credential chain; queue URLs from QUEUE_URL_{CRM} and
+        /// DLQ_URL_{CRM}, or --queue-url / --dlq-url) instead of the local store.
+        #[arg(long, global = true)]
+        aws: bool,
+        /// The delivery queue's URL (--aws).
+        #[arg(long, global = true, value_name = "URL")]
+        queue_url: Option<String>,
+        /// The DLQ's URL (--aws).
+        #[arg(long, global = true, value_name = "URL")]
+        dlq_url: Option<String>,
+        /// JSON output.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// CRM tokens: expiry and last refresh per client.
     Tokens {
         /// JSON output.
@@ -67,6 +86,60 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Per CRM: depth, oldest message age, counts by failureReason.
+    List {
+        /// Only this CRM (required with --dlq-url).
+        crm: Option<domain::Crm>,
+    },
+    /// Show dead-lettered messages (emails masked unless --show-pii).
+    Peek {
+        /// responsys, salesforce or rdstation.
+        crm: domain::Crm,
+        /// How many.
+        #[arg(short = 'n', default_value_t = 10)]
+        n: usize,
+        /// Only this client.
+        #[arg(long, value_name = "ID")]
+        client: Option<String>,
+        /// Show emails in clear.
+        #[arg(long)]
+        show_pii: bool,
+    },
+    /// Move messages back to the CRM's delivery queue.
+    Redrive {
+        /// responsys, salesforce or rdstation.
+        crm: domain::Crm,
+        /// Only this client.
+        #[arg(long, value_name = "ID")]
+        client: Option<String>,
+        /// Only this failureReason.
+        #[arg(long, value_name = "R")]
+        reason: Option<String>,
+        /// At most this many.
+        #[arg(long, value_name = "N")]
+        max: Option<u64>,
+        /// At most this many per second.
+        #[arg(long, value_name = "PER_SEC")]
+        rate: Option<f64>,
+        /// Count what would move; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete dead-lettered messages for good.
+    Purge {
+        /// responsys, salesforce or rdstation.
+        crm: domain::Crm,
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+        /// Only this client.
+        #[arg(long, value_name = "ID")]
+        client: Option<String>,
     },
 }
 
@@ -163,6 +236,48 @@ fn main() -> std::process::ExitCode {
                     sandbox_url,
                 })
                 .await
+            }
+            Command::Dlq { aws, queue_url, dlq_url, json, command } => {
+                let data = cli.data.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR));
+                let crm_of = |c: &DlqCommand| match c {
+                    DlqCommand::List { .. } => None,
+                    DlqCommand::Peek { crm, .. } | DlqCommand::Redrive { crm, .. } | DlqCommand::Purge { crm, .. } => Some(*crm),
+                };
+                let backend_for = |crm: domain::Crm| {
+                    let (queue_url, dlq_url, data) = (queue_url.clone(), dlq_url.clone(), data.clone());
+                    async move {
+                        if aws { dlq::Backend::aws(crm, queue_url, dlq_url).await } else { dlq::Backend::local(&data) }
+                    }
+                };
+                match (crm_of(&command), command) {
+                    (_, DlqCommand::List { crm }) => {
+                        let crms: Vec<domain::Crm> = match (crm, aws, &dlq_url) {
+                            (Some(c), _, _) => vec![c],
+                            (None, true, Some(_)) => anyhow::bail!("pass the CRM: connect dlq list CRM --aws --dlq-url URL"),
+                            (None, true, None) => domain::Crm::ALL
+                                .into_iter()
+                                .filter(|c| std::env::var(aws::env::dlq_url_var(*c)).is_ok())
+                                .collect(),
+                            (None, false, _) => domain::Crm::ALL.to_vec(),
+                        };
+                        anyhow::ensure!(!crms.is_empty(), "no DLQ configured: set DLQ_URL_RESPONSYS, DLQ_URL_SALESFORCE or DLQ_URL_RDSTATION, or pass CRM --dlq-url URL");
+                        let mut targets = Vec::new();
+                        for c in crms {
+                            targets.push((c, backend_for(c).await?));
+                        }
+                        dlq::list(targets, json).await
+                    }
+                    (Some(crm), DlqCommand::Peek { n, client, show_pii, .. }) => {
+                        dlq::peek(backend_for(crm).await?, crm, n, client.as_deref(), show_pii, json).await
+                    }
+                    (Some(crm), DlqCommand::Redrive { client, reason, max, rate, dry_run, .. }) => {
+                        dlq::redrive(backend_for(crm).await?, crm, dlq::Filter { client, reason }, max, rate, dry_run).await
+                    }
+                    (Some(crm), DlqCommand::Purge { yes, client, .. }) => {
+                        dlq::purge(backend_for(crm).await?, crm, client, yes).await
+                    }
+                    (None, _) => Ok(()),
+                }
             }
             Command::Tokens { json, command } => {
                 let data = cli.data.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR));

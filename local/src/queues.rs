@@ -289,6 +289,40 @@ impl LocalQueues {
             .await
     }
 
+    /// Up to `limit` messages of a queue in send order, without receiving them (no
+    /// receive count, no visibility change): for inspection.
+    pub async fn peek(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<ReceivedMessage>, StoreError> {
+        let queue = queue.to_owned();
+        self.store
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT message_id, body, attributes, receive_count, sent_at
+                         FROM queue_messages WHERE queue = ?1 ORDER BY seq LIMIT ?2",
+                    )
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map(params![queue, limit], |r| {
+                        Ok(ReceivedMessage {
+                            message_id: r.get(0)?,
+                            receipt_handle: String::new(),
+                            body: r.get(1)?,
+                            attributes: serde_json::from_str(&r.get::<_, String>(2)?)
+                                .unwrap_or_default(),
+                            receive_count: r.get(3)?,
+                            sent_at_ms: r.get(4)?,
+                        })
+                    })
+                    .map_err(unavailable)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+            })
+            .await
+    }
+
     /// When the next hidden message of `queue` becomes visible (epoch ms), if any.
     pub async fn next_visible_at(&self, queue: &str) -> Result<Option<i64>, StoreError> {
         let queue = queue.to_owned();

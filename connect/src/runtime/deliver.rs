@@ -17,7 +17,8 @@ pub struct WorkerSettings {
     pub batch_size: usize,
     /// Visibility timeout of a receive.
     pub visibility_timeout: Duration,
-    /// Longest sleep with nothing to do (a safety net; sends wake the workers).
+    /// Longest sleep with nothing to do: sends in this process wake the workers at once;
+    /// sends by another process (`connect dlq redrive`) are seen within this time.
     pub idle_poll: Duration,
 }
 
@@ -26,7 +27,7 @@ impl Default for WorkerSettings {
         WorkerSettings {
             batch_size: 10,
             visibility_timeout: Duration::from_secs(60),
-            idle_poll: Duration::from_secs(5),
+            idle_poll: Duration::from_secs(1),
         }
     }
 }

@@ -2,6 +2,8 @@
 
 mod crash;
 mod delivery;
+mod dlq;
+mod dlq_aws;
 mod fanout;
 mod ingest_http;
 mod lifecycle;

@@ -1,0 +1,674 @@
+//! `connect dlq`: inspect and redrive the dead-letter queues, locally (`--data DIR`) or
+//! on AWS (`--aws`: default credential chain, `AWS_ENDPOINT_URL` honoured, queue URLs
+//! from `QUEUE_URL_{CRM}` / `DLQ_URL_{CRM}` or flags).
+
+use anyhow::{Context, bail};
+use domain::delivery::{attr, rfc3339};
+use domain::{Clock, Crm, QueueKind, SystemClock};
+use indicatif::{ProgressBar, ProgressStyle};
+use local::{LocalQueues, SqliteStore, StoreOptions, queue_name};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a message received for inspection is hidden before it is released again.
+pub const PEEK_VISIBILITY: Duration = Duration::from_secs(5);
+/// How long a message being redriven (or skipped by a filter) stays hidden; skipped
+/// ones are released at the end, moved ones deleted.
+pub const REDRIVE_VISIBILITY: Duration = Duration::from_secs(120);
+/// Most messages read to compute `dlq list` on AWS.
+pub const LIST_SCAN_LIMIT: usize = 1000;
+/// Attributes a redrive removes.
+const FAILURE_ATTRIBUTES: [&str; 5] = [
+    attr::FAILURE_REASON,
+    attr::FAILURE_STATUS,
+    attr::FAILED_AT,
+    attr::ATTEMPTS,
+    "failureDetail",
+];
+
+/// A DLQ message.
+#[derive(Debug, Clone)]
+pub struct Message {
+    message_id: String,
+    receipt: String,
+    body: String,
+    attributes: Vec<(String, String)>,
+    sent_at_ms: i64,
+}
+
+impl Message {
+    fn attr(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Where the queues are.
+pub enum Backend {
+    /// The local store.
+    Local {
+        store: SqliteStore,
+        queues: LocalQueues,
+    },
+    /// SQS.
+    Aws {
+        sqs: aws_sdk_sqs::Client,
+        urls: BTreeMap<(Crm, bool), String>,
+    },
+}
+
+fn sqs_error<E: std::error::Error + 'static, R: std::fmt::Debug>(
+    e: aws_sdk_sqs::error::SdkError<E, R>,
+    url: &str,
+) -> anyhow::Error {
+    let text = aws_sdk_sqs::error::DisplayErrorContext(&e).to_string();
+    if text.contains("NonExistentQueue") || text.contains("QueueDoesNotExist") {
+        anyhow::anyhow!("queue not found: {url}")
+    } else if text.contains("credential") || text.contains("Credentials") {
+        anyhow::anyhow!(
+            "no AWS credentials found (set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        )
+    } else {
+        anyhow::anyhow!("SQS call failed for {url}: {text}")
+    }
+}
+
+impl Backend {
+    /// The local store in `data`.
+    pub fn local(data: &Path) -> anyhow::Result<Backend> {
+        anyhow::ensure!(
+            data.join(local::store::DB_FILE).exists(),
+            "no store in {} (pass --data DIR, or --aws)",
+            data.display()
+        );
+        let store = SqliteStore::open(
+            data,
+            StoreOptions {
+                tool: true,
+                ..StoreOptions::default()
+            },
+        )?;
+        let queues = LocalQueues::new(
+            store.clone(),
+            Arc::new(SystemClock),
+            local::queues::DEFAULT_MAX_RECEIVE_COUNT,
+        );
+        Ok(Backend::Local { store, queues })
+    }
+
+    /// SQS, with the queue URLs of `crm` from flags or the environment.
+    pub async fn aws(
+        crm: Crm,
+        queue_url: Option<String>,
+        dlq_url: Option<String>,
+    ) -> anyhow::Result<Backend> {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .load()
+            .await;
+        let mut urls = BTreeMap::new();
+        let dlq = match dlq_url.or_else(|| std::env::var(aws::env::dlq_url_var(crm)).ok()) {
+            Some(u) => u,
+            None => bail!(
+                "no DLQ URL for {crm}: set {} or pass --dlq-url",
+                aws::env::dlq_url_var(crm)
+            ),
+        };
+        urls.insert((crm, true), dlq);
+        if let Some(q) = queue_url.or_else(|| std::env::var(aws::env::queue_url_var(crm)).ok()) {
+            urls.insert((crm, false), q);
+        }
+        Ok(Backend::Aws {
+            sqs: aws_sdk_sqs::Client::new(&config),
+            urls,
+        })
+    }
+
+    fn url(&self, crm: Crm, dlq: bool) -> anyhow::Result<String> {
+        match self {
+            Backend::Local { .. } => Ok(queue_name(
+                crm,
+                if dlq {
+                    QueueKind::DeadLetter
+                } else {
+                    QueueKind::Delivery
+                },
+            )),
+            Backend::Aws { urls, .. } => urls.get(&(crm, dlq)).cloned().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no {} URL for {crm}: set {} or pass {}",
+                    if dlq { "DLQ" } else { "delivery queue" },
+                    if dlq {
+                        aws::env::dlq_url_var(crm)
+                    } else {
+                        aws::env::queue_url_var(crm)
+                    },
+                    if dlq { "--dlq-url" } else { "--queue-url" }
+                )
+            }),
+        }
+    }
+
+    async fn receive(
+        &self,
+        crm: Crm,
+        max: usize,
+        visibility: Duration,
+    ) -> anyhow::Result<Vec<Message>> {
+        let url = self.url(crm, true)?;
+        match self {
+            Backend::Local { queues, .. } => Ok(queues
+                .receive(&url, None, max, visibility)
+                .await?
+                .into_iter()
+                .map(|m| Message {
+                    message_id: m.message_id,
+                    receipt: m.receipt_handle,
+                    body: m.body,
+                    attributes: m.attributes,
+                    sent_at_ms: m.sent_at_ms,
+                })
+                .collect()),
+            Backend::Aws { sqs, .. } => {
+                let out = sqs
+                    .receive_message()
+                    .queue_url(&url)
+                    .max_number_of_messages(i32::try_from(max.clamp(1, 10)).unwrap_or(10))
+                    .visibility_timeout(i32::try_from(visibility.as_secs()).unwrap_or(30))
+                    .message_attribute_names("All")
+                    .message_system_attribute_names(
+                        aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp,
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| sqs_error(e, &url))?;
+                Ok(out
+                    .messages()
+                    .iter()
+                    .map(|m| Message {
+                        message_id: m.message_id().unwrap_or_default().to_owned(),
+                        receipt: m.receipt_handle().unwrap_or_default().to_owned(),
+                        body: m.body().unwrap_or_default().to_owned(),
+                        attributes: m
+                            .message_attributes()
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(|(k, v)| {
+                                        v.string_value().map(|s| (k.clone(), s.to_owned()))
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                        sent_at_ms: m
+                            .attributes()
+                            .and_then(|a| {
+                                a.get(
+                                    &aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp,
+                                )
+                            })
+                            .and_then(|t| t.parse().ok())
+                            .unwrap_or(0),
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    async fn release(&self, crm: Crm, receipt: &str) -> anyhow::Result<()> {
+        let url = self.url(crm, true)?;
+        match self {
+            Backend::Local { queues, .. } => {
+                queues
+                    .change_visibility(&url, receipt, Duration::ZERO)
+                    .await?;
+            }
+            Backend::Aws { sqs, .. } => {
+                sqs.change_message_visibility()
+                    .queue_url(&url)
+                    .receipt_handle(receipt)
+                    .visibility_timeout(0)
+                    .send()
+                    .await
+                    .map_err(|e| sqs_error(e, &url))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, crm: Crm, receipt: &str) -> anyhow::Result<()> {
+        let url = self.url(crm, true)?;
+        match self {
+            Backend::Local { queues, .. } => {
+                queues.delete(&url, receipt).await?;
+            }
+            Backend::Aws { sqs, .. } => {
+                sqs.delete_message()
+                    .queue_url(&url)
+                    .receipt_handle(receipt)
+                    .send()
+                    .await
+                    .map_err(|e| sqs_error(e, &url))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_to_delivery(
+        &self,
+        crm: Crm,
+        body: &str,
+        attributes: &[(String, String)],
+    ) -> anyhow::Result<()> {
+        let url = self.url(crm, false)?;
+        match self {
+            Backend::Local { queues, .. } => {
+                queues
+                    .send(
+                        &url,
+                        vec![(body.to_owned(), attributes.to_vec())],
+                        Duration::ZERO,
+                    )
+                    .await?;
+            }
+            Backend::Aws { sqs, .. } => {
+                sqs.send_message()
+                    .queue_url(&url)
+                    .message_body(body)
+                    .set_message_attributes(Some(
+                        aws::sqs::string_attributes(attributes)
+                            .map_err(|e| anyhow::anyhow!("{e}"))?,
+                    ))
+                    .send()
+                    .await
+                    .map_err(|e| sqs_error(e, &url))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every message of the DLQ (up to `limit`) without consuming it: a read locally;
+    /// on SQS, receives with a short visibility, then released at once.
+    async fn snapshot(&self, crm: Crm, limit: usize) -> anyhow::Result<Vec<Message>> {
+        match self {
+            Backend::Local { queues, .. } => Ok(queues
+                .peek(&self.url(crm, true)?, limit)
+                .await?
+                .into_iter()
+                .map(|m| Message {
+                    message_id: m.message_id,
+                    receipt: String::new(),
+                    body: m.body,
+                    attributes: m.attributes,
+                    sent_at_ms: m.sent_at_ms,
+                })
+                .collect()),
+            Backend::Aws { .. } => {
+                let mut all: Vec<Message> = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                while all.len() < limit {
+                    let batch = self.receive(crm, 10, PEEK_VISIBILITY).await?;
+                    let fresh: Vec<Message> = batch
+                        .into_iter()
+                        .filter(|m| seen.insert(m.message_id.clone()))
+                        .collect();
+                    if fresh.is_empty() {
+                        break;
+                    }
+                    all.extend(fresh);
+                }
+                for m in &all {
+                    self.release(crm, &m.receipt).await?;
+                }
+                all.truncate(limit);
+                Ok(all)
+            }
+        }
+    }
+
+    async fn close(self) {
+        if let Backend::Local { store, .. } = self {
+            store.shutdown().await;
+        }
+    }
+}
+
+/// `a***@example.com`.
+pub fn mask_email(email: &str) -> String {
+    match email.split_once('@') {
+        Some((local, domain)) => format!("{}***@{domain}", local.chars().next().unwrap_or('*')),
+        None => "***".into(),
+    }
+}
+
+fn summary_of(m: &Message, show_pii: bool) -> serde_json::Value {
+    let body: serde_json::Value = serde_json::from_str(&m.body).unwrap_or(serde_json::Value::Null);
+    let email = body["event"]["email"].as_str().map(|e| {
+        if show_pii {
+            e.to_owned()
+        } else {
+            mask_email(e)
+        }
+    });
+    serde_json::json!({
+        "messageId": m.message_id,
+        "recordId": body["recordId"],
+        "clientId": m.attr(attr::CLIENT_ID).map(str::to_owned).or_else(|| body["clientId"].as_str().map(str::to_owned)),
+        "eventType": m.attr(attr::EVENT_TYPE).map(str::to_owned).or_else(|| body["event"]["eventType"].as_str().map(str::to_owned)),
+        "email": email,
+        "failureReason": m.attr(attr::FAILURE_REASON),
+        "failureStatus": m.attr(attr::FAILURE_STATUS),
+        "failureDetail": m.attr("failureDetail").map(domain::redact::emails),
+        "attempts": m.attr(attr::ATTEMPTS),
+        "failedAt": m.attr(attr::FAILED_AT),
+        "redriveCount": m.attr("redriveCount"),
+    })
+}
+
+/// `dlq list`: one row per (CRM, backend).
+pub async fn list(targets: Vec<(Crm, Backend)>, json: bool) -> anyhow::Result<()> {
+    let now = SystemClock.now_ms();
+    let mut rows = Vec::new();
+    for (crm, backend) in targets {
+        let messages = backend.snapshot(crm, LIST_SCAN_LIMIT).await?;
+        backend.close().await;
+        let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+        for m in &messages {
+            *reasons
+                .entry(m.attr(attr::FAILURE_REASON).unwrap_or("(none)").to_owned())
+                .or_default() += 1;
+        }
+        let oldest = messages
+            .iter()
+            .map(|m| m.sent_at_ms)
+            .filter(|t| *t > 0)
+            .min();
+        rows.push(serde_json::json!({
+            "crm": crm,
+            "depth": messages.len(),
+            "oldestAgeSeconds": oldest.map(|t| (now - t) / 1000),
+            "byReason": reasons,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{:<11} {:>6} {:>12}  REASONS", "CRM", "DEPTH", "OLDEST");
+    for r in rows {
+        let reasons: Vec<String> = r["byReason"]
+            .as_object()
+            .map(|o| o.iter().map(|(k, v)| format!("{k}={v}")).collect())
+            .unwrap_or_default();
+        println!(
+            "{:<11} {:>6} {:>12}  {}",
+            r["crm"].as_str().unwrap_or(""),
+            r["depth"],
+            r["oldestAgeSeconds"]
+                .as_i64()
+                .map_or("-".to_owned(), |s| format!("{s}s")),
+            reasons.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `dlq peek`.
+pub async fn peek(
+    backend: Backend,
+    crm: Crm,
+    n: usize,
+    client: Option<&str>,
+    show_pii: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let messages = backend.snapshot(crm, LIST_SCAN_LIMIT).await?;
+    backend.close().await;
+    let shown: Vec<serde_json::Value> = messages
+        .iter()
+        .filter(|m| client.is_none_or(|c| m.attr(attr::CLIENT_ID) == Some(c)))
+        .take(n)
+        .map(|m| summary_of(m, show_pii))
+        .collect();
+    if shown.is_empty() {
+        bail!(
+            "the {crm} DLQ is empty{}",
+            client
+                .map(|c| format!(" for client {c}"))
+                .unwrap_or_default()
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+    } else {
+        for s in shown {
+            println!(
+                "{}  {}  {}  {}  {}  reason={} status={} attempts={} failedAt={}",
+                s["recordId"].as_str().unwrap_or("-"),
+                s["clientId"].as_str().unwrap_or("-"),
+                s["eventType"].as_str().unwrap_or("-"),
+                s["email"].as_str().unwrap_or("-"),
+                s["messageId"].as_str().unwrap_or("-"),
+                s["failureReason"].as_str().unwrap_or("-"),
+                s["failureStatus"].as_str().unwrap_or("-"),
+                s["attempts"].as_str().unwrap_or("-"),
+                s["failedAt"].as_str().unwrap_or("-"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Filters and limits of `dlq redrive` / `dlq purge`.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this client's messages.
+    pub client: Option<String>,
+    /// Only messages with this failureReason.
+    pub reason: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, m: &Message) -> bool {
+        self.client
+            .as_deref()
+            .is_none_or(|c| m.attr(attr::CLIENT_ID) == Some(c))
+            && self
+                .reason
+                .as_deref()
+                .is_none_or(|r| m.attr(attr::FAILURE_REASON) == Some(r))
+    }
+}
+
+/// The attributes of a redriven message: failure attributes cleared, `redrivenAt` and
+/// `redriveCount` set.
+pub fn redrive_attributes(attributes: &[(String, String)], now_ms: i64) -> Vec<(String, String)> {
+    let count = attributes
+        .iter()
+        .find(|(k, _)| k == "redriveCount")
+        .and_then(|(_, v)| v.parse::<u32>().ok())
+        .unwrap_or(0);
+    let mut out: Vec<(String, String)> = attributes
+        .iter()
+        .filter(|(k, _)| {
+            !FAILURE_ATTRIBUTES.contains(&k.as_str()) && k != "redrivenAt" && k != "redriveCount"
+        })
+        .cloned()
+        .collect();
+    out.push(("redrivenAt".into(), rfc3339(now_ms)));
+    out.push(("redriveCount".into(), (count + 1).to_string()));
+    out
+}
+
+/// Counts of a redrive or purge.
+#[derive(Debug, Default)]
+struct Counts {
+    moved: u64,
+    skipped: u64,
+    failed: u64,
+}
+
+/// `dlq redrive`: each message is deleted from the DLQ only after the delivery queue
+/// accepted it (an interruption loses nothing; at worst a message is duplicated).
+pub async fn redrive(
+    backend: Backend,
+    crm: Crm,
+    filter: Filter,
+    max: Option<u64>,
+    rate: Option<f64>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    backend.url(crm, false)?;
+    let total = backend
+        .snapshot(crm, LIST_SCAN_LIMIT)
+        .await?
+        .iter()
+        .filter(|m| filter.matches(m))
+        .count() as u64;
+    if total == 0 {
+        backend.close().await;
+        bail!("nothing to redrive: the {crm} DLQ has no matching message");
+    }
+    let target = max.map_or(total, |m| m.min(total));
+    let bar = ProgressBar::new(target);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let pace = rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(1.0 / r));
+    let mut counts = Counts::default();
+    let mut held: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut last_send = Instant::now() - pace.unwrap_or_default();
+    'outer: while counts.moved < target {
+        let batch = backend.receive(crm, 10, REDRIVE_VISIBILITY).await?;
+        let fresh: Vec<Message> = batch
+            .into_iter()
+            .filter(|m| seen.insert(m.message_id.clone()))
+            .collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for m in fresh {
+            if counts.moved >= target || !filter.matches(&m) || dry_run {
+                if filter.matches(&m) && counts.moved < target {
+                    counts.moved += 1;
+                    bar.inc(1);
+                } else {
+                    counts.skipped += 1;
+                }
+                held.push(m.receipt.clone());
+                bar.set_message(format!(
+                    "moved {} skipped {} failed {}",
+                    counts.moved, counts.skipped, counts.failed
+                ));
+                continue;
+            }
+            if let Some(p) = pace {
+                let wait = p.saturating_sub(last_send.elapsed());
+                tokio::time::sleep(wait).await;
+            }
+            last_send = Instant::now();
+            let attributes = redrive_attributes(&m.attributes, SystemClock.now_ms());
+            match backend.send_to_delivery(crm, &m.body, &attributes).await {
+                Ok(()) => {
+                    match backend.delete(crm, &m.receipt).await {
+                        Ok(()) => {
+                            counts.moved += 1;
+                            bar.inc(1);
+                        }
+                        Err(e) => {
+                            counts.failed += 1;
+                            bar.println(format!("moved but not deleted from the DLQ (it will be redriven twice): {e:#}"));
+                        }
+                    }
+                }
+                Err(e) => {
+                    counts.failed += 1;
+                    held.push(m.receipt.clone());
+                    bar.println(format!("could not send {}: {e:#}", m.message_id));
+                    if counts.failed >= 10 && counts.moved == 0 {
+                        break 'outer;
+                    }
+                }
+            }
+            bar.set_message(format!(
+                "moved {} skipped {} failed {}",
+                counts.moved, counts.skipped, counts.failed
+            ));
+        }
+    }
+    for receipt in &held {
+        let _ = backend.release(crm, receipt).await;
+    }
+    bar.finish_and_clear();
+    backend.close().await;
+    println!(
+        "{}{crm}: {} moved to the delivery queue, {} skipped, {} failed",
+        if dry_run {
+            "dry run — nothing moved. "
+        } else {
+            ""
+        },
+        if dry_run {
+            format!("{} would be", counts.moved)
+        } else {
+            counts.moved.to_string()
+        },
+        counts.skipped,
+        counts.failed
+    );
+    anyhow::ensure!(
+        counts.failed == 0,
+        "{} message(s) could not be redriven",
+        counts.failed
+    );
+    Ok(())
+}
+
+/// `dlq purge`.
+pub async fn purge(
+    backend: Backend,
+    crm: Crm,
+    client: Option<String>,
+    yes: bool,
+) -> anyhow::Result<()> {
+    if !yes {
+        backend.close().await;
+        bail!("purge deletes dead-lettered messages for good: add --yes to confirm");
+    }
+    let filter = Filter {
+        client,
+        reason: None,
+    };
+    let mut seen = std::collections::HashSet::new();
+    let (mut removed, mut held) = (0u64, Vec::new());
+    loop {
+        let batch = backend.receive(crm, 10, REDRIVE_VISIBILITY).await?;
+        let fresh: Vec<Message> = batch
+            .into_iter()
+            .filter(|m| seen.insert(m.message_id.clone()))
+            .collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for m in fresh {
+            if filter.matches(&m) {
+                backend.delete(crm, &m.receipt).await.context("delete")?;
+                removed += 1;
+            } else {
+                held.push(m.receipt);
+            }
+        }
+    }
+    for r in &held {
+        let _ = backend.release(crm, r).await;
+    }
+    backend.close().await;
+    println!("{crm}: {removed} message(s) removed from the DLQ");
+    Ok(())
+}
