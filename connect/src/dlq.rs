@@ -106,9 +106,6 @@ impl Backend {
         queue_url: Option<String>,
         dlq_url: Option<String>,
     ) -> anyhow::Result<Backend> {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .load()
-            .await;
         let mut urls = BTreeMap::new();
         let dlq = match dlq_url.or_else(|| std::env::var(aws::env::dlq_url_var(crm)).ok()) {
             Some(u) => u,
@@ -121,6 +118,10 @@ impl Backend {
         if let Some(q) = queue_url.or_else(|| std::env::var(aws::env::queue_url_var(crm)).ok()) {
             urls.insert((crm, false), q);
         }
+        // Only once the command is known to be complete: loading probes the environment.
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .load()
+            .await;
         Ok(Backend::Aws {
             sqs: aws_sdk_sqs::Client::new(&config),
             urls,
@@ -215,6 +216,20 @@ impl Backend {
                     .collect())
             }
         }
+    }
+
+    /// The next batch of DLQ messages not received before in this run (hidden for
+    /// [`REDRIVE_VISIBILITY`]); empty when every message was seen.
+    async fn receive_unseen(
+        &self,
+        crm: Crm,
+        seen: &mut std::collections::HashSet<String>,
+    ) -> anyhow::Result<Vec<Message>> {
+        let batch = self.receive(crm, 10, REDRIVE_VISIBILITY).await?;
+        Ok(batch
+            .into_iter()
+            .filter(|m| seen.insert(m.message_id.clone()))
+            .collect())
     }
 
     async fn release(&self, crm: Crm, receipt: &str) -> anyhow::Result<()> {
@@ -545,11 +560,7 @@ pub async fn redrive(
     let mut seen = std::collections::HashSet::new();
     let mut last_send = Instant::now() - pace.unwrap_or_default();
     'outer: while counts.moved < target {
-        let batch = backend.receive(crm, 10, REDRIVE_VISIBILITY).await?;
-        let fresh: Vec<Message> = batch
-            .into_iter()
-            .filter(|m| seen.insert(m.message_id.clone()))
-            .collect();
+        let fresh = backend.receive_unseen(crm, &mut seen).await?;
         if fresh.is_empty() {
             break;
         }
@@ -648,11 +659,7 @@ pub async fn purge(
     let mut seen = std::collections::HashSet::new();
     let (mut removed, mut held) = (0u64, Vec::new());
     loop {
-        let batch = backend.receive(crm, 10, REDRIVE_VISIBILITY).await?;
-        let fresh: Vec<Message> = batch
-            .into_iter()
-            .filter(|m| seen.insert(m.message_id.clone()))
-            .collect();
+        let fresh = backend.receive_unseen(crm, &mut seen).await?;
         if fresh.is_empty() {
             break;
         }
