@@ -7,6 +7,7 @@ mod dlq_aws;
 mod fanout;
 mod ingest_http;
 mod lifecycle;
+mod template;
 mod tokens;
 
 use std::path::Path;

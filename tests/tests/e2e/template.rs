@@ -1,0 +1,247 @@
+//! The packaged CloudFormation template (`osls package --stage ci`, run by
+//! `./scripts/test`): least privilege per function, and the event-source settings.
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+fn template() -> Option<Value> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../.serverless/cloudformation-template-update-stack.json"
+    );
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(serde_json::from_str(&text).expect("template JSON")),
+        Err(_) if std::env::var("CONNECT_REQUIRE_TEMPLATE").is_err() => {
+            eprintln!("skipped: {path} is missing (./scripts/test packages it)");
+            None
+        }
+        Err(e) => panic!("CONNECT_REQUIRE_TEMPLATE is set but {path} is missing: {e}"),
+    }
+}
+
+fn as_list(v: &Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a.clone(),
+        other => vec![other.clone()],
+    }
+}
+
+/// (actions, resources as JSON text) of every statement of a role, logs:* excluded.
+fn statements(t: &Value, role: &str) -> Vec<(Vec<String>, Vec<String>)> {
+    let policies = t["Resources"][role]["Properties"]["Policies"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    policies
+        .iter()
+        .flat_map(|p| {
+            p["PolicyDocument"]["Statement"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|s| {
+            let actions: Vec<String> = as_list(&s["Action"])
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect();
+            let resources: Vec<String> = as_list(&s["Resource"])
+                .iter()
+                .map(Value::to_string)
+                .collect();
+            (actions, resources)
+        })
+        .filter(|(a, _)| !a.iter().all(|x| x.starts_with("logs:")))
+        .collect()
+}
+
+fn role_of(t: &Value, function: &str) -> String {
+    t["Resources"][function]["Properties"]["Role"]["Fn::GetAtt"][0]
+        .as_str()
+        .expect("role ref")
+        .to_owned()
+}
+
+const CRMS: [(&str, &str); 3] = [
+    ("responsys", "Responsys"),
+    ("salesforce", "Salesforce"),
+    ("rdstation", "Rdstation"),
+];
+
+#[test]
+fn each_function_has_exactly_its_permissions_on_specific_resources() {
+    let Some(t) = template() else { return };
+    let set = |v: &[&str]| {
+        v.iter()
+            .map(|s| (*s).to_owned())
+            .collect::<BTreeSet<String>>()
+    };
+    let mut expected: Vec<(String, BTreeSet<String>)> = vec![
+        (
+            "IngestLambdaFunction".into(),
+            set(&["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Scan"]),
+        ),
+        (
+            "FanoutLambdaFunction".into(),
+            set(&[
+                "dynamodb:DescribeStream",
+                "dynamodb:GetRecords",
+                "dynamodb:GetShardIterator",
+                "dynamodb:ListStreams",
+                "sqs:SendMessage",
+                "sns:Publish",
+            ]),
+        ),
+    ];
+    for (crm, cap) in CRMS {
+        let mut deliver = vec![
+            "sqs:ReceiveMessage",
+            "sqs:DeleteMessage",
+            "sqs:ChangeMessageVisibility",
+            "sqs:GetQueueAttributes",
+            "sqs:SendMessage",
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "secretsmanager:GetSecretValue",
+            "sns:Publish",
+        ];
+        if crm == "rdstation" {
+            // An inline refresh may rotate the RD Station refresh token.
+            deliver.push("secretsmanager:PutSecretValue");
+        }
+        expected.push((format!("Deliver{cap}LambdaFunction"), set(&deliver)));
+        expected.push((
+            format!("Token{cap}LambdaFunction"),
+            set(&[
+                "secretsmanager:GetSecretValue",
+                "secretsmanager:PutSecretValue",
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:Query",
+                "dynamodb:Scan",
+                "sns:Publish",
+            ]),
+        ));
+    }
+    let mut roles = BTreeSet::new();
+    for (function, actions) in &expected {
+        let role = role_of(&t, function);
+        assert!(roles.insert(role.clone()), "{function} shares a role");
+        let stmts = statements(&t, &role);
+        let got: BTreeSet<String> = stmts.iter().flat_map(|(a, _)| a.clone()).collect();
+        assert_eq!(&got, actions, "{function}");
+        for (acts, resources) in &stmts {
+            for a in acts {
+                assert!(
+                    a != "*" && !a.ends_with(":*"),
+                    "{function}: wildcard action {a}"
+                );
+            }
+            for r in resources {
+                assert_ne!(r, "\"*\"", "{function}: Resource * for {acts:?}");
+            }
+            if acts.iter().any(|a| a.starts_with("secretsmanager:")) {
+                let crm = CRMS
+                    .iter()
+                    .find(|(_, cap)| function.contains(cap))
+                    .map(|(c, _)| *c)
+                    .expect("crm");
+                assert!(
+                    resources
+                        .iter()
+                        .all(|r| r.contains(&format!(":secret:/connect/{crm}/*"))),
+                    "{function}: {resources:?}"
+                );
+            }
+        }
+    }
+    // The framework's shared role is attached to no function.
+    let functions: Vec<&String> = t["Resources"]
+        .as_object()
+        .expect("resources")
+        .iter()
+        .filter(|(_, v)| v["Type"] == "AWS::Lambda::Function")
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(functions.len(), expected.len());
+    for f in functions {
+        assert_ne!(role_of(&t, f), "IamRoleLambdaExecution", "{f}");
+    }
+}
+
+#[test]
+fn event_sources_report_partial_failures_and_are_bounded() {
+    let Some(t) = template() else { return };
+    let resources = t["Resources"].as_object().expect("resources");
+    let mappings: Vec<&Value> = resources
+        .values()
+        .filter(|v| v["Type"] == "AWS::Lambda::EventSourceMapping")
+        .collect();
+    assert_eq!(mappings.len(), 4, "one stream, three queues");
+    for m in &mappings {
+        let p = &m["Properties"];
+        assert_eq!(
+            p["FunctionResponseTypes"],
+            serde_json::json!(["ReportBatchItemFailures"]),
+            "{p}"
+        );
+        let function = p["FunctionName"]["Fn::GetAtt"][0]
+            .as_str()
+            .expect("function");
+        if function == "FanoutLambdaFunction" {
+            assert_eq!(p["BisectBatchOnFunctionError"], true);
+            assert!(
+                p["MaximumRetryAttempts"]
+                    .as_i64()
+                    .is_some_and(|n| (0..=100).contains(&n))
+            );
+            assert!(
+                p["MaximumRecordAgeInSeconds"]
+                    .as_i64()
+                    .is_some_and(|n| n > 0)
+            );
+            assert!(p["DestinationConfig"]["OnFailure"]["Destination"].is_object());
+            let pattern = p["FilterCriteria"]["Filters"][0]["Pattern"]
+                .as_str()
+                .expect("pattern");
+            let pattern: Value = serde_json::from_str(pattern).expect("json");
+            assert_eq!(pattern["eventName"], serde_json::json!(["INSERT"]));
+        } else {
+            assert!(
+                p["ScalingConfig"]["MaximumConcurrency"]
+                    .as_i64()
+                    .is_some_and(|n| n >= 2),
+                "{function}"
+            );
+            assert!(p["BatchSize"].as_i64().is_some_and(|n| n >= 1));
+        }
+    }
+    for (_, cap) in CRMS {
+        let q = &resources[&format!("{cap}Queue")]["Properties"];
+        let timeout = resources[&format!("Deliver{cap}LambdaFunction")]["Properties"]["Timeout"]
+            .as_i64()
+            .expect("timeout");
+        assert!(
+            q["VisibilityTimeout"].as_i64().expect("vt") >= 6 * timeout,
+            "{cap}"
+        );
+        assert!(q["RedrivePolicy"]["maxReceiveCount"].as_i64().is_some());
+        assert_eq!(
+            resources[&format!("{cap}Dlq")]["Properties"]["MessageRetentionPeriod"],
+            1_209_600
+        );
+    }
+    let rules: Vec<&Value> = resources
+        .values()
+        .filter(|v| v["Type"] == "AWS::Events::Rule")
+        .collect();
+    assert_eq!(rules.len(), 3, "one schedule per CRM");
+    for r in rules {
+        for target in r["Properties"]["Targets"].as_array().expect("targets") {
+            assert!(
+                target.get("Input").is_none(),
+                "no input: the EventBridge envelope stays intact"
+            );
+        }
+    }
+}
