@@ -107,27 +107,32 @@ impl LocalQueues {
         let now = self.clock.now_ms();
         let visible_at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
         let queue = queue.to_owned();
-        let ids = self
-            .store
+        // Ids and attribute JSON are made here, not on the (single) writer thread.
+        let rows: Vec<(String, String, String)> = messages
+            .into_iter()
+            .map(|(body, attributes)| {
+                (
+                    uuid::Uuid::new_v4().to_string(),
+                    body,
+                    serde_json::to_string(&attributes).unwrap_or_else(|_| "[]".into()),
+                )
+            })
+            .collect();
+        let ids: Vec<String> = rows.iter().map(|(id, _, _)| id.clone()).collect();
+        self.store
             .write(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let mut ids = Vec::with_capacity(messages.len());
                 {
                     let mut insert = tx.prepare_cached(
                         "INSERT INTO queue_messages
                            (queue, message_id, body, attributes, sent_at, visible_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     )?;
-                    for (body, attributes) in messages {
-                        let id = uuid::Uuid::new_v4().to_string();
-                        let attributes =
-                            serde_json::to_string(&attributes).unwrap_or_else(|_| "[]".into());
+                    for (id, body, attributes) in &rows {
                         insert.execute(params![queue, id, body, attributes, now, visible_at])?;
-                        ids.push(id);
                     }
                 }
-                tx.commit()?;
-                Ok(ids)
+                tx.commit()
             })
             .await?;
         self.sent.send_modify(|n| *n = n.wrapping_add(1));

@@ -331,6 +331,17 @@ mod tests {
     }
 
     #[test]
+    fn a_hand_made_envelope_narrows_the_tick() {
+        let text = r#"{"detail-type":"Scheduled Event","source":"aws.events","time":"2026-01-01T00:00:00Z","detail":{"clientId":"loja-exemplo"}}"#;
+        let event: aws_lambda_events::eventbridge::EventBridgeEvent<serde_json::Value> =
+            serde_json::from_str(text).expect("envelope");
+        assert_eq!(
+            client_of(&event.detail),
+            ClientId::parse("loja-exemplo").ok()
+        );
+    }
+
+    #[test]
     fn margin_table() {
         let s = TokenSettings::default();
         let h = 3_600_000;

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 /// Checkpoint name of the fanout in the store.
 pub const CONSUMER: &str = "fanout";
 /// Most changes handed to the handler at once.
-pub const POLL_BATCH: usize = 500;
+pub const POLL_BATCH: usize = 2000;
 /// Longest pause after a failed batch (doubling from 50 ms, jittered).
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 
