@@ -177,6 +177,12 @@ where
                 }
             }
         }
+        // Receipt time of each parsed message (delivery latency), from the one parse.
+        let received_at: HashMap<usize, i64> = by_client
+            .values()
+            .flatten()
+            .map(|(i, d)| (*i, d.received_at))
+            .collect();
         let groups: Vec<(ClientId, Vec<(usize, DeliveryMessage)>)> =
             by_client.into_iter().collect();
         let mut results: Vec<ClientResult> = Vec::new();
@@ -195,12 +201,6 @@ where
 
         let now = self.clock.now_ms();
         let mut alert_counts: BTreeMap<(String, &'static str), (u64, String)> = BTreeMap::new();
-        let mut received_at: HashMap<usize, i64> = HashMap::new();
-        for (i, m) in batch.iter().enumerate() {
-            if let Ok(d) = serde_json::from_str::<DeliveryMessage>(&m.body) {
-                received_at.insert(i, d.received_at);
-            }
-        }
         for (client, outcomes, refreshes) in results {
             outcome.token_refreshes += refreshes;
             for (i, o) in outcomes {
