@@ -168,3 +168,33 @@ fn missing_configuration_is_one_clear_line() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn missing_aws_credentials_are_one_clear_line() {
+    // A machine with no credentials anywhere: no env keys, no ~/.aws, no instance role.
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(tests::connect_bin())
+        .args([
+            "dlq",
+            "peek",
+            "responsys",
+            "--aws",
+            "--dlq-url",
+            "http://127.0.0.1:9/123456789012/none",
+        ])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SHARED_CREDENTIALS_FILE")
+        .env_remove("AWS_CONFIG_FILE")
+        .env("HOME", home.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no AWS credentials"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
