@@ -159,11 +159,20 @@ impl DynamoClientDirectory {
 
     /// Creates or replaces a client item (used by onboarding tools and tests).
     pub async fn put_client(&self, client: &ClientConfig) -> Result<(), StoreError> {
+        self.put(&self.clients_table, client).await
+    }
+
+    /// Creates or replaces an RD Station config item.
+    pub async fn put_rdstation(&self, config: &RdStationConfig) -> Result<(), StoreError> {
+        self.put(&self.rdstation_table, config).await
+    }
+
+    async fn put<T: serde::Serialize>(&self, table: &str, value: &T) -> Result<(), StoreError> {
         let item: HashMap<String, AttributeValue> =
-            serde_dynamo::to_item(client).map_err(corrupt)?;
+            serde_dynamo::to_item(value).map_err(corrupt)?;
         self.client
             .put_item()
-            .table_name(&self.clients_table)
+            .table_name(table)
             .set_item(Some(item))
             .send()
             .await
@@ -171,49 +180,35 @@ impl DynamoClientDirectory {
         Ok(())
     }
 
-    /// Creates or replaces an RD Station config item.
-    pub async fn put_rdstation(&self, config: &RdStationConfig) -> Result<(), StoreError> {
-        let item: HashMap<String, AttributeValue> =
-            serde_dynamo::to_item(config).map_err(corrupt)?;
-        self.client
-            .put_item()
-            .table_name(&self.rdstation_table)
-            .set_item(Some(item))
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &str,
+        key: &str,
+        value: String,
+    ) -> Result<Option<T>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(table)
+            .key(key, AttributeValue::S(value))
             .send()
             .await
             .map_err(unavailable)?;
-        Ok(())
+        out.item
+            .map(|item| serde_dynamo::from_item(item).map_err(corrupt))
+            .transpose()
     }
 }
 
 #[async_trait]
 impl ClientDirectory for DynamoClientDirectory {
     async fn client(&self, id: &ClientId) -> Result<Option<ClientConfig>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.clients_table)
-            .key("clientId", AttributeValue::S(id.to_string()))
-            .send()
+        self.get(&self.clients_table, "clientId", id.to_string())
             .await
-            .map_err(unavailable)?;
-        out.item
-            .map(|item| serde_dynamo::from_item(item).map_err(corrupt))
-            .transpose()
     }
 
     async fn rdstation_by_tid(&self, tid: &str) -> Result<Option<RdStationConfig>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.rdstation_table)
-            .key("tid", AttributeValue::S(tid.to_owned()))
-            .send()
-            .await
-            .map_err(unavailable)?;
-        out.item
-            .map(|item| serde_dynamo::from_item(item).map_err(corrupt))
-            .transpose()
+        self.get(&self.rdstation_table, "tid", tid.to_owned()).await
     }
 
     /// A paginated Scan of the (small) clients table, projected to the origins; the

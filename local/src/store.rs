@@ -312,6 +312,22 @@ impl SqliteStore {
         .map_err(unavailable)?
     }
 
+    /// The JSON `item` column of the one row `sql` selects with `args`, decoded.
+    pub(crate) async fn read_item<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        sql: &'static str,
+        args: Vec<String>,
+    ) -> Result<Option<T>, StoreError> {
+        self.read(move |conn| {
+            let item: Option<String> = conn
+                .query_row(sql, rusqlite::params_from_iter(args.iter()), |r| r.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            item.as_deref().map(parse_item).transpose()
+        })
+        .await
+    }
+
     /// Proves the store is writable: a write transaction through the writer.
     pub async fn health(&self) -> Result<(), StoreError> {
         self.write(|conn| {
@@ -386,19 +402,10 @@ impl SqliteStore {
 
     /// Reads one stored record.
     pub async fn record(&self, record_id: &str) -> Result<Option<NavigationRecord>, StoreError> {
-        let id = record_id.to_owned();
-        self.read(move |conn| {
-            let item: Option<String> = conn
-                .query_row(
-                    "SELECT item FROM navigation WHERE record_id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(unavailable)?;
-            item.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
-                .transpose()
-        })
+        self.read_item(
+            "SELECT item FROM navigation WHERE record_id = ?1",
+            vec![record_id.to_owned()],
+        )
         .await
     }
 
@@ -742,32 +749,18 @@ fn parse_item<T: serde::de::DeserializeOwned>(item: &str) -> Result<T, StoreErro
 #[async_trait]
 impl ClientDirectory for SqliteStore {
     async fn client(&self, id: &ClientId) -> Result<Option<ClientConfig>, StoreError> {
-        let id = id.to_string();
-        self.read(move |conn| {
-            let item: Option<String> = conn
-                .query_row("SELECT item FROM clients WHERE client_id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(unavailable)?;
-            item.as_deref().map(parse_item).transpose()
-        })
+        self.read_item(
+            "SELECT item FROM clients WHERE client_id = ?1",
+            vec![id.to_string()],
+        )
         .await
     }
 
     async fn rdstation_by_tid(&self, tid: &str) -> Result<Option<RdStationConfig>, StoreError> {
-        let tid = tid.to_owned();
-        self.read(move |conn| {
-            let item: Option<String> = conn
-                .query_row(
-                    "SELECT item FROM rdstation_config WHERE tid = ?1",
-                    [tid],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(unavailable)?;
-            item.as_deref().map(parse_item).transpose()
-        })
+        self.read_item(
+            "SELECT item FROM rdstation_config WHERE tid = ?1",
+            vec![tid.to_owned()],
+        )
         .await
     }
 

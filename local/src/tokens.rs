@@ -3,7 +3,7 @@
 use crate::store::SqliteStore;
 use async_trait::async_trait;
 use domain::{ClientId, Crm, Secret, SecretStore, StoreError, StoredToken, TokenStore};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -18,19 +18,10 @@ impl TokenStore for SqliteStore {
         client: &ClientId,
         crm: Crm,
     ) -> Result<Option<StoredToken>, StoreError> {
-        let (client, crm) = (client.to_string(), crm.as_str());
-        self.read(move |conn| {
-            let item: Option<String> = conn
-                .query_row(
-                    "SELECT item FROM tokens WHERE client_id = ?1 AND crm = ?2",
-                    params![client, crm],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(unavailable)?;
-            item.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
-                .transpose()
-        })
+        self.read_item(
+            "SELECT item FROM tokens WHERE client_id = ?1 AND crm = ?2",
+            vec![client.to_string(), crm.as_str().to_owned()],
+        )
         .await
     }
 
@@ -78,19 +69,10 @@ impl TokenStore for SqliteStore {
         client: &ClientId,
         crm: Crm,
     ) -> Result<Option<domain::token::RefreshStatus>, StoreError> {
-        let (client, crm) = (client.to_string(), crm.as_str());
-        self.read(move |conn| {
-            let item: Option<String> = conn
-                .query_row(
-                    "SELECT item FROM token_status WHERE client_id = ?1 AND crm = ?2",
-                    params![client, crm],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(unavailable)?;
-            item.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
-                .transpose()
-        })
+        self.read_item(
+            "SELECT item FROM token_status WHERE client_id = ?1 AND crm = ?2",
+            vec![client.to_string(), crm.as_str().to_owned()],
+        )
         .await
     }
 }
