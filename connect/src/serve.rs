@@ -200,9 +200,16 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             .max_receive_count
             .unwrap_or(DEFAULT_MAX_RECEIVE_COUNT),
     );
+    // One alert sink for every component: at most one alert per (component, client,
+    // kind) per window.
+    let alerts = Arc::new(domain::alerts::DedupAlerts::new(
+        crate::alerts::LocalAlerts::new(file.alerts.webhook_url.clone())?,
+        SystemClock,
+        domain::alerts::DEFAULT_ALERT_WINDOW_MS,
+    ));
     let fanout = FanoutHandler::new(
         queues.clone(),
-        crate::alerts::LocalAlerts::new(file.alerts.webhook_url.clone())?,
+        Arc::clone(&alerts),
         SystemClock,
         FanoutSettings {
             max_batch_entries: runtime::fanout::POLL_BATCH,
@@ -228,11 +235,6 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
 
     // Delivery workers, per CRM.
     let http = crm::CrmHttp::new(&crm::HttpSettings::default()).context("CRM HTTP client")?;
-    let alerts = Arc::new(domain::alerts::DedupAlerts::new(
-        crate::alerts::LocalAlerts::new(file.alerts.webhook_url.clone())?,
-        SystemClock,
-        domain::alerts::DEFAULT_ALERT_WINDOW_MS,
-    ));
     let worker_settings = runtime::deliver::WorkerSettings {
         batch_size: file.delivery.batch_size.unwrap_or(10).clamp(1, 10),
         visibility_timeout: Duration::from_secs(

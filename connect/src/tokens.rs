@@ -101,15 +101,19 @@ pub async fn refresh(
     let secrets =
         FileSecrets::open(&secrets.map_or_else(|| data.join("secrets.json"), Path::to_path_buf));
     let http = crm::CrmHttp::new(&crm::HttpSettings::default()).context("HTTP client")?;
+    // The CRM of the one client asked for, or every CRM.
+    let crms: Vec<Crm> = match &only {
+        Some(o) => match store.client(o).await? {
+            Some(c) => vec![c.crm],
+            None => {
+                store.shutdown().await;
+                anyhow::bail!("unknown client {o}");
+            }
+        },
+        None => Crm::ALL.to_vec(),
+    };
     let mut failed = 0;
-    let mut found = false;
-    for crm in Crm::ALL {
-        if let Some(o) = &only
-            && store.client(o).await?.is_none_or(|c| c.crm != crm)
-        {
-            continue;
-        }
-        found = true;
+    for crm in crms {
         let handler = token::TokenHandler::new(
             crm,
             store.clone(),
@@ -136,9 +140,6 @@ pub async fn refresh(
         failed += summary.failed.len();
     }
     store.shutdown().await;
-    if let (false, Some(o)) = (found, &only) {
-        anyhow::bail!("unknown client {o}");
-    }
     anyhow::ensure!(failed == 0, "{failed} token refresh(es) failed");
     Ok(())
 }

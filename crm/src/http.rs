@@ -86,3 +86,38 @@ pub fn base_url(s: &str) -> String {
         format!("https://{s}")
     }
 }
+
+/// A CRM's answer: its status, the first of the asked headers present, and its JSON
+/// body (`Null` when there is none or it is not JSON).
+#[derive(Debug, Clone)]
+pub(crate) struct Answer {
+    /// HTTP status.
+    pub(crate) status: u16,
+    /// The header asked for, if present.
+    pub(crate) header: Option<String>,
+    /// The body.
+    pub(crate) body: serde_json::Value,
+}
+
+impl Answer {
+    /// Whether the status is 2xx.
+    pub(crate) fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Reads an answer, keeping the first present header of `headers`.
+pub(crate) async fn answer(res: reqwest::Response, headers: &[&str]) -> Answer {
+    let status = res.status().as_u16();
+    let header = headers
+        .iter()
+        .find_map(|h| res.headers().get(*h))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = res.json().await.unwrap_or(serde_json::Value::Null);
+    Answer {
+        status,
+        header,
+        body,
+    }
+}

@@ -5,7 +5,7 @@
 //! other type a CONVERSION with a `conversion_identifier`.
 
 use crate::credentials::{RDSTATION_API, RdStationCredentials};
-use crate::http::{AuthError, AuthToken, CrmHttp, base_url};
+use crate::http::{Answer, AuthError, AuthToken, CrmHttp, answer, base_url};
 use crate::outcome::{Outcome, from_transport};
 use crate::target::{RdStationTarget, field};
 use domain::{ClientConfig, DeliveryMessage, EventType, Secret, StoredToken};
@@ -48,8 +48,7 @@ pub async fn authenticate(
         .send()
         .await
         .map_err(|e| AuthError::Transient(e.to_string()))?;
-    let status = res.status().as_u16();
-    let body: Value = res.json().await.unwrap_or(Value::Null);
+    let Answer { status, body, .. } = answer(res, &[]).await;
     if (200..300).contains(&status) {
         let token = body["access_token"].as_str().unwrap_or_default();
         if token.is_empty() {
@@ -245,18 +244,16 @@ async fn send(
     match request.json(&body).send().await {
         Err(e) => from_transport(&e),
         Ok(res) => {
-            let status = res.status().as_u16();
-            if (200..300).contains(&status) {
-                return Outcome::Delivered;
+            let a = answer(
+                res,
+                &["www-authenticate", "x-amzn-remapped-www-authenticate"],
+            )
+            .await;
+            if a.ok() {
+                Outcome::Delivered
+            } else {
+                classify(a.status, a.header.as_deref(), &a.body)
             }
-            let www = res
-                .headers()
-                .get("www-authenticate")
-                .or_else(|| res.headers().get("x-amzn-remapped-www-authenticate"))
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let body: Value = res.json().await.unwrap_or(Value::Null);
-            classify(status, www.as_deref(), &body)
         }
     }
 }

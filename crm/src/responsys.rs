@@ -3,7 +3,7 @@
 //! Errors are classified by `errorCode`, not by HTTP status.
 
 use crate::credentials::ResponsysCredentials;
-use crate::http::{AuthError, AuthToken, CrmHttp, base_url};
+use crate::http::{Answer, AuthError, AuthToken, CrmHttp, answer, base_url};
 use crate::outcome::{Outcome, from_transport};
 use crate::target::{ResponsysKind, ResponsysTarget, field};
 use domain::{ClientConfig, DeliveryMessage, StoredToken};
@@ -103,8 +103,7 @@ async fn login_answer(
     now_ms: i64,
 ) -> Result<AuthToken, AuthError> {
     let res = res.map_err(|e| AuthError::Transient(e.to_string()))?;
-    let status = res.status().as_u16();
-    let body: Value = res.json().await.unwrap_or(Value::Null);
+    let Answer { status, body, .. } = answer(res, &[]).await;
     if (200..300).contains(&status) {
         let token = body["authToken"].as_str().unwrap_or_default();
         let endpoint = body["endPoint"].as_str().unwrap_or_default();
@@ -242,8 +241,7 @@ async fn merge(
         Ok(r) => r,
         Err(e) => return vec![from_transport(&e); chunk.len()],
     };
-    let status = res.status().as_u16();
-    let body: Value = res.json().await.unwrap_or(Value::Null);
+    let Answer { status, body, .. } = answer(res, &[]).await;
     if !(200..300).contains(&status) {
         return vec![classify(status, &body); chunk.len()];
     }
@@ -310,8 +308,7 @@ async fn trigger(
         Ok(r) => r,
         Err(e) => return vec![from_transport(&e); recipients.len()],
     };
-    let status = res.status().as_u16();
-    let body: Value = res.json().await.unwrap_or(Value::Null);
+    let Answer { status, body, .. } = answer(res, &[]).await;
     if !(200..300).contains(&status) {
         return vec![classify(status, &body); recipients.len()];
     }

@@ -2,7 +2,7 @@
 //! rowset upserts (≤ 50 rows per call) or Journey Builder entry events.
 
 use crate::credentials::SfmcCredentials;
-use crate::http::{AuthError, AuthToken, CrmHttp, base_url};
+use crate::http::{Answer, AuthError, AuthToken, CrmHttp, answer, base_url};
 use crate::outcome::{Outcome, from_transport};
 use crate::target::{SfmcKind, SfmcTarget, field};
 use domain::{ClientConfig, DeliveryMessage, StoredToken};
@@ -42,8 +42,7 @@ pub async fn authenticate(
         .send()
         .await
         .map_err(|e| AuthError::Transient(e.to_string()))?;
-    let status = res.status().as_u16();
-    let body: Value = res.json().await.unwrap_or(Value::Null);
+    let Answer { status, body, .. } = answer(res, &[]).await;
     if (200..300).contains(&status) {
         let token = body["access_token"].as_str().unwrap_or_default();
         let base = body["rest_instance_url"].as_str().unwrap_or_default();
@@ -228,14 +227,8 @@ async fn rowset(
         Ok(r) => r,
         Err(e) => return vec![from_transport(&e); chunk.len()],
     };
-    let status = res.status().as_u16();
-    let retry_after = res
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body: Value = res.json().await.unwrap_or(Value::Null);
-    rowset_outcomes(status, retry_after.as_deref(), &body, chunk.len())
+    let a = answer(res, &["retry-after"]).await;
+    rowset_outcomes(a.status, a.header.as_deref(), &a.body, chunk.len())
 }
 
 async fn journey_event(
@@ -257,17 +250,12 @@ async fn journey_event(
     match res {
         Err(e) => from_transport(&e),
         Ok(res) => {
-            let status = res.status().as_u16();
-            if (200..300).contains(&status) {
-                return Outcome::Delivered;
+            let a = answer(res, &["retry-after"]).await;
+            if a.ok() {
+                Outcome::Delivered
+            } else {
+                classify(a.status, a.header.as_deref(), &a.body)
             }
-            let retry_after = res
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let body: Value = res.json().await.unwrap_or(Value::Null);
-            classify(status, retry_after.as_deref(), &body)
         }
     }
 }

@@ -28,6 +28,7 @@ struct Env {
     dlq: String,
     alerts_queue: String,
     sandbox: String,
+    config: aws_config::SdkConfig,
 }
 
 async fn env() -> Option<Env> {
@@ -79,40 +80,9 @@ async fn env() -> Option<Env> {
                 .expect("url")
         }
     };
-    let (queue, dlq, alerts_queue) = (
-        mk(unique("q")).await,
-        mk(unique("dlq")).await,
-        mk(unique("alerts")).await,
-    );
+    let (queue, dlq) = (mk(unique("q")).await, mk(unique("dlq")).await);
+    let (topic, alerts_queue) = aws::testing::topic_with_queue(&config).await;
     let sns = aws_sdk_sns::Client::new(&config);
-    let topic = sns
-        .create_topic()
-        .name(unique("connect-errors"))
-        .send()
-        .await
-        .expect("topic")
-        .topic_arn
-        .expect("arn");
-    let alerts_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&alerts_queue)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("attrs")
-        .attributes
-        .and_then(|a| {
-            a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-                .cloned()
-        })
-        .expect("arn");
-    sns.subscribe()
-        .topic_arn(&topic)
-        .protocol("sqs")
-        .endpoint(alerts_arn)
-        .send()
-        .await
-        .expect("subscribe");
 
     let http = crm::CrmHttp::new(&crm::HttpSettings::default()).expect("http");
     let handler = DeliverHandler::new(
@@ -139,6 +109,7 @@ async fn env() -> Option<Env> {
         dlq,
         alerts_queue,
         sandbox,
+        config,
     })
 }
 
@@ -163,15 +134,7 @@ impl Env {
     }
 
     async fn alerts(&self) -> Vec<Value> {
-        self.receive(&self.alerts_queue)
-            .await
-            .iter()
-            .map(|m| {
-                let envelope: Value = serde_json::from_str(m.body().expect("body")).expect("json");
-                serde_json::from_str(envelope["Message"].as_str().expect("message"))
-                    .expect("alert json")
-            })
-            .collect()
+        aws::testing::received_alerts(&self.config, &self.alerts_queue).await
     }
 
     /// Sends bodies to the delivery queue and receives them (real receipt handles).

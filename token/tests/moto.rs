@@ -113,44 +113,9 @@ impl Env {
 #[tokio::test]
 async fn the_scheduled_fixture_refreshes_every_due_client_and_alerts_for_bad_credentials() {
     let Some(mut env) = env().await else { return };
-    let sqs = aws_sdk_sqs::Client::new(&env.config);
-    let sns = aws_sdk_sns::Client::new(&env.config);
-    env.alerts_queue = sqs
-        .create_queue()
-        .queue_name(unique("alerts"))
-        .send()
-        .await
-        .expect("queue")
-        .queue_url
-        .expect("url");
-    env.topic = sns
-        .create_topic()
-        .name(unique("errors"))
-        .send()
-        .await
-        .expect("topic")
-        .topic_arn
-        .expect("arn");
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&env.alerts_queue)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("attrs")
-        .attributes
-        .and_then(|a| {
-            a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-                .cloned()
-        })
-        .expect("arn");
-    sns.subscribe()
-        .topic_arn(&env.topic)
-        .protocol("sqs")
-        .endpoint(arn)
-        .send()
-        .await
-        .expect("subscribe");
+    let (topic, alerts_queue) = aws::testing::topic_with_queue(&env.config).await;
+    env.topic = topic;
+    env.alerts_queue = alerts_queue;
 
     let login = format!("{}/responsys", env.sandbox);
     env.client(
@@ -215,25 +180,13 @@ async fn the_scheduled_fixture_refreshes_every_due_client_and_alerts_for_bad_cre
         .expect("status");
     assert!(!bad.ok, "the failing client is marked");
     // One alert, naming client and CRM, never the secret.
-    let out = sqs
-        .receive_message()
-        .queue_url(&env.alerts_queue)
-        .max_number_of_messages(10)
-        .send()
-        .await
-        .expect("receive");
-    assert_eq!(out.messages().len(), 1);
-    let body = out.messages()[0].body().expect("body");
-    let alert: Value = serde_json::from_str(
-        serde_json::from_str::<Value>(body).expect("envelope")["Message"]
-            .as_str()
-            .expect("msg"),
-    )
-    .expect("alert");
+    let alerts = aws::testing::received_alerts(&env.config, &env.alerts_queue).await;
+    assert_eq!(alerts.len(), 1);
+    let alert = &alerts[0];
     assert_eq!(alert["kind"], "token_refresh_failed");
     assert_eq!(alert["clientId"], "client-bad");
     assert_eq!(alert["crm"], "responsys");
-    assert!(!body.contains("wrong"), "{body}");
+    assert!(!alert.to_string().contains("wrong"), "{alert}");
 
     // A second tick: abc's token is fresh now, nothing is asked of the CRM.
     let summary = env.handler(Crm::Responsys).handle(None, false, None).await;
