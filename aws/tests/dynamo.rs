@@ -108,6 +108,7 @@ async fn client_directory_reads_clients_tids_and_origins() {
         target: Some(json!({"profileList": "CONTACTS", "fields": {"email": "EMAIL_ADDRESS_"}})),
         secret_name: Some("/connect/responsys/shop-a/credentials".into()),
         rate_limit_per_second: Some(50),
+        policy: Default::default(),
     };
     let mut inactive = a.clone();
     inactive.client_id = cid("shop-b");

@@ -195,6 +195,7 @@ impl FileConfig {
                     target,
                     secret_name: c.secret_name.clone(),
                     rate_limit_per_second: c.rate_limit_per_second,
+                    policy: Default::default(),
                 })
             })
             .collect()
@@ -259,6 +260,7 @@ pub fn demo_identities() -> (Vec<ClientConfig>, Vec<RdStationConfig>) {
                     .then(|| serde_json::json!({"kind": "pet", "pet_name": "CONNECT_EVENTS"})),
                 secret_name: Some(format!("/connect/{crm}/demo-{crm}/credentials")),
                 rate_limit_per_second: None,
+                policy: Default::default(),
             })
         })
         .collect();

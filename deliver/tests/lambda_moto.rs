@@ -63,6 +63,7 @@ async fn env() -> Option<Env> {
                 target: None,
                 secret_name: Some(name),
                 rate_limit_per_second: None,
+                policy: Default::default(),
             })
             .await
             .expect("client");

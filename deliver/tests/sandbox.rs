@@ -94,6 +94,7 @@ async fn env() -> Env {
                 target,
                 secret_name: Some(format!("/connect/{crm}/shop/credentials")),
                 rate_limit_per_second: None,
+                policy: Default::default(),
             })
             .await
             .expect("client");
@@ -422,6 +423,7 @@ async fn concurrent_refreshes_never_leave_the_older_token() {
         target: None,
         secret_name: Some("/connect/salesforce/shop/credentials".into()),
         rate_limit_per_second: None,
+        policy: Default::default(),
     };
     let http = crm::CrmHttp::new(&crm::HttpSettings::default()).expect("http");
     // Two managers = two processes (no shared single-flight), refreshing at once.

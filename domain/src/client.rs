@@ -1,7 +1,7 @@
 //! Client configuration (the clients table) and the RD Station config (by `tid`).
 
 use crate::crm::Crm;
-use crate::event::ClientId;
+use crate::event::{ClientId, EventType};
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -13,12 +13,14 @@ use serde_json::Value;
 pub struct AllowedOrigins(pub Vec<String>);
 
 impl AllowedOrigins {
-    /// Whether `origin` (as sent in the `Origin` header) is allowed.
+    /// Whether `origin` (as sent in the `Origin` header) is allowed. `*` allows every
+    /// origin except the opaque `null` (sandboxed frames, `file:` pages, some
+    /// redirects), which is allowed only when listed as `null`.
     pub fn allows(&self, origin: &str) -> bool {
         let origin = origin.trim_end_matches('/').to_ascii_lowercase();
         self.0.iter().any(|pattern| {
             let pattern = pattern.trim_end_matches('/').to_ascii_lowercase();
-            if pattern == "*" || pattern == origin {
+            if pattern == origin || (pattern == "*" && origin != "null") {
                 return true;
             }
             match pattern.split_once("://*.") {
@@ -31,7 +33,135 @@ impl AllowedOrigins {
             }
         })
     }
+
+    /// Whether the list holds the `*` wildcard.
+    pub fn has_wildcard(&self) -> bool {
+        self.0.iter().any(|p| p.trim() == "*")
+    }
+
+    /// The host patterns of the origins: `shop.example` (that host and its
+    /// subdomains) for `https://shop.example`, `loja.example` for
+    /// `https://*.loja.example`; `*` for the wildcard.
+    fn host_bases(&self) -> impl Iterator<Item = String> + '_ {
+        self.0.iter().filter_map(|p| {
+            let p = p.trim().trim_end_matches('/').to_ascii_lowercase();
+            if p == "*" {
+                return Some(p);
+            }
+            let host = p.split_once("://").map(|(_, h)| h.to_owned())?;
+            let host = host.strip_prefix("*.").unwrap_or(&host);
+            Some(strip_port(host).to_owned())
+        })
+    }
 }
+
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// Whether `host` is `base` or one of its subdomains.
+fn host_under(host: &str, base: &str) -> bool {
+    !base.is_empty()
+        && (host == base
+            || host
+                .strip_suffix(base)
+                .is_some_and(|sub| sub.ends_with('.') && sub.len() > 1))
+}
+
+/// The origin (`scheme://host[:port]`, lower-case) of an absolute http(s) URL, as a
+/// browser would send it in `Origin`; `None` for anything else.
+pub fn origin_of(url: &str) -> Option<String> {
+    let url = url.trim();
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host_port.is_empty() || host_port.starts_with(':') {
+        return None;
+    }
+    Some(format!("{scheme}://{}", host_port.to_ascii_lowercase()))
+}
+
+/// The host (lower-case, without port or user info) of an absolute http(s) URL.
+pub fn host_of(url: &str) -> Option<String> {
+    let origin = origin_of(url)?;
+    let (_, host_port) = origin.split_once("://")?;
+    Some(strip_port(host_port).to_owned())
+}
+
+/// Who may create a contact the CRM does not know yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContactCreation {
+    /// No event creates a contact: every delivery is update-only.
+    Never,
+    /// Only conversion events (lead, checkout, purchase, cart_abandoned) may create a
+    /// contact; navigation events (product_view, page_view, search, add/remove cart)
+    /// update known contacts only. The default.
+    #[default]
+    Conversions,
+    /// Every event may create a contact (the demo clients; opt in knowingly).
+    All,
+}
+
+impl ContactCreation {
+    /// Whether an event of this type may create a contact.
+    pub fn may_create(self, event_type: EventType) -> bool {
+        match self {
+            ContactCreation::Never => false,
+            ContactCreation::All => true,
+            ContactCreation::Conversions => !event_type.is_navigation(),
+        }
+    }
+}
+
+/// Default of [`ClientPolicy::email_events_per_minute`] for configured clients.
+pub const DEFAULT_EMAIL_EVENTS_PER_MINUTE: u32 = 60;
+
+/// What a client's public ingest accepts. Every default is the safe one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ClientPolicy {
+    /// Refuse requests that carry neither `Origin` nor `Referer` (403
+    /// `origin_required`) unless the event is signed. Default true.
+    pub require_origin: bool,
+    /// Refuse events without a valid signature (401 `signature_invalid` /
+    /// `signature_expired`). Default false.
+    pub require_signature: bool,
+    /// Hosts besides the allowed origins' own that `productUrl` / `productImage` may
+    /// point at (CDNs): `cdn.shop.example`, `*.shopcdn.example`.
+    pub allowed_url_hosts: Vec<String>,
+    /// Most events per (client, email) per minute, in each ingest process; 0: no limit.
+    pub email_events_per_minute: u32,
+    /// Which events may create a contact the CRM does not know yet.
+    pub create_contacts: ContactCreation,
+    /// Name of the secret holding the signing key (default
+    /// `/connect/signing/{clientId}`). The key itself is never in the clients table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_secret_name: Option<String>,
+}
+
+impl Default for ClientPolicy {
+    fn default() -> Self {
+        ClientPolicy {
+            require_origin: true,
+            require_signature: false,
+            allowed_url_hosts: Vec::new(),
+            email_events_per_minute: DEFAULT_EMAIL_EVENTS_PER_MINUTE,
+            create_contacts: ContactCreation::Conversions,
+            signing_secret_name: None,
+        }
+    }
+}
+
+/// Prefix of the default signing-secret names.
+pub const SIGNING_SECRET_PREFIX: &str = "/connect/signing/";
 
 /// One client (a web shop) and where its events go.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +187,39 @@ pub struct ClientConfig {
     /// unlimited; the WAF rate rule still applies on AWS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_second: Option<u32>,
+    /// What the public ingest accepts for this client (origins, signatures, limits,
+    /// contact creation).
+    #[serde(flatten, default)]
+    pub policy: ClientPolicy,
+}
+
+impl ClientConfig {
+    /// Name of the secret holding the client's event-signing key.
+    pub fn signing_secret_name(&self) -> String {
+        self.policy
+            .signing_secret_name
+            .clone()
+            .unwrap_or_else(|| format!("{SIGNING_SECRET_PREFIX}{}", self.client_id))
+    }
+
+    /// Whether `url`'s host is one of the client's: under an allowed origin's host, or
+    /// under an `allowed_url_hosts` entry. With the `*` origin every host is.
+    pub fn owns_url_host(&self, url: &str) -> bool {
+        let Some(host) = host_of(url) else {
+            return false;
+        };
+        let extra = self.policy.allowed_url_hosts.iter().map(|h| {
+            let h = h.trim().trim_end_matches('/').to_ascii_lowercase();
+            let h = h
+                .split_once("://")
+                .map_or(h.clone(), |(_, rest)| rest.to_owned());
+            h.strip_prefix("*.").map_or(h.clone(), str::to_owned)
+        });
+        self.allowed_origins
+            .host_bases()
+            .chain(extra)
+            .any(|base| base == "*" || host_under(&host, &base))
+    }
 }
 
 /// The RD Station config of one GA4 `tid`: which client it belongs to and, optionally,
@@ -79,6 +242,7 @@ pub struct RdStationConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crm::Crm;
 
     #[test]
     fn origin_matching() {
@@ -95,6 +259,86 @@ mod tests {
         assert!(!o.allows("https://loja.example"));
         assert!(!o.allows("https://evilloja.example"));
         assert!(AllowedOrigins(vec!["*".into()]).allows("https://any.example"));
+        assert!(!AllowedOrigins(vec!["*".into()]).allows("null"));
+        assert!(AllowedOrigins(vec!["null".into()]).allows("null"));
+        assert!(!o.allows("null"));
         assert!(!AllowedOrigins::default().allows("https://any.example"));
+    }
+
+    #[test]
+    fn origins_of_urls() {
+        assert_eq!(
+            origin_of("https://WWW.Shop.example:8443/p/1?x#y").as_deref(),
+            Some("https://www.shop.example:8443")
+        );
+        assert_eq!(
+            origin_of("http://u:p@shop.example").as_deref(),
+            Some("http://shop.example")
+        );
+        assert_eq!(origin_of("javascript:alert(1)"), None);
+        assert_eq!(origin_of("https:///x"), None);
+        assert_eq!(
+            host_of("https://cdn.shop.example:443/i.png").as_deref(),
+            Some("cdn.shop.example")
+        );
+    }
+
+    fn client(origins: &[&str], extra: &[&str]) -> ClientConfig {
+        ClientConfig {
+            client_id: ClientId::parse("shop").expect("id"),
+            crm: Crm::Responsys,
+            active: true,
+            allowed_origins: AllowedOrigins(origins.iter().map(|s| (*s).to_owned()).collect()),
+            target: None,
+            secret_name: None,
+            rate_limit_per_second: None,
+            policy: ClientPolicy {
+                allowed_url_hosts: extra.iter().map(|s| (*s).to_owned()).collect(),
+                ..ClientPolicy::default()
+            },
+        }
+    }
+
+    #[test]
+    fn url_hosts_stay_on_the_clients_own() {
+        let c = client(
+            &["https://www.shop.example", "https://*.loja.example"],
+            &["cdn.images.example", "*.akamai.example"],
+        );
+        assert!(c.owns_url_host("https://www.shop.example/p/1"));
+        assert!(c.owns_url_host("https://img.www.shop.example/p.png"));
+        assert!(!c.owns_url_host("https://shop.example/p/1"));
+        assert!(c.owns_url_host("https://m.loja.example/p"));
+        assert!(c.owns_url_host("https://loja.example/p"));
+        assert!(c.owns_url_host("https://cdn.images.example/a.png"));
+        assert!(c.owns_url_host("https://x.akamai.example/a.png"));
+        assert!(!c.owns_url_host("https://evil.example/www.shop.example"));
+        assert!(!c.owns_url_host("https://www.shop.example.evil.example/"));
+        assert!(!c.owns_url_host("https://evilshop.example/"));
+        assert!(!c.owns_url_host("https://www.shop.example@evil.example/"));
+        assert!(client(&["*"], &[]).owns_url_host("https://any.example/x"));
+        assert!(!client(&[], &[]).owns_url_host("https://any.example/x"));
+    }
+
+    #[test]
+    fn policy_defaults_are_safe_and_flattened() {
+        let c: ClientConfig = serde_json::from_value(serde_json::json!({
+            "clientId": "shop", "crm": "responsys", "active": true
+        }))
+        .expect("parses");
+        assert_eq!(c.policy, ClientPolicy::default());
+        assert!(c.policy.require_origin);
+        assert!(!c.policy.require_signature);
+        assert_eq!(c.policy.create_contacts, ContactCreation::Conversions);
+        assert_eq!(c.signing_secret_name(), "/connect/signing/shop");
+        let json = serde_json::to_value(&c).expect("serializes");
+        assert_eq!(json["requireOrigin"], true);
+        assert_eq!(json["createContacts"], "conversions");
+        let back: ClientConfig = serde_json::from_value(json).expect("round trip");
+        assert_eq!(back, c);
+        assert!(!ContactCreation::Conversions.may_create(EventType::ProductView));
+        assert!(ContactCreation::Conversions.may_create(EventType::Purchase));
+        assert!(!ContactCreation::Never.may_create(EventType::Lead));
+        assert!(ContactCreation::All.may_create(EventType::Search));
     }
 }

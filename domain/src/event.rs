@@ -262,6 +262,19 @@ impl EventType {
         }
     }
 
+    /// Navigation events: browsing, not a conversion. By default they update known
+    /// contacts only and never create one.
+    pub fn is_navigation(self) -> bool {
+        matches!(
+            self,
+            EventType::ProductView
+                | EventType::PageView
+                | EventType::Search
+                | EventType::AddToCart
+                | EventType::RemoveFromCart
+        )
+    }
+
     /// Parses a wire name.
     pub fn parse(s: &str) -> Result<EventType, RuleError> {
         EventType::ALL
@@ -395,10 +408,25 @@ pub struct GtmEvent {
     pub event_id: Option<String>,
     /// Every other top-level field, bounded.
     pub properties: Map<String, Value>,
+    /// The shop's signature (`sig` + `sigExp`), checked against the client's key once
+    /// the client is known; never stored.
+    pub signature: Option<EventSignature>,
 }
 
+/// `sig` and `sigExp` of a signed event (see [`crate::signature`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSignature {
+    /// Hex HMAC-SHA256.
+    pub sig: String,
+    /// Expiry, epoch seconds.
+    pub expires: i64,
+}
+
+/// Longest `sig` accepted (a SHA-256 HMAC is 64 hex digits).
+pub const MAX_SIGNATURE_LEN: usize = 128;
+
 /// The fields with a meaning of their own; any other top-level field is a property.
-pub const KNOWN_FIELDS: [&str; 10] = [
+pub const KNOWN_FIELDS: [&str; 12] = [
     "clientId",
     "email",
     "eventType",
@@ -409,6 +437,8 @@ pub const KNOWN_FIELDS: [&str; 10] = [
     "productUrl",
     "tid",
     "eventId",
+    "sig",
+    "sigExp",
 ];
 
 impl GtmEvent {
@@ -436,6 +466,8 @@ impl GtmEvent {
         let product_url = take("productUrl");
         let tid = take("tid");
         let event_id = take("eventId");
+        let sig = take("sig");
+        let sig_exp = take("sigExp");
 
         let client_id = match client_id {
             None if crm.requires_client_id() => {
@@ -498,6 +530,7 @@ impl GtmEvent {
         let product_url =
             product_url.and_then(|v| string_field(&mut errors, "productUrl", v, HttpUrl::parse));
 
+        let signature = parse_signature(sig, sig_exp, &mut errors);
         let properties = parse_properties(obj, &mut errors);
 
         match (email, event_type) {
@@ -513,9 +546,69 @@ impl GtmEvent {
                 tid,
                 event_id,
                 properties,
+                signature,
             }),
             _ => Err(errors),
         }
+    }
+}
+
+fn parse_signature(
+    sig: Option<Value>,
+    sig_exp: Option<Value>,
+    errors: &mut Vec<FieldError>,
+) -> Option<EventSignature> {
+    let sig = sig.and_then(|v| {
+        string_field(errors, "sig", v, |s| {
+            let s = s.trim();
+            if s.is_empty() || s.len() > MAX_SIGNATURE_LEN || !s.chars().all(|c| c.is_ascii_hexdigit())
+            {
+                Err(RuleError::new(
+                    "format",
+                    format!("must be the hex HMAC-SHA256 signature (at most {MAX_SIGNATURE_LEN} hex digits)"),
+                ))
+            } else {
+                Ok(s.to_owned())
+            }
+        })
+    });
+    let expires = sig_exp.and_then(|v| {
+        let n = match &v {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.trim().parse::<i64>().ok(),
+            _ => None,
+        };
+        match n {
+            Some(n) if n > 0 => Some(n),
+            _ => {
+                errors.push(FieldError::new(
+                    "sigExp",
+                    "integer",
+                    "must be the signature's expiry in epoch seconds, like 1900000000",
+                ));
+                None
+            }
+        }
+    });
+    match (sig, expires) {
+        (Some(sig), Some(expires)) => Some(EventSignature { sig, expires }),
+        (Some(_), None) if !errors.iter().any(|e| e.field == "sigExp") => {
+            errors.push(FieldError::new(
+                "sigExp",
+                "required",
+                "is required with sig",
+            ));
+            None
+        }
+        (None, Some(_)) if !errors.iter().any(|e| e.field == "sig") => {
+            errors.push(FieldError::new(
+                "sig",
+                "required",
+                "is required with sigExp",
+            ));
+            None
+        }
+        _ => None,
     }
 }
 

@@ -24,14 +24,15 @@ pub mod ports;
 pub mod record;
 pub mod redact;
 pub mod secret;
+pub mod signature;
 pub mod time;
 pub mod token;
 
 pub use change::{ChangeKind, ChangeRecord, Image};
-pub use client::{AllowedOrigins, ClientConfig, RdStationConfig};
+pub use client::{AllowedOrigins, ClientConfig, ClientPolicy, ContactCreation, RdStationConfig};
 pub use crm::Crm;
 pub use delivery::DeliveryMessage;
-pub use event::{ClientId, Email, EventType, FieldError, GtmEvent};
+pub use event::{ClientId, Email, EventSignature, EventType, FieldError, GtmEvent};
 pub use ports::{
     Alert, AlertSink, ClientDirectory, Clock, OutgoingMessage, PutOutcome, QueueControl,
     QueueError, QueueKind, QueueSender, RecordStore, SecretStore, SendFailure, StoreError,

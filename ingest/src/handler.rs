@@ -1,14 +1,19 @@
 //! The transport-free ingest handler.
 
+use crate::bots;
 use crate::cache::{CachedDirectory, DEFAULT_NEGATIVE_TTL, DEFAULT_POSITIVE_TTL};
-use crate::limiter::RateLimiter;
+use crate::limits::Limits;
+use crate::signing::SigningKeys;
 use domain::record::DEFAULT_RECORD_TTL_HOURS;
+use domain::signature::{self, SignatureError};
 use domain::{
-    AllowedOrigins, ClientConfig, ClientDirectory, Clock, Crm, EventType, FieldError, GtmEvent,
-    NavigationRecord, PutOutcome, RecordStore, StoreError,
+    Alert, AlertSink, AllowedOrigins, ClientConfig, ClientDirectory, ClientId, Clock, Crm,
+    EventType, FieldError, GtmEvent, NavigationRecord, PutOutcome, RecordStore, StoreError,
 };
 use http::HeaderMap;
 use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Largest request body accepted (GTM events are a few hundred bytes).
@@ -31,7 +36,15 @@ pub struct IngestSettings {
     pub client_cache_ttl: Duration,
     /// How long unknown clients are cached.
     pub negative_cache_ttl: Duration,
+    /// Refused requests (origin, signature, rate, bot) of one client within
+    /// [`REFUSAL_ALERT_WINDOW`] that raise one alert; 0 turns the alert off.
+    pub refusal_alert_threshold: u64,
 }
+
+/// Default of [`IngestSettings::refusal_alert_threshold`].
+pub const DEFAULT_REFUSAL_ALERT_THRESHOLD: u64 = 500;
+/// The window refusals are counted in.
+pub const REFUSAL_ALERT_WINDOW: Duration = Duration::from_secs(300);
 
 impl Default for IngestSettings {
     fn default() -> Self {
@@ -39,6 +52,7 @@ impl Default for IngestSettings {
             record_ttl_hours: DEFAULT_RECORD_TTL_HOURS,
             client_cache_ttl: DEFAULT_POSITIVE_TTL,
             negative_cache_ttl: DEFAULT_NEGATIVE_TTL,
+            refusal_alert_threshold: DEFAULT_REFUSAL_ALERT_THRESHOLD,
         }
     }
 }
@@ -71,8 +85,11 @@ pub enum Outcome {
     Preflight,
     /// Rejected; the string is the error code of the body.
     Rejected(&'static str),
-    /// Too many requests for the client.
-    RateLimited,
+    /// Refused by a protection (origin, signature, rate limit); the string is the error
+    /// code of the body.
+    Refused(&'static str),
+    /// Answered 202 but not stored (the string says why: `bot`).
+    Discarded(&'static str),
     /// The store or directory failed.
     Unavailable,
 }
@@ -94,6 +111,8 @@ pub struct IngestResponse {
     pub client_id: Option<String>,
     /// The event type, if valid.
     pub event_type: Option<EventType>,
+    /// URL fields dropped from the event because their host is not the client's.
+    pub dropped_fields: Vec<&'static str>,
 }
 
 impl IngestResponse {
@@ -109,7 +128,26 @@ impl IngestResponse {
             crm: None,
             client_id: None,
             event_type: None,
+            dropped_fields: Vec::new(),
         }
+    }
+
+    fn refused(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        let message: String = message.into();
+        IngestResponse::new(
+            status,
+            json!({"error": code, "message": message}),
+            Outcome::Refused(code),
+        )
+    }
+
+    fn rate_limited(code: &'static str, wait: Duration, message: String) -> Self {
+        let mut r = IngestResponse::refused(429, code, message);
+        r.headers.push((
+            "retry-after",
+            wait.as_secs_f64().ceil().max(1.0).to_string(),
+        ));
+        r
     }
 
     fn error(status: u16, code: &'static str, message: impl Into<String>) -> Self {
@@ -149,13 +187,25 @@ impl IngestResponse {
     }
 }
 
+/// Refusals of one client in the current window.
+#[derive(Debug)]
+struct RefusalWindow {
+    started: Instant,
+    count: u64,
+}
+
 /// The ingest handler. Its dependencies are ports: a record store, a client directory
-/// (cached here) and a clock.
+/// (cached here) and a clock; optionally the secret store of the signing keys and an
+/// alert sink.
 pub struct IngestHandler<S, D, C> {
     store: S,
     directory: CachedDirectory<D>,
     clock: C,
-    limiter: RateLimiter,
+    limits: Limits,
+    signing: SigningKeys,
+    alerts: Option<Arc<dyn AlertSink>>,
+    refusals: moka::sync::Cache<ClientId, Arc<std::sync::Mutex<RefusalWindow>>>,
+    alerts_raised: AtomicU64,
     settings: IngestSettings,
 }
 
@@ -181,7 +231,16 @@ fn media_type(value: &str) -> String {
         .to_ascii_lowercase()
 }
 
-impl<S: RecordStore, D: ClientDirectory, C: Clock> IngestHandler<S, D, C> {
+/// The origin a request came from: its `Origin` header, else the origin of its
+/// `Referer` (a GET or a `no-referrer-when-downgrade` beacon carries no `Origin`).
+pub fn request_origin(headers: &HeaderMap) -> Option<String> {
+    match header(headers, "origin") {
+        Some(o) => Some(o.trim().to_ascii_lowercase()),
+        None => header(headers, "referer").and_then(domain::client::origin_of),
+    }
+}
+
+impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D, C> {
     /// A handler over the given ports.
     pub fn new(store: S, directory: D, clock: C, settings: IngestSettings) -> Self {
         IngestHandler {
@@ -192,9 +251,34 @@ impl<S: RecordStore, D: ClientDirectory, C: Clock> IngestHandler<S, D, C> {
                 settings.negative_cache_ttl,
             ),
             clock,
-            limiter: RateLimiter::default(),
+            limits: Limits::default(),
+            signing: SigningKeys::default(),
+            alerts: None,
+            refusals: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_idle(REFUSAL_ALERT_WINDOW * 2)
+                .build(),
+            alerts_raised: AtomicU64::new(0),
             settings,
         }
+    }
+
+    /// Reads the clients' signing keys from `secrets` (without it, no signed event can
+    /// be verified).
+    pub fn with_signing_keys(mut self, secrets: Arc<dyn domain::SecretStore>) -> Self {
+        self.signing = SigningKeys::new(Some(secrets));
+        self
+    }
+
+    /// Raises refusal alerts on `alerts`.
+    pub fn with_alerts(mut self, alerts: Arc<dyn AlertSink>) -> Self {
+        self.alerts = Some(alerts);
+        self
+    }
+
+    /// Refusal alerts raised so far (tests, metrics).
+    pub fn alerts_raised(&self) -> u64 {
+        self.alerts_raised.load(Ordering::Relaxed)
     }
 
     /// The record store.
@@ -208,6 +292,12 @@ impl<S: RecordStore, D: ClientDirectory, C: Clock> IngestHandler<S, D, C> {
         let mut email_hash = None;
         let mut response = self.route(req, &mut email_hash).await;
         response.headers.push(("vary", "Origin".to_owned()));
+        if matches!(
+            response.outcome,
+            Outcome::Refused(_) | Outcome::Discarded(_)
+        ) {
+            self.count_refusal(&response).await;
+        }
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         tracing::info!(
             requestId = req.request_id,
@@ -218,6 +308,7 @@ impl<S: RecordStore, D: ClientDirectory, C: Clock> IngestHandler<S, D, C> {
             clientId = response.client_id.as_deref().unwrap_or("-"),
             eventType = response.event_type.map_or("-", EventType::as_str),
             emailHash = email_hash.as_deref().unwrap_or("-"),
+            droppedFields = ?response.dropped_fields,
             status = response.status,
             outcome = ?response.outcome,
             latencyUs = latency_us,
@@ -273,6 +364,7 @@ impl<S: RecordStore, D: ClientDirectory, C: Clock> IngestHandler<S, D, C> {
             crm: Some(crm),
             client_id: None,
             event_type: None,
+            dropped_fields: Vec::new(),
         };
         let allowed = match origin {
             Some(origin) => self.crm_allows(crm, origin).await,
@@ -418,16 +510,26 @@ impl<S: RecordStore, D: ClientDirectory, C: Clock> IngestHandler<S, D, C> {
             r.event_type = Some(event_type);
             r
         };
-        if let Some(rate) = client.rate_limit_per_second
-            && let Err(wait) = self.limiter.check(&client.client_id, rate, Instant::now())
+        if let Err(r) = self.guard(&client, &event, req).await {
+            return (annotate(*r), Some(client));
+        }
+        let mut event = event;
+        let dropped = keep_own_urls(&client, &mut event);
+        if bots::is_bot(header(req.headers, "user-agent").unwrap_or(""))
+            && event.signature.is_none()
         {
-            let mut r = IngestResponse::new(
-                429,
-                json!({"error": "rate_limited", "message": format!("client {} sends more than {rate} events per second; retry later", client.client_id)}),
-                Outcome::RateLimited,
+            let record = NavigationRecord::new(
+                event,
+                client.client_id.clone(),
+                crm,
+                self.clock.now_ms(),
+                self.settings.record_ttl_hours,
             );
-            r.headers
-                .push(("retry-after", wait.as_secs().max(1).to_string()));
+            let r = IngestResponse::new(
+                202,
+                json!({"recordId": record.record_id}),
+                Outcome::Discarded("bot"),
+            );
             return (annotate(r), Some(client));
         }
         let record = NavigationRecord::new(
@@ -448,7 +550,171 @@ impl<S: RecordStore, D: ClientDirectory, C: Clock> IngestHandler<S, D, C> {
             ),
             Err(e) => IngestResponse::unavailable(&e),
         };
-        (annotate(response), Some(client))
+        let mut response = annotate(response);
+        response.dropped_fields = dropped;
+        (response, Some(client))
+    }
+
+    /// The protections, in order: origin, signature, client rate, per-email rate.
+    async fn guard(
+        &self,
+        client: &ClientConfig,
+        event: &GtmEvent,
+        req: IngestRequest<'_>,
+    ) -> Result<(), Box<IngestResponse>> {
+        let policy = &client.policy;
+        let origin = request_origin(req.headers);
+        if let Some(origin) = &origin
+            && !client.allowed_origins.allows(origin)
+        {
+            return Err(Box::new(IngestResponse::refused(
+                403,
+                "origin_not_allowed",
+                format!(
+                    "origin {origin} is not allowed for client {}",
+                    client.client_id
+                ),
+            )));
+        }
+        let signed = match &event.signature {
+            Some(sig) => match self.verify(client, event, sig).await {
+                Ok(()) => true,
+                Err(e) => {
+                    return Err(Box::new(IngestResponse::refused(
+                        401,
+                        e.code(),
+                        match e {
+                            SignatureError::Expired => {
+                                "the event's signature has expired (sigExp); sign it again"
+                                    .to_owned()
+                            }
+                            SignatureError::Invalid => format!(
+                                "sig is not a valid signature of this event for client {}",
+                                client.client_id
+                            ),
+                        },
+                    )));
+                }
+            },
+            None if policy.require_signature => {
+                return Err(Box::new(IngestResponse::refused(
+                    401,
+                    "signature_invalid",
+                    format!(
+                        "client {} accepts signed events only: send sig and sigExp",
+                        client.client_id
+                    ),
+                )));
+            }
+            None => false,
+        };
+        if origin.is_none() && !signed && policy.require_origin {
+            return Err(Box::new(IngestResponse::refused(
+                403,
+                "origin_required",
+                "the request has neither Origin nor Referer; send it from the shop's pages, or sign the event",
+            )));
+        }
+        if let Some(rate) = client.rate_limit_per_second
+            && let Err(wait) = self.limits.check_client(&client.client_id, rate)
+        {
+            return Err(Box::new(IngestResponse::rate_limited(
+                "rate_limited",
+                wait,
+                format!(
+                    "client {} sends more than {rate} events per second; retry later",
+                    client.client_id
+                ),
+            )));
+        }
+        if let Err(wait) = self.limits.check_email(
+            &client.client_id,
+            &event.email,
+            policy.email_events_per_minute,
+        ) {
+            return Err(Box::new(IngestResponse::rate_limited(
+                "email_rate_limited",
+                wait,
+                format!(
+                    "more than {} events per minute for this email; retry later",
+                    policy.email_events_per_minute
+                ),
+            )));
+        }
+        Ok(())
+    }
+
+    async fn verify(
+        &self,
+        client: &ClientConfig,
+        event: &GtmEvent,
+        sig: &domain::EventSignature,
+    ) -> Result<(), SignatureError> {
+        let keys = self.signing.keys(&client.signing_secret_name()).await;
+        let now_s = self.clock.now_ms().div_euclid(1000);
+        let mut result = Err(SignatureError::Invalid);
+        for key in keys.iter() {
+            result = signature::verify(
+                key,
+                client.client_id.as_str(),
+                event.email.as_str(),
+                sig.expires,
+                &sig.sig,
+                now_s,
+            );
+            if result != Err(SignatureError::Invalid) {
+                break;
+            }
+        }
+        result
+    }
+
+    /// Counts a refusal of a known client; past the threshold in the window, one alert.
+    async fn count_refusal(&self, response: &IngestResponse) {
+        let threshold = self.settings.refusal_alert_threshold;
+        let (Some(alerts), Some(client)) = (&self.alerts, &response.client_id) else {
+            return;
+        };
+        let Ok(client_id) = ClientId::parse(client) else {
+            return;
+        };
+        if threshold == 0 {
+            return;
+        }
+        let window = self.refusals.get_with(client_id.clone(), || {
+            Arc::new(std::sync::Mutex::new(RefusalWindow {
+                started: Instant::now(),
+                count: 0,
+            }))
+        });
+        let reached = match window.lock() {
+            Ok(mut w) => {
+                if w.started.elapsed() > REFUSAL_ALERT_WINDOW {
+                    w.started = Instant::now();
+                    w.count = 0;
+                }
+                w.count += 1;
+                w.count == threshold
+            }
+            Err(_) => false,
+        };
+        if reached {
+            self.alerts_raised.fetch_add(1, Ordering::Relaxed);
+            alerts
+                .alert(&Alert {
+                    kind: "ingest_refusals".to_owned(),
+                    source: "ingest".to_owned(),
+                    crm: response.crm,
+                    client_id: Some(client_id.clone()),
+                    count: threshold,
+                    message: format!(
+                        "client {client_id}: {threshold} requests refused (origin, signature, rate limit or bot) within {} minutes; the latest was {:?}. Someone may be posting events in the client's name.",
+                        REFUSAL_ALERT_WINDOW.as_secs() / 60,
+                        response.outcome
+                    ),
+                })
+                .await;
+        }
     }
 
     /// Finds the client an event belongs to: by `clientId`, or on /rdstation by `tid`.
@@ -522,6 +788,29 @@ impl<S: RecordStore, D: ClientDirectory, C: Clock> IngestHandler<S, D, C> {
         }
         Ok(client)
     }
+}
+
+/// Drops `productUrl` / `productImage` whose host is not the client's; returns the
+/// names of the fields dropped.
+fn keep_own_urls(client: &ClientConfig, event: &mut GtmEvent) -> Vec<&'static str> {
+    let mut dropped = Vec::new();
+    if event
+        .product_url
+        .as_ref()
+        .is_some_and(|u| !client.owns_url_host(u.as_str()))
+    {
+        event.product_url = None;
+        dropped.push("productUrl");
+    }
+    if event
+        .product_image
+        .as_ref()
+        .is_some_and(|u| !client.owns_url_host(u.as_str()))
+    {
+        event.product_image = None;
+        dropped.push("productImage");
+    }
+    dropped
 }
 
 impl IngestResponse {

@@ -10,7 +10,7 @@ use serde_json::json;
 
 /// Translates an API Gateway proxy event into a handler request, and the answer back.
 /// A base64 body is decoded; `multiValueHeaders` win over `headers` when both are set.
-pub async fn handle_apigw<S: RecordStore, D: ClientDirectory, C: Clock>(
+pub async fn handle_apigw<S: RecordStore, D: ClientDirectory + 'static, C: Clock>(
     handler: &IngestHandler<S, D, C>,
     event: ApiGatewayProxyRequest,
     lambda_request_id: &str,
@@ -58,7 +58,35 @@ pub async fn handle_apigw<S: RecordStore, D: ClientDirectory, C: Clock>(
             request_id,
         })
         .await;
+    emit_metrics(&response);
     to_apigw(response.status, response.headers, response.body)
+}
+
+/// EMF lines (namespace Connect) for what the front door refused or trimmed:
+/// `IngestRefused` by `reason` (origin, signature, rate limits, bots) and
+/// `FieldsDropped` by `field` (URLs on a host that is not the client's). The same names
+/// as the Prometheus metrics of `connect serve`.
+fn emit_metrics(response: &crate::IngestResponse) {
+    use crate::Outcome;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    if let Outcome::Refused(reason) | Outcome::Discarded(reason) = response.outcome {
+        println!(
+            "{}",
+            domain::emf::line(
+                now,
+                &[("reason", reason)],
+                &[("IngestRefused", 1.0, "Count")]
+            )
+        );
+    }
+    for field in &response.dropped_fields {
+        println!(
+            "{}",
+            domain::emf::line(now, &[("field", field)], &[("FieldsDropped", 1.0, "Count")])
+        );
+    }
 }
 
 fn to_apigw(

@@ -4,11 +4,14 @@
 //! request id)` in, `(status, headers, JSON body)` out. The Lambda binary
 //! ([`lambda::handle_apigw`]) and `connect serve` are thin shells around it.
 
+pub mod bots;
 pub mod cache;
 pub mod handler;
 pub mod lambda;
-pub mod limiter;
+pub mod limits;
+pub mod signing;
 
 pub use handler::{
     IngestHandler, IngestRequest, IngestResponse, IngestSettings, MAX_BODY_BYTES, Outcome,
+    request_origin,
 };

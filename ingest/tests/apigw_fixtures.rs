@@ -33,6 +33,7 @@ fn client(id: &str, crm: Crm) -> ClientConfig {
         target: None,
         secret_name: None,
         rate_limit_per_second: None,
+        policy: Default::default(),
     }
 }
 

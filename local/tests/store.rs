@@ -29,6 +29,7 @@ fn client(id: &str, crm: Crm, active: bool, origins: &[&str]) -> ClientConfig {
         target: Some(json!({"profileList": "CONTACTS"})),
         secret_name: Some(format!("/connect/{crm}/{id}/credentials")),
         rate_limit_per_second: None,
+        policy: Default::default(),
     }
 }
 

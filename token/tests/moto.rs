@@ -68,6 +68,7 @@ impl Env {
                 target: None,
                 secret_name: Some(name),
                 rate_limit_per_second: None,
+                policy: Default::default(),
             })
             .await
             .expect("client");

@@ -1,20 +1,35 @@
 //! The `ingest` Lambda: API Gateway (REST, AWS_PROXY) → [`ingest::IngestHandler`].
 //!
-//! Env: `NAVIGATION_TABLE`, `CLIENTS_TABLE`, `RDSTATION_CONFIG_TABLE`, `RECORD_TTL_HOURS`.
+//! Env: `NAVIGATION_TABLE`, `CLIENTS_TABLE`, `RDSTATION_CONFIG_TABLE`, `RECORD_TTL_HOURS`,
+//! `ALERT_TOPIC_ARN` (refusal alerts), `REFUSAL_ALERT_THRESHOLD` (default 500; 0: off).
+//! Signing keys are read from Secrets Manager (`/connect/signing/{clientId}` by default).
 
-use aws::env::{self, CLIENTS_TABLE, NAVIGATION_TABLE, RDSTATION_CONFIG_TABLE};
-use aws::{DynamoClientDirectory, DynamoRecordStore};
+use aws::env::{self, ALERT_TOPIC_ARN, CLIENTS_TABLE, NAVIGATION_TABLE, RDSTATION_CONFIG_TABLE};
+use aws::{DynamoClientDirectory, DynamoRecordStore, SecretsManager, SnsAlerts};
 use aws_lambda_events::apigw::ApiGatewayProxyRequest;
 use domain::SystemClock;
+use domain::alerts::{DEFAULT_ALERT_WINDOW_MS, DedupAlerts};
 use ingest::lambda::handle_apigw;
 use ingest::{IngestHandler, IngestSettings};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
+use std::sync::Arc;
+
+/// Env var of [`IngestSettings::refusal_alert_threshold`].
+const REFUSAL_ALERT_THRESHOLD: &str = "REFUSAL_ALERT_THRESHOLD";
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
+    let refusal_alert_threshold = match std::env::var(REFUSAL_ALERT_THRESHOLD) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{REFUSAL_ALERT_THRESHOLD} must be a whole number, not {v:?}"))?,
+        Err(_) => ingest::handler::DEFAULT_REFUSAL_ALERT_THRESHOLD,
+    };
     let settings = IngestSettings {
         record_ttl_hours: env::record_ttl_hours()?,
+        refusal_alert_threshold,
         ..IngestSettings::default()
     };
     let navigation = env::required(NAVIGATION_TABLE)?;
@@ -25,12 +40,22 @@ async fn main() -> Result<(), Error> {
         .load()
         .await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
-    let handler = IngestHandler::new(
+    let mut handler = IngestHandler::new(
         DynamoRecordStore::new(dynamodb.clone(), navigation),
         DynamoClientDirectory::new(dynamodb, clients, rdstation),
         SystemClock,
         settings,
-    );
+    )
+    .with_signing_keys(Arc::new(SecretsManager::new(
+        aws_sdk_secretsmanager::Client::new(&config),
+    )));
+    if let Ok(topic) = std::env::var(ALERT_TOPIC_ARN) {
+        handler = handler.with_alerts(Arc::new(DedupAlerts::new(
+            SnsAlerts::new(aws_sdk_sns::Client::new(&config), topic),
+            SystemClock,
+            DEFAULT_ALERT_WINDOW_MS,
+        )));
+    }
     let handler = &handler;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ApiGatewayProxyRequest>| async move {
