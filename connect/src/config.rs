@@ -3,7 +3,10 @@
 //! See `connect.example.toml` at the repository root for every key with its default.
 
 use anyhow::{Context, bail};
-use domain::{AllowedOrigins, ClientConfig, ClientId, Crm, RdStationConfig, Secret};
+use domain::{
+    AllowedOrigins, ClientConfig, ClientId, ClientPolicy, ContactCreation, Crm, RdStationConfig,
+    Secret,
+};
 use local::Synchronous;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -41,6 +44,9 @@ pub struct FileConfig {
     /// `[tokens]`.
     #[serde(default)]
     pub tokens: TokensSection,
+    /// `[limits]`.
+    #[serde(default)]
+    pub limits: LimitsSection,
     /// `[[clients]]`.
     #[serde(default)]
     pub clients: Vec<ClientSection>,
@@ -55,6 +61,66 @@ pub struct FileConfig {
 pub struct ServerSection {
     /// Listen address (default 127.0.0.1:3000).
     pub listen: Option<SocketAddr>,
+    /// Seconds a connection may take to send a request's headers (default 10); a
+    /// slower one is closed (slowloris).
+    pub header_read_timeout_seconds: Option<u64>,
+    /// Seconds a request may take to send its body (default 10); then 408.
+    pub body_read_timeout_seconds: Option<u64>,
+    /// Most open connections (default 4096); more wait in the kernel's backlog.
+    pub max_connections: Option<usize>,
+    /// A separate listener for `/metrics` (e.g. `127.0.0.1:9464`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Serve `/metrics` on the main listener too. Default: only when that listener is
+    /// a loopback address (never on a public one unless set).
+    pub metrics_on_main: Option<bool>,
+}
+
+/// Default of `[server] header_read_timeout_seconds`.
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECONDS: u64 = 10;
+/// Default of `[server] body_read_timeout_seconds`.
+pub const DEFAULT_BODY_READ_TIMEOUT_SECONDS: u64 = 10;
+/// Default of `[server] max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// `[limits]`: protections of the public listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Requests per source IP per 5 minutes (default 2000, the WAF's rate rule); 0
+    /// turns the limit off.
+    pub ip_requests_per_5min: Option<u32>,
+    /// Loopback sources are not limited per IP (default true: local benchmarks and the
+    /// README's examples keep working).
+    pub loopback_exempt: Option<bool>,
+    /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` is believed (default none: the
+    /// socket's peer is the source).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Refused requests of one client within 5 minutes that raise one alert (default
+    /// 500; 0: no alert).
+    pub refusal_alert_threshold: Option<u64>,
+}
+
+/// Default of `[limits] ip_requests_per_5min`.
+pub const DEFAULT_IP_REQUESTS_PER_5MIN: u32 = 2000;
+
+impl LimitsSection {
+    /// The trusted proxies, parsed (`10.0.0.1` or `10.0.0.0/8`).
+    pub fn trusted_proxies(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "limits.trusted_proxies[{i}]: {p:?} is not an IP address or CIDR"
+                        )
+                    })
+            })
+            .collect()
+    }
 }
 
 /// `[store]`.
@@ -136,6 +202,19 @@ pub struct ClientSection {
     pub rate_limit_per_second: Option<u32>,
     /// CRM target settings, read by delivery.
     pub target: Option<toml::Value>,
+    /// Refuse requests with neither Origin nor Referer unless signed (default true).
+    pub require_origin: Option<bool>,
+    /// Accept signed events only (default false).
+    pub require_signature: Option<bool>,
+    /// Extra hosts (CDNs) `productUrl` / `productImage` may point at.
+    #[serde(default)]
+    pub allowed_url_hosts: Vec<String>,
+    /// Events per email per minute (default 60; 0: no limit).
+    pub email_events_per_minute: Option<u32>,
+    /// `never`, `conversions` (default) or `all`: which events may create a contact.
+    pub create_contacts: Option<ContactCreation>,
+    /// Secret holding the signing key (default `/connect/signing/{client_id}`).
+    pub signing_secret_name: Option<String>,
 }
 
 /// `[[rdstation]]`.
@@ -195,7 +274,16 @@ impl FileConfig {
                     target,
                     secret_name: c.secret_name.clone(),
                     rate_limit_per_second: c.rate_limit_per_second,
-                    policy: Default::default(),
+                    policy: ClientPolicy {
+                        require_origin: c.require_origin.unwrap_or(true),
+                        require_signature: c.require_signature.unwrap_or(false),
+                        allowed_url_hosts: c.allowed_url_hosts.clone(),
+                        email_events_per_minute: c
+                            .email_events_per_minute
+                            .unwrap_or(domain::client::DEFAULT_EMAIL_EVENTS_PER_MINUTE),
+                        create_contacts: c.create_contacts.unwrap_or_default(),
+                        signing_secret_name: c.signing_secret_name.clone(),
+                    },
                 })
             })
             .collect()
@@ -260,7 +348,15 @@ pub fn demo_identities() -> (Vec<ClientConfig>, Vec<RdStationConfig>) {
                     .then(|| serde_json::json!({"kind": "pet", "pet_name": "CONNECT_EVENTS"})),
                 secret_name: Some(format!("/connect/{crm}/demo-{crm}/credentials")),
                 rate_limit_per_second: None,
-                policy: Default::default(),
+                // The README's curl examples send no Origin, post the same address many
+                // times, and expect product views to reach the sandbox: the demo clients
+                // relax those protections. Configured clients keep the safe defaults.
+                policy: ClientPolicy {
+                    require_origin: false,
+                    email_events_per_minute: 0,
+                    create_contacts: ContactCreation::All,
+                    ..ClientPolicy::default()
+                },
             })
         })
         .collect();

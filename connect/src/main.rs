@@ -4,6 +4,7 @@ mod alerts;
 mod bench;
 mod config;
 mod dlq;
+mod http_server;
 mod metrics;
 mod runtime;
 mod serve;

@@ -67,6 +67,27 @@ pub struct Metrics {
     dead_lettered: Family<ClientLabels, Counter>,
     delivery_latency: Family<CrmLabels, Histogram>,
     token_refreshes: Family<CrmLabels, Counter>,
+    refused: Family<ReasonLabels, Counter>,
+    fields_dropped: Family<FieldLabels, Counter>,
+    delivery_skipped: Family<ClientReasonLabels, Counter>,
+}
+
+/// Labels by event field.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FieldLabels {
+    /// The field's name.
+    pub field: String,
+}
+
+/// Labels by CRM, client and reason.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientReasonLabels {
+    /// CRM.
+    pub crm: String,
+    /// Client.
+    pub client: String,
+    /// Why.
+    pub reason: String,
 }
 
 fn delivery_histogram() -> Histogram {
@@ -176,7 +197,28 @@ impl Default for Metrics {
             "Token refreshes forced by a rejected token",
             token_refreshes.clone(),
         );
+        let refused = Family::<ReasonLabels, Counter>::default();
+        let fields_dropped = Family::<FieldLabels, Counter>::default();
+        let delivery_skipped = Family::<ClientReasonLabels, Counter>::default();
+        registry.register(
+            "ingest_refused",
+            "Requests refused or discarded by the front door, by reason: origin_not_allowed, origin_required, signature_invalid, signature_expired, rate_limited, email_rate_limited, ip_rate_limited, bot (EMF: IngestRefused)",
+            refused.clone(),
+        );
+        registry.register(
+            "ingest_fields_dropped",
+            "URL fields dropped from stored events because their host is not the client's (EMF: FieldsDropped)",
+            fields_dropped.clone(),
+        );
+        registry.register(
+            "delivery_skipped",
+            "Messages acknowledged without a CRM write, by reason: skipped_unknown_contact (update-only miss), skipped_event_type (EMF: DeliverySkipped)",
+            delivery_skipped.clone(),
+        );
         Metrics {
+            refused,
+            fields_dropped,
+            delivery_skipped,
             delivery,
             retried,
             throttled,
@@ -221,8 +263,25 @@ impl Metrics {
                     .get_or_create(&CrmLabels { crm: route })
                     .inc();
             }
+            Outcome::Refused(reason) | Outcome::Discarded(reason) => self.refused(reason),
             _ => {}
         }
+        for field in &response.dropped_fields {
+            self.fields_dropped
+                .get_or_create(&FieldLabels {
+                    field: (*field).to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// Counts one request refused by the front door.
+    pub fn refused(&self, reason: &str) {
+        self.refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Records what one fanout batch did; `now_ms` is when its sends returned.
@@ -262,6 +321,16 @@ impl Metrics {
     /// Records what one delivery batch did.
     pub fn observe_delivery(&self, crm: domain::Crm, outcome: &deliver::DeliverOutcome) {
         for ((client, kind), n) in &outcome.counts {
+            if kind.starts_with("skipped_") {
+                self.delivery_skipped
+                    .get_or_create(&ClientReasonLabels {
+                        crm: crm.as_str().to_owned(),
+                        client: client.clone(),
+                        reason: (*kind).to_owned(),
+                    })
+                    .inc_by(*n);
+                continue;
+            }
             let family = match *kind {
                 "delivered" => &self.delivery,
                 "retried" => &self.retried,

@@ -11,7 +11,9 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use domain::{NavigationRecord, PutOutcome, RecordStore, StoreError, SystemClock};
+use domain::{AlertSink, NavigationRecord, PutOutcome, RecordStore, StoreError, SystemClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use std::net::IpAddr;
 use fanout::{FanoutHandler, FanoutSettings};
 use ingest::{IngestHandler, IngestRequest, IngestSettings, MAX_BODY_BYTES};
 use local::queues::DEFAULT_MAX_RECEIVE_COUNT;
@@ -71,10 +73,63 @@ impl RecordStore for ServeStore {
 
 type Handler = IngestHandler<ServeStore, SqliteStore, SystemClock>;
 
+/// How long a `/health` answer is reused: the probe writes to the store, so it runs
+/// at most this often however often `/health` is called.
+pub const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often idle per-IP limiter state is dropped.
+const IP_LIMITER_RETAIN_EVERY: Duration = Duration::from_secs(60);
+
+/// The per-source-IP limit of the public listener (`[limits]`).
+struct IpLimit {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    per_5min: u32,
+    loopback_exempt: bool,
+    trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl IpLimit {
+    /// The request's source: the peer, or — when the peer is a trusted proxy — the
+    /// rightmost `X-Forwarded-For` address that is not a trusted proxy.
+    fn source(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let trusted = |ip: &IpAddr| self.trusted_proxies.iter().any(|n| n.contains(ip));
+        if !trusted(&peer) {
+            return peer;
+        }
+        let forwarded: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect();
+        for part in forwarded.iter().rev() {
+            match part.trim().parse::<IpAddr>() {
+                Ok(ip) if trusted(&ip) => continue,
+                Ok(ip) => return ip,
+                Err(_) => break,
+            }
+        }
+        peer
+    }
+
+    /// `Err(wait)` when `source` is over its budget.
+    fn check(&self, source: IpAddr) -> Result<(), Duration> {
+        if self.per_5min == 0 || (self.loopback_exempt && source.is_loopback()) {
+            return Ok(());
+        }
+        use governor::clock::Clock;
+        self.limiter
+            .check_key(&source)
+            .map_err(|n| n.wait_time_from(governor::clock::DefaultClock::default().now()))
+    }
+}
+
 struct App {
     handler: Handler,
     store: SqliteStore,
     metrics: Arc<Metrics>,
+    ip_limit: IpLimit,
+    body_timeout: Duration,
+    health: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -169,6 +224,19 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         write_demo_secrets(&secrets, url).await?;
     }
 
+    for client in clients.iter().filter(|c| c.allowed_origins.has_wildcard()) {
+        tracing::warn!(
+            clientId = %client.client_id,
+            "allowed_origins contains \"*\": any web site may post events in this client's name; list the shop's origins"
+        );
+    }
+    // One alert sink for every component: at most one alert per (component, client,
+    // kind) per window.
+    let alerts = Arc::new(domain::alerts::DedupAlerts::new(
+        crate::alerts::LocalAlerts::new(file.alerts.webhook_url.clone())?,
+        SystemClock,
+        domain::alerts::DEFAULT_ALERT_WINDOW_MS,
+    ));
     let record_store = if opts.discard {
         tracing::warn!("--discard: events are validated but NOT stored (benchmark mode)");
         ServeStore::Discard
@@ -181,14 +249,40 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         SystemClock,
         IngestSettings {
             record_ttl_hours: ttl_hours,
+            refusal_alert_threshold: file
+                .limits
+                .refusal_alert_threshold
+                .unwrap_or(ingest::handler::DEFAULT_REFUSAL_ALERT_THRESHOLD),
             ..IngestSettings::default()
         },
-    );
+    )
+    .with_signing_keys(Arc::new(secrets.clone()))
+    .with_alerts(Arc::clone(&alerts) as Arc<dyn AlertSink>);
     let metrics = Arc::new(Metrics::default());
+    let per_5min = file
+        .limits
+        .ip_requests_per_5min
+        .unwrap_or(config::DEFAULT_IP_REQUESTS_PER_5MIN);
+    let ip_quota = Quota::with_period(Duration::from_secs(300) / per_5min.max(1))
+        .context("ip quota")?
+        .allow_burst(std::num::NonZeroU32::new(per_5min.max(1)).unwrap_or(std::num::NonZeroU32::MIN));
     let app = Arc::new(App {
         handler,
         store: store.clone(),
         metrics: Arc::clone(&metrics),
+        ip_limit: IpLimit {
+            limiter: governor::RateLimiter::keyed(ip_quota),
+            per_5min,
+            loopback_exempt: file.limits.loopback_exempt.unwrap_or(true),
+            trusted_proxies: file.limits.trusted_proxies()?,
+        },
+        body_timeout: Duration::from_secs(
+            file.server
+                .body_read_timeout_seconds
+                .unwrap_or(config::DEFAULT_BODY_READ_TIMEOUT_SECONDS)
+                .max(1),
+        ),
+        health: tokio::sync::Mutex::new(None),
     });
 
     // The change-feed poller: records → the local CRM queues.
@@ -200,13 +294,6 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             .max_receive_count
             .unwrap_or(DEFAULT_MAX_RECEIVE_COUNT),
     );
-    // One alert sink for every component: at most one alert per (component, client,
-    // kind) per window.
-    let alerts = Arc::new(domain::alerts::DedupAlerts::new(
-        crate::alerts::LocalAlerts::new(file.alerts.webhook_url.clone())?,
-        SystemClock,
-        domain::alerts::DEFAULT_ALERT_WINDOW_MS,
-    ));
     let fanout = FanoutHandler::new(
         queues.clone(),
         Arc::clone(&alerts),
@@ -224,14 +311,51 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         SystemClock,
         stop_rx,
     ));
-    let router = Router::new()
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local_addr = listener.local_addr()?;
+    let mut router = Router::new()
         .route("/responsys", any(ingest_route))
         .route("/salesforce", any(ingest_route))
         .route("/rdstation", any(ingest_route))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_route))
+        .route("/health", get(health));
+    if file
+        .server
+        .metrics_on_main
+        .unwrap_or(local_addr.ip().is_loopback())
+    {
+        router = router.route("/metrics", get(metrics_route));
+    }
+    let router = router
         .fallback(any(ingest_route))
         .with_state(Arc::clone(&app));
+    let metrics_server = match file.server.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (server.metrics_listen)"))?;
+            println!("connect metrics on http://{}/metrics", l.local_addr()?);
+            let r = Router::new()
+                .route("/metrics", get(metrics_route))
+                .with_state(Arc::clone(&app));
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, r).await {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            }))
+        }
+        None => None,
+    };
+    let retain_app = Arc::clone(&app);
+    let ip_retainer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(IP_LIMITER_RETAIN_EVERY);
+        loop {
+            tick.tick().await;
+            retain_app.ip_limit.limiter.retain_recent();
+            retain_app.ip_limit.limiter.shrink_to_fit();
+        }
+    });
 
     // Delivery workers, per CRM.
     let http = crm::CrmHttp::new(&crm::HttpSettings::default()).context("CRM HTTP client")?;
@@ -300,10 +424,6 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         }
     }
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let local_addr = listener.local_addr()?;
     let sweeper = tokio::spawn(sweep_loop(store.clone(), sweep_every));
     tracing::info!(
         listen = %local_addr,
@@ -315,13 +435,29 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     // One line on stdout for people and scripts (tests read the port from it).
     println!("connect listening on http://{local_addr}");
 
-    axum::serve(
+    crate::http_server::serve(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        router,
+        crate::http_server::Limits {
+            header_read_timeout: Duration::from_secs(
+                file.server
+                    .header_read_timeout_seconds
+                    .unwrap_or(config::DEFAULT_HEADER_READ_TIMEOUT_SECONDS)
+                    .max(1),
+            ),
+            max_connections: file
+                .server
+                .max_connections
+                .unwrap_or(config::DEFAULT_MAX_CONNECTIONS)
+                .max(1),
+        },
+        shutdown_signal(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("HTTP server failed")?;
+    .await;
+    ip_retainer.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
 
     tracing::info!("shutting down: in-flight requests finished; stopping the pollers");
     let _ = stop_tx.send(true);
@@ -408,7 +544,6 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("signal received: no new connections; finishing in-flight requests");
 }
 
 fn json_response(status: u16, body: String) -> Response {
@@ -430,18 +565,41 @@ async fn ingest_route(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let Some(bytes) = read_body(body).await else {
-        return json_response(
-            413,
-            serde_json::json!({"error": "payload_too_large", "message": format!("the body is larger than {MAX_BODY_BYTES} bytes")}).to_string(),
+    let source = app.ip_limit.source(peer.ip(), &headers);
+    if method != Method::OPTIONS
+        && let Err(wait) = app.ip_limit.check(source)
+    {
+        app.metrics.refused("ip_rate_limited");
+        let mut r = json_response(
+            429,
+            serde_json::json!({"error": "ip_rate_limited", "message": format!("more than {} requests in 5 minutes from this address; retry later", app.ip_limit.per_5min)}).to_string(),
         );
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs_f64().ceil().max(1.0).to_string()) {
+            r.headers_mut().insert("retry-after", v);
+        }
+        return r;
+    }
+    let bytes = match tokio::time::timeout(app.body_timeout, read_body(body)).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            return json_response(
+                413,
+                serde_json::json!({"error": "payload_too_large", "message": format!("the body is larger than {MAX_BODY_BYTES} bytes")}).to_string(),
+            );
+        }
+        Err(_) => {
+            return json_response(
+                408,
+                serde_json::json!({"error": "request_timeout", "message": "the body did not arrive in time"}).to_string(),
+            );
+        }
     };
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() <= 128)
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    let source_ip = peer.ip().to_string();
+    let source_ip = source.to_string();
     let response = app
         .handler
         .handle(IngestRequest {
@@ -491,17 +649,34 @@ async fn read_body(body: Body) -> Option<bytes::Bytes> {
     (total <= SHELL_BODY_LIMIT).then(|| buf.freeze())
 }
 
+/// 200 while the store takes writes. The write probe runs at most once per
+/// [`HEALTH_PROBE_INTERVAL`]; calls in between reuse its answer.
 async fn health(State(app): State<Arc<App>>) -> Response {
-    match app.store.health().await {
-        Ok(()) => json_response(200, r#"{"status":"ok"}"#.to_owned()),
-        Err(e) => {
-            tracing::error!(error = %e, "health check failed");
-            json_response(
-                503,
-                serde_json::json!({"status": "unavailable", "message": "the store is not writable"})
-                    .to_string(),
-            )
+    let healthy = {
+        let mut last = app.health.lock().await;
+        match *last {
+            Some((at, ok)) if at.elapsed() < HEALTH_PROBE_INTERVAL => ok,
+            _ => {
+                let ok = match app.store.health().await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "health check failed");
+                        false
+                    }
+                };
+                *last = Some((Instant::now(), ok));
+                ok
+            }
         }
+    };
+    if healthy {
+        json_response(200, r#"{"status":"ok"}"#.to_owned())
+    } else {
+        json_response(
+            503,
+            serde_json::json!({"status": "unavailable", "message": "the store is not writable"})
+                .to_string(),
+        )
     }
 }
 

@@ -26,6 +26,35 @@ pub fn emails(text: &str) -> String {
     out
 }
 
+/// The network of an IP address, safe to log: the /24 of an IPv4 address
+/// (`203.0.113.0/24`), the /48 of an IPv6 one; `-` for anything else. A full IP is
+/// personal data.
+pub fn ip_prefix(ip: &str) -> String {
+    match ip.trim().parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{a}.{b}.{c}.0/24")
+        }
+        Ok(std::net::IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+        Err(_) => "-".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod ip_tests {
+    use super::*;
+
+    #[test]
+    fn ips_are_truncated() {
+        assert_eq!(ip_prefix("203.0.113.77"), "203.0.113.0/24");
+        assert_eq!(ip_prefix("2001:db8:85a3:8d3:1319:8a2e:370:7348"), "2001:db8:85a3::/48");
+        assert_eq!(ip_prefix("nonsense"), "-");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

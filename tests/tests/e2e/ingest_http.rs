@@ -360,10 +360,15 @@ async fn cors_preflight_and_origins() {
         res.headers()["access-control-allow-origin"],
         "https://www.shop-a.example"
     );
-    // A disallowed origin: no CORS header (the browser hides the answer), still validated.
+    // A disallowed origin is refused server-side (not just hidden by CORS) and stores
+    // nothing.
+    let before = env.count();
     let res = post("https://evil.example").await.expect("post");
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
     assert!(!res.headers().contains_key("access-control-allow-origin"));
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["error"], "origin_not_allowed");
+    assert_eq!(env.count(), before);
 }
 
 #[tokio::test]

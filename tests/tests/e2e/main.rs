@@ -12,7 +12,10 @@ mod tokens;
 
 use std::path::Path;
 
-/// A configuration with one client of each kind the tests need.
+/// A configuration with one client of each kind the tests need. These tests are about
+/// ingest and delivery mechanics, so the clients accept requests without an `Origin`
+/// (curl-like) and the same address many times; the front door's protections with their
+/// defaults are the abuse suite's (`abuse.rs`).
 pub const CONFIG: &str = r#"
 [store]
 synchronous = "full"
@@ -20,27 +23,42 @@ synchronous = "full"
 [[clients]]
 client_id = "shop-a"
 crm = "responsys"
+require_origin = false
+email_events_per_minute = 0
+create_contacts = "all"
 allowed_origins = ["https://www.shop-a.example"]
 
 [[clients]]
 client_id = "shop-off"
 crm = "responsys"
+require_origin = false
+email_events_per_minute = 0
+create_contacts = "all"
 active = false
 allowed_origins = ["*"]
 
 [[clients]]
 client_id = "shop-sf"
 crm = "salesforce"
+require_origin = false
+email_events_per_minute = 0
+create_contacts = "all"
 allowed_origins = ["https://*.shop-sf.example"]
 
 [[clients]]
 client_id = "shop-rd"
 crm = "rdstation"
+require_origin = false
+email_events_per_minute = 0
+create_contacts = "all"
 allowed_origins = ["https://www.shop-rd.example"]
 
 [[clients]]
 client_id = "shop-slow"
 crm = "responsys"
+require_origin = false
+email_events_per_minute = 0
+create_contacts = "all"
 rate_limit_per_second = 1
 
 [[rdstation]]
