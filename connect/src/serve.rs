@@ -12,12 +12,12 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use domain::{AlertSink, NavigationRecord, PutOutcome, RecordStore, StoreError, SystemClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
-use std::net::IpAddr;
 use fanout::{FanoutHandler, FanoutSettings};
+use governor::{DefaultKeyedRateLimiter, Quota};
 use ingest::{IngestHandler, IngestRequest, IngestSettings, MAX_BODY_BYTES};
 use local::queues::DEFAULT_MAX_RECEIVE_COUNT;
 use local::{FileSecrets, LocalQueues, SqliteStore, StoreOptions};
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -265,7 +265,9 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         .unwrap_or(config::DEFAULT_IP_REQUESTS_PER_5MIN);
     let ip_quota = Quota::with_period(Duration::from_secs(300) / per_5min.max(1))
         .context("ip quota")?
-        .allow_burst(std::num::NonZeroU32::new(per_5min.max(1)).unwrap_or(std::num::NonZeroU32::MIN));
+        .allow_burst(
+            std::num::NonZeroU32::new(per_5min.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
+        );
     let app = Arc::new(App {
         handler,
         store: store.clone(),

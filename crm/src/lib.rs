@@ -20,11 +20,70 @@ pub use http::{AuthError, AuthToken, CrmHttp, HttpSettings};
 pub use outcome::Outcome;
 pub use tokens::{Refreshed, TokenError, TokenManager};
 
-use domain::{ClientConfig, DeliveryMessage, StoredToken};
+use domain::{ClientConfig, Crm, DeliveryMessage, StoredToken};
+
+/// Why a message is not sent at all, decided before any call: a journey target that
+/// does not take its event type, or an RD Station event that may not create a contact
+/// (RD Station's events API has no update-only mode).
+fn skip(
+    client: &ClientConfig,
+    journey_types: Option<&[domain::EventType]>,
+    m: &DeliveryMessage,
+) -> Option<Outcome> {
+    match client.crm {
+        Crm::Salesforce => journey_types
+            .filter(|types| !types.contains(&m.event.event_type))
+            .map(|_| Outcome::skipped("skipped_event_type")),
+        Crm::RdStation => (!client.policy.create_contacts.may_create(m.event.event_type))
+            .then(|| Outcome::skipped("skipped_update_only_unsupported")),
+        Crm::Responsys => None,
+    }
+}
 
 /// Delivers a batch of one client's messages with `token`; one outcome per message, in
 /// order. `api_key` is the RD Station per-client key, when there is one.
 pub async fn deliver(
+    http: &CrmHttp,
+    client: &ClientConfig,
+    token: Option<&StoredToken>,
+    api_key: Option<&rdstation::ApiKey>,
+    messages: &[DeliveryMessage],
+) -> Vec<Outcome> {
+    let journey = (client.crm == Crm::Salesforce)
+        .then(|| target::SfmcTarget::from_client(client).ok())
+        .flatten()
+        .filter(|t| t.kind == target::SfmcKind::Journey);
+    let journey_types = journey.as_ref().map(|t| t.journey_event_types.as_slice());
+    let skipped: Vec<Option<Outcome>> = messages
+        .iter()
+        .map(|m| skip(client, journey_types, m))
+        .collect();
+    if skipped.iter().all(Option::is_none) {
+        return deliver_all(http, client, token, api_key, messages).await;
+    }
+    let send: Vec<DeliveryMessage> = messages
+        .iter()
+        .zip(&skipped)
+        .filter(|(_, s)| s.is_none())
+        .map(|(m, _)| m.clone())
+        .collect();
+    let mut sent = if send.is_empty() {
+        Vec::new()
+    } else {
+        deliver_all(http, client, token, api_key, &send).await
+    }
+    .into_iter();
+    skipped
+        .into_iter()
+        .map(|s| {
+            s.or_else(|| sent.next()).unwrap_or_else(|| {
+                Outcome::retry("incomplete_answer", "no outcome for this message")
+            })
+        })
+        .collect()
+}
+
+async fn deliver_all(
     http: &CrmHttp,
     client: &ClientConfig,
     token: Option<&StoredToken>,

@@ -27,6 +27,14 @@ pub enum Outcome {
         /// Why.
         reason: String,
     },
+    /// Nothing was written, on purpose, and nothing will be: acknowledge the message
+    /// and count the reason (`skipped_unknown_contact`: an update-only event for a
+    /// contact the CRM does not know; `skipped_event_type`: a type the target does not
+    /// take; `skipped_update_only_unsupported`: the CRM cannot update without creating).
+    Skipped {
+        /// Why (a metric label).
+        reason: &'static str,
+    },
     /// The CRM refused the record for good: dead-letter it with the reason.
     Permanent {
         /// The CRM's status (HTTP status or error code).
@@ -57,6 +65,10 @@ impl Outcome {
             reason: reason.into(),
         }
     }
+    /// A skipped outcome.
+    pub fn skipped(reason: &'static str) -> Self {
+        Outcome::Skipped { reason }
+    }
     /// A throttled outcome.
     pub fn throttled(wait: Duration, status: impl Into<String>) -> Self {
         Outcome::Throttled {
@@ -71,6 +83,7 @@ impl Outcome {
             Outcome::RetryLater { .. } => "retry_later",
             Outcome::Throttled { .. } => "throttled",
             Outcome::TokenRejected { .. } => "token_rejected",
+            Outcome::Skipped { .. } => "skipped",
             Outcome::Permanent { .. } => "permanent",
         }
     }

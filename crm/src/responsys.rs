@@ -160,16 +160,46 @@ pub async fn deliver(
         Ok(t) => t,
         Err(e) => return vec![Outcome::permanent("invalid_target", e); messages.len()],
     };
+    // Events that may create a contact and update-only events go in separate merges
+    // (`insertOnNoMatch` is per call).
+    let policy = client.policy.create_contacts;
+    let (creating, updating): (Vec<usize>, Vec<usize>) =
+        (0..messages.len()).partition(|i| policy.may_create(messages[*i].event.event_type));
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; messages.len()];
+    for (group, insert) in [(creating, true), (updating, false)] {
+        let group_messages: Vec<DeliveryMessage> =
+            group.iter().map(|i| messages[*i].clone()).collect();
+        let group_outcomes = deliver_group(http, &target, token, &group_messages, insert).await;
+        for (i, o) in group.into_iter().zip(group_outcomes) {
+            outcomes[i] = Some(o);
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| Outcome::retry("incomplete_answer", "no outcome for this record"))
+        })
+        .collect()
+}
+
+/// Merges (and triggers) a group of messages that share `insert`.
+async fn deliver_group(
+    http: &CrmHttp,
+    target: &ResponsysTarget,
+    token: &StoredToken,
+    messages: &[DeliveryMessage],
+    insert: bool,
+) -> Vec<Outcome> {
     let mut outcomes = Vec::with_capacity(messages.len());
     for chunk in messages.chunks(MAX_RECORDS_PER_CALL) {
-        let mut merged = merge(http, &target, token, chunk).await;
+        let mut merged = merge(http, target, token, chunk, insert).await;
         if let Some(event) = &target.event_name {
             let ok: Vec<usize> = (0..chunk.len())
                 .filter(|i| merged[*i] == Outcome::Delivered)
                 .collect();
             if !ok.is_empty() {
                 let recipients: Vec<&DeliveryMessage> = ok.iter().map(|i| &chunk[*i]).collect();
-                let triggered = trigger(http, &target, event, token, &recipients).await;
+                let triggered = trigger(http, target, event, token, &recipients).await;
                 for (i, o) in ok.into_iter().zip(triggered) {
                     merged[i] = o;
                 }
@@ -180,11 +210,28 @@ pub async fn deliver(
     outcomes
 }
 
+/// Whether a `MERGEFAILED` row says the record matched no contact (an update-only
+/// merge, or a PET row for a recipient not in the profile list). Responsys documents
+/// the prefix, not this text: it is matched loosely.
+fn is_no_match(row: &str) -> bool {
+    let upper = row.to_ascii_uppercase();
+    [
+        "NOT_FOUND",
+        "NO_MATCH",
+        "NOT FOUND",
+        "NO MATCH",
+        "DOES NOT EXIST",
+    ]
+    .iter()
+    .any(|m| upper.contains(m))
+}
+
 async fn merge(
     http: &CrmHttp,
     target: &ResponsysTarget,
     token: &StoredToken,
     chunk: &[DeliveryMessage],
+    insert: bool,
 ) -> Vec<Outcome> {
     let columns = target.columns();
     let records: Vec<Vec<String>> = chunk
@@ -205,10 +252,10 @@ async fn merge(
             format!("{base}/rest/api/v1.3/lists/{}/members", target.list_name),
             json!({"recordData": record_data, "mergeRule": {
                 "htmlValue": "H", "optinValue": "I", "textValue": "T", "optoutValue": "O",
-                "insertOnNoMatch": true, "updateOnMatch": "REPLACE_ALL",
+                "insertOnNoMatch": insert, "updateOnMatch": "REPLACE_ALL",
                 "matchColumnName1": "EMAIL_ADDRESS_", "matchColumnName2": null,
                 "matchOperator": "NONE", "rejectRecordIfChannelEmpty": null,
-                "defaultPermissionStatus": "OPTIN"}}),
+                "defaultPermissionStatus": target.default_permission_status.as_str()}}),
         ),
         ResponsysKind::Pet => (
             format!(
@@ -253,6 +300,9 @@ async fn merge(
     (0..chunk.len())
         .map(
             |i| match rows.get(i).and_then(|r| r.get(0)).and_then(Value::as_str) {
+                Some(s) if s.starts_with("MERGEFAILED") && is_no_match(s) => {
+                    Outcome::skipped("skipped_unknown_contact")
+                }
                 Some(s) if s.starts_with("MERGEFAILED") => Outcome::permanent("MERGEFAILED", s),
                 Some(_) => Outcome::Delivered,
                 None => Outcome::retry(

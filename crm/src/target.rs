@@ -80,6 +80,32 @@ pub struct ResponsysTarget {
     pub list_folder: String,
     /// Column ← event field. Default by kind.
     pub fields: Option<BTreeMap<String, String>>,
+    /// `defaultPermissionStatus` of contacts a merge creates: `OPTOUT` unless the
+    /// client explicitly sets `OPTIN` (Connect never opts anyone in by default).
+    #[serde(alias = "defaultPermissionStatus")]
+    pub default_permission_status: PermissionStatus,
+}
+
+/// Responsys permission status of new contacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum PermissionStatus {
+    /// Opted out (Responsys' own default).
+    #[default]
+    #[serde(rename = "OPTOUT", alias = "optout")]
+    OptOut,
+    /// Opted in: only when the shop collected consent for every event it sends.
+    #[serde(rename = "OPTIN", alias = "optin")]
+    OptIn,
+}
+
+impl PermissionStatus {
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PermissionStatus::OptOut => "OPTOUT",
+            PermissionStatus::OptIn => "OPTIN",
+        }
+    }
 }
 
 impl Default for ResponsysTarget {
@@ -93,6 +119,7 @@ impl Default for ResponsysTarget {
             event_name: None,
             list_folder: "!MageData".into(),
             fields: None,
+            default_permission_status: PermissionStatus::OptOut,
         }
     }
 }
@@ -166,6 +193,11 @@ pub struct SfmcTarget {
     pub key_field: String,
     /// Column ← event field. Default: Email, EventType, ProductId, ….
     pub fields: Option<BTreeMap<String, String>>,
+    /// Event types that fire the journey (kind = journey); others are skipped. Empty:
+    /// none fires — a journey sends the client's own emails, so the types are chosen
+    /// explicitly.
+    #[serde(alias = "journeyEventTypes")]
+    pub journey_event_types: Vec<domain::EventType>,
 }
 
 impl Default for SfmcTarget {
@@ -177,6 +209,7 @@ impl Default for SfmcTarget {
             batch_size: crate::sfmc::DEFAULT_ROWS_PER_CALL,
             key_field: "RecordId".into(),
             fields: None,
+            journey_event_types: Vec::new(),
         }
     }
 }

@@ -75,6 +75,8 @@ type ClientResult = (ClientId, Vec<(usize, Outcome)>, u64);
 /// What to do with one message.
 enum Disposition {
     Done,
+    /// Acknowledged without a CRM write (counted under the reason).
+    Skipped(&'static str),
     Hide(Duration, &'static str),
     DeadLetter {
         reason: &'static str,
@@ -213,6 +215,7 @@ where
                         ));
                         Disposition::Done
                     }
+                    Outcome::Skipped { reason } => Disposition::Skipped(reason),
                     Outcome::RetryLater { .. } | Outcome::TokenRejected { .. } => {
                         Disposition::Hide(self.backoff(receive_count), "retried")
                     }
@@ -451,6 +454,7 @@ where
             };
             match d {
                 None | Some(Disposition::Done) => count("delivered"),
+                Some(Disposition::Skipped(reason)) => count(reason),
                 Some(Disposition::Hide(wait, kind)) => {
                     count(kind);
                     if let Err(e) = self

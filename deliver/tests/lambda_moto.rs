@@ -63,7 +63,10 @@ async fn env() -> Option<Env> {
                 target: None,
                 secret_name: Some(name),
                 rate_limit_per_second: None,
-                policy: Default::default(),
+                policy: domain::ClientPolicy {
+                    create_contacts: domain::ContactCreation::All,
+                    ..Default::default()
+                },
             })
             .await
             .expect("client");

@@ -94,7 +94,10 @@ async fn env() -> Env {
                 target,
                 secret_name: Some(format!("/connect/{crm}/shop/credentials")),
                 rate_limit_per_second: None,
-                policy: Default::default(),
+                policy: domain::ClientPolicy {
+                    create_contacts: domain::ContactCreation::All,
+                    ..Default::default()
+                },
             })
             .await
             .expect("client");
@@ -423,7 +426,10 @@ async fn concurrent_refreshes_never_leave_the_older_token() {
         target: None,
         secret_name: Some("/connect/salesforce/shop/credentials".into()),
         rate_limit_per_second: None,
-        policy: Default::default(),
+        policy: domain::ClientPolicy {
+            create_contacts: domain::ContactCreation::All,
+            ..Default::default()
+        },
     };
     let http = crm::CrmHttp::new(&crm::HttpSettings::default()).expect("http");
     // Two managers = two processes (no shared single-flight), refreshing at once.
@@ -518,4 +524,145 @@ async fn malformed_bodies_and_unknown_clients_are_dead_lettered() {
     assert_eq!(dlq[1]["failureReason"], "client_config");
     assert_eq!(dlq[1]["failureStatus"], "unknown_client");
     assert_eq!(dlq[1]["attempts"], "3");
+}
+
+/// Sends one message per `(email, event type)` of `client` and receives them.
+async fn inbound_events(
+    env: &Env,
+    crm: Crm,
+    client: &str,
+    events: &[(&str, &str)],
+) -> Vec<InboundMessage> {
+    let messages: Vec<domain::OutgoingMessage> = events
+        .iter()
+        .enumerate()
+        .map(|(i, (email, kind))| {
+            let body = json!({"clientId": client, "tid": "GA4.1.2", "email": email, "eventType": kind, "productId": "SKU-1"});
+            let event = GtmEvent::parse(crm, body).expect("valid");
+            let m = DeliveryMessage::from_record(NavigationRecord::new(event, ClientId::parse(client).expect("id"), crm, 1_764_000_000_000 + i as i64, 48));
+            domain::OutgoingMessage { id: format!("{i}"), body: serde_json::to_string(&m).expect("json"), attributes: m.attributes() }
+        })
+        .collect();
+    env.queues
+        .send_batch(crm, QueueKind::Delivery, &messages)
+        .await
+        .expect("send");
+    env.receive(crm).await
+}
+
+async fn safe_client(env: &Env, id: &str, crm: Crm, target: Option<Value>) {
+    env.store
+        .upsert_client(&ClientConfig {
+            client_id: ClientId::parse(id).expect("id"),
+            crm,
+            active: true,
+            allowed_origins: AllowedOrigins::default(),
+            target,
+            secret_name: Some(format!("/connect/{crm}/shop/credentials")),
+            rate_limit_per_second: None,
+            // The defaults: navigation events never create contacts.
+            policy: domain::ClientPolicy::default(),
+        })
+        .await
+        .expect("client");
+}
+
+#[tokio::test]
+async fn by_default_nobody_is_opted_in_or_created_by_a_navigation_event() {
+    let env = env().await;
+    safe_client(&env, "safe-r", Crm::Responsys, None).await;
+    env.http
+        .post(format!("{}/_sandbox/contacts", env.sandbox))
+        .json(&json!({"emails": ["known@example.com"]}))
+        .send()
+        .await
+        .expect("seed");
+    let batch = inbound_events(
+        &env,
+        Crm::Responsys,
+        "safe-r",
+        &[
+            ("known@example.com", "product_view"),
+            ("stranger@example.com", "product_view"),
+            ("buyer@example.com", "purchase"),
+        ],
+    )
+    .await;
+    let outcome = env.handler(Crm::Responsys).handle(&batch).await;
+    assert!(outcome.redeliver.is_empty(), "{outcome:?}");
+    let count = |k: &'static str| outcome.counts.get(&("safe-r".to_owned(), k)).copied();
+    assert_eq!(count("delivered"), Some(2), "{outcome:?}");
+    assert_eq!(count("skipped_unknown_contact"), Some(1), "{outcome:?}");
+    assert!(
+        env.dlq(Crm::Responsys).await.is_empty(),
+        "an update-only miss is not a DLQ entry"
+    );
+    let records = env.records().await;
+    let by_email = |e: &str| records.iter().find(|r| r["email"] == e).cloned();
+    assert!(by_email("stranger@example.com").is_none());
+    let known = by_email("known@example.com").expect("known contact updated");
+    assert_eq!(known["request"]["insertOnNoMatch"], false);
+    assert_eq!(known["request"]["defaultPermissionStatus"], "OPTOUT");
+    let buyer = by_email("buyer@example.com").expect("a purchase may create the contact");
+    assert_eq!(buyer["request"]["insertOnNoMatch"], true);
+    assert_eq!(buyer["request"]["defaultPermissionStatus"], "OPTOUT");
+
+    // SFMC journeys fire only for the event types the target lists.
+    safe_client(
+        &env,
+        "safe-s",
+        Crm::Salesforce,
+        Some(json!({"kind": "journey", "event_definition_key": "APIEvent-1", "journey_event_types": ["purchase"]})),
+    )
+    .await;
+    let batch = inbound_events(
+        &env,
+        Crm::Salesforce,
+        "safe-s",
+        &[
+            ("a@example.com", "product_view"),
+            ("b@example.com", "purchase"),
+        ],
+    )
+    .await;
+    let outcome = env.handler(Crm::Salesforce).handle(&batch).await;
+    assert!(outcome.redeliver.is_empty(), "{outcome:?}");
+    assert_eq!(
+        outcome
+            .counts
+            .get(&("safe-s".to_owned(), "skipped_event_type")),
+        Some(&1)
+    );
+    assert_eq!(
+        outcome.counts.get(&("safe-s".to_owned(), "delivered")),
+        Some(&1)
+    );
+
+    // RD Station has no update-only mode: navigation events are not sent by default.
+    safe_client(&env, "safe-d", Crm::RdStation, None).await;
+    let batch = inbound_events(
+        &env,
+        Crm::RdStation,
+        "safe-d",
+        &[("c@example.com", "product_view"), ("d@example.com", "lead")],
+    )
+    .await;
+    let outcome = env.handler(Crm::RdStation).handle(&batch).await;
+    assert!(outcome.redeliver.is_empty(), "{outcome:?}");
+    assert_eq!(
+        outcome
+            .counts
+            .get(&("safe-d".to_owned(), "skipped_update_only_unsupported")),
+        Some(&1)
+    );
+    assert_eq!(
+        outcome.counts.get(&("safe-d".to_owned(), "delivered")),
+        Some(&1)
+    );
+    let records = env.records().await;
+    assert!(
+        records
+            .iter()
+            .all(|r| r["email"] != "a@example.com" && r["email"] != "c@example.com")
+    );
 }

@@ -50,7 +50,10 @@ mod ip_tests {
     #[test]
     fn ips_are_truncated() {
         assert_eq!(ip_prefix("203.0.113.77"), "203.0.113.0/24");
-        assert_eq!(ip_prefix("2001:db8:85a3:8d3:1319:8a2e:370:7348"), "2001:db8:85a3::/48");
+        assert_eq!(
+            ip_prefix("2001:db8:85a3:8d3:1319:8a2e:370:7348"),
+            "2001:db8:85a3::/48"
+        );
         assert_eq!(ip_prefix("nonsense"), "-");
     }
 }

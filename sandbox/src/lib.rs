@@ -71,6 +71,9 @@ struct Inner {
     token_ttl: HashMap<String, Duration>,
     /// Current RD refresh token per client id.
     refresh_tokens: HashMap<String, String>,
+    /// Responsys profile-list contacts (lower-case emails): a merge with
+    /// `insertOnNoMatch: false` updates only these.
+    contacts: std::collections::HashSet<String>,
 }
 
 /// The sandbox's state.
@@ -160,10 +163,21 @@ impl Sandbox {
     }
 
     fn log(&self, crm: &str, client: &str, email: &str, raw: Value) {
-        self.with(|i| {
-            i.records.push(json!({"crm": crm, "clientId": client,
-                "email": email.to_lowercase(), "raw": raw}))
-        });
+        self.log_with(crm, client, email, raw, None);
+    }
+
+    /// Logs an accepted record; `request` is the call's own settings (a Responsys
+    /// merge rule), when they matter.
+    fn log_with(&self, crm: &str, client: &str, email: &str, raw: Value, request: Option<&Value>) {
+        let received_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let mut record = json!({"crm": crm, "clientId": client,
+            "email": email.to_lowercase(), "raw": raw, "receivedAt": received_at});
+        if let Some(request) = request {
+            record["request"] = request.clone();
+        }
+        self.with(|i| i.records.push(record));
     }
 
     /// Every record accepted so far.
@@ -182,6 +196,7 @@ impl Sandbox {
                 axum::routing::get(records).delete(clear_records),
             )
             .route("/_sandbox/faults", post(set_fault).delete(clear_faults))
+            .route("/_sandbox/contacts", post(add_contacts))
             .route("/responsys/rest/api/v1.3/auth/token", post(responsys_login))
             .route(
                 "/responsys/rest/api/v1.3/lists/{list}/members",
@@ -217,6 +232,23 @@ pub async fn serve(listener: tokio::net::TcpListener, sandbox: Sandbox) -> std::
 
 async fn records(State(s): State<Sandbox>) -> Response {
     json_response(StatusCode::OK, Value::Array(s.records()))
+}
+
+/// `POST /_sandbox/contacts` `{"emails": [...]}`: Responsys profile-list members that
+/// exist before the test (update-only merges match them).
+async fn add_contacts(State(s): State<Sandbox>, body: String) -> Response {
+    let emails: Vec<String> = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["emails"].as_array().cloned())
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(str::to_lowercase))
+                .collect()
+        })
+        .unwrap_or_default();
+    let n = emails.len();
+    s.with(|i| i.contacts.extend(emails));
+    json_response(StatusCode::OK, json!({"added": n}))
 }
 
 async fn clear_records(State(s): State<Sandbox>) -> StatusCode {
@@ -404,7 +436,7 @@ async fn responsys_merge(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    responsys_merge_any(s, headers, body).await
+    responsys_merge_any(s, headers, body, true).await
 }
 
 async fn responsys_merge2(
@@ -413,10 +445,13 @@ async fn responsys_merge2(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    responsys_merge_any(s, headers, body).await
+    responsys_merge_any(s, headers, body, false).await
 }
 
-async fn responsys_merge_any(s: Sandbox, headers: HeaderMap, body: String) -> Response {
+/// A merge into the profile list (`list`: contacts are matched, and created only with
+/// `insertOnNoMatch: true`), or into a PET / supplemental table (rows; the sandbox does
+/// not check that a PET's recipient exists).
+async fn responsys_merge_any(s: Sandbox, headers: HeaderMap, body: String, list: bool) -> Response {
     let client = match responsys_guard(&s, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
@@ -458,6 +493,15 @@ async fn responsys_merge_any(s: Sandbox, headers: HeaderMap, body: String) -> Re
         );
     }
     let email_col = names.iter().position(|n| n.starts_with("EMAIL_ADDRESS"));
+    // What the request asked for, kept with each record (tests check that nobody is
+    // opted in or created without the client's say-so).
+    let (request, insert) = if list {
+        let rule = body["mergeRule"].clone();
+        let insert = rule["insertOnNoMatch"].as_bool().unwrap_or(false);
+        (rule, insert)
+    } else {
+        (json!({"insertOnNoMatch": body["insertOnNoMatch"]}), true)
+    };
     let mut out = Vec::new();
     for (n, row) in rows.iter().enumerate() {
         let values = row.as_array().cloned().unwrap_or_default();
@@ -470,8 +514,27 @@ async fn responsys_merge_any(s: Sandbox, headers: HeaderMap, body: String) -> Re
             out.push(json!([format!("MERGEFAILED: Record {n} = INVALID_PARAMETER: The value {email} is not a valid email address")]));
             continue;
         }
+        if list {
+            let known = s.with(|i| {
+                let known = i.contacts.contains(&email.to_lowercase());
+                if !known && insert {
+                    i.contacts.insert(email.to_lowercase());
+                }
+                known
+            });
+            if !known && !insert {
+                out.push(json!([format!("MERGEFAILED: Record {n} = RECORD_NOT_FOUND: No matching record found for EMAIL_ADDRESS_ and insertOnNoMatch is false")]));
+                continue;
+            }
+        }
         let raw: serde_json::Map<String, Value> = names.iter().cloned().zip(values).collect();
-        s.log("responsys", &client, &email, Value::Object(raw));
+        s.log_with(
+            "responsys",
+            &client,
+            &email,
+            Value::Object(raw),
+            Some(&request),
+        );
         out.push(json!([format!("{}", 4_094_326 + n)]));
     }
     json_response(

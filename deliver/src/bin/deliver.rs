@@ -17,11 +17,26 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 use std::collections::BTreeMap;
 
 /// EMF lines (namespace Connect, dimensions crm + clientId): Delivered, Retried,
-/// Throttled, DeadLettered, DeliveryLatencyMs.
+/// Throttled, DeadLettered, DeliveryLatencyMs; DeliverySkipped by reason.
 fn emit_metrics(crm: Crm, outcome: &DeliverOutcome) {
     let now = SystemClock.now_ms();
     let mut by_client: BTreeMap<&str, [f64; 4]> = BTreeMap::new();
     for ((client, kind), n) in &outcome.counts {
+        if kind.starts_with("skipped_") {
+            println!(
+                "{}",
+                domain::emf::line(
+                    now,
+                    &[
+                        ("crm", crm.as_str()),
+                        ("clientId", client),
+                        ("reason", kind)
+                    ],
+                    &[("DeliverySkipped", *n as f64, "Count")],
+                )
+            );
+            continue;
+        }
         let slot = match *kind {
             "delivered" => 0,
             "retried" => 1,
