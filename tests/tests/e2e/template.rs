@@ -79,7 +79,14 @@ fn each_function_has_exactly_its_permissions_on_specific_resources() {
     let mut expected: Vec<(String, BTreeSet<String>)> = vec![
         (
             "IngestLambdaFunction".into(),
-            set(&["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Scan"]),
+            set(&[
+                "dynamodb:PutItem",
+                "dynamodb:GetItem",
+                "dynamodb:Scan",
+                // The clients' event-signing keys, and refusal alerts.
+                "secretsmanager:GetSecretValue",
+                "sns:Publish",
+            ]),
         ),
         (
             "FanoutLambdaFunction".into(),
@@ -140,7 +147,17 @@ fn each_function_has_exactly_its_permissions_on_specific_resources() {
             for r in resources {
                 assert_ne!(r, "\"*\"", "{function}: Resource * for {acts:?}");
             }
-            if acts.iter().any(|a| a.starts_with("secretsmanager:")) {
+            if function == "IngestLambdaFunction"
+                && acts.iter().any(|a| a.starts_with("secretsmanager:"))
+            {
+                assert_eq!(acts, &["secretsmanager:GetSecretValue"]);
+                assert!(
+                    resources
+                        .iter()
+                        .all(|r| r.contains(":secret:/connect/signing/*")),
+                    "ingest reads signing keys only: {resources:?}"
+                );
+            } else if acts.iter().any(|a| a.starts_with("secretsmanager:")) {
                 let crm = CRMS
                     .iter()
                     .find(|(_, cap)| function.contains(cap))
@@ -241,6 +258,83 @@ fn event_sources_report_partial_failures_and_are_bounded() {
             assert!(
                 target.get("Input").is_none(),
                 "no input: the EventBridge envelope stays intact"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_front_door_bounds_abuse_before_it_reaches_a_lambda() {
+    let Some(t) = template() else { return };
+    let resources = t["Resources"].as_object().expect("resources");
+    // WAF: the managed rule that blocks bodies over 8 KB only counts, and Connect's
+    // own rule blocks bodies over the 32 KiB contract.
+    let rules = t["Resources"]["WebAcl"]["Properties"]["Rules"]
+        .as_array()
+        .expect("rules");
+    let common = rules
+        .iter()
+        .find(|r| {
+            r["Statement"]["ManagedRuleGroupStatement"]["Name"] == "AWSManagedRulesCommonRuleSet"
+        })
+        .expect("common rule set");
+    let overrides = common["Statement"]["ManagedRuleGroupStatement"]["RuleActionOverrides"]
+        .as_array()
+        .expect("overrides");
+    assert!(
+        overrides.iter().any(
+            |o| o["Name"] == "SizeRestrictions_BODY" && o["ActionToUse"].get("Count").is_some()
+        ),
+        "{overrides:?}"
+    );
+    let size = rules
+        .iter()
+        .find(|r| r["Statement"].get("SizeConstraintStatement").is_some())
+        .expect("body size rule");
+    assert!(size["Action"].get("Block").is_some());
+    let c = &size["Statement"]["SizeConstraintStatement"];
+    assert_eq!(c["ComparisonOperator"], "GT");
+    assert_eq!(c["Size"].as_u64(), Some(ingest::MAX_BODY_BYTES as u64));
+    assert!(c["FieldToMatch"]["Body"].is_object());
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["Statement"]["RateBasedStatement"]["AggregateKeyType"] == "IP"),
+        "per-IP rate rule"
+    );
+    // API Gateway stage throttling.
+    let deployment = resources
+        .values()
+        .find(|r| r["Type"] == "AWS::ApiGateway::Deployment")
+        .expect("deployment");
+    let stage = &deployment["Properties"]["StageDescription"];
+    assert!(
+        stage["ThrottlingRateLimit"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0),
+        "{stage}"
+    );
+    assert!(
+        stage["ThrottlingBurstLimit"]
+            .as_f64()
+            .is_some_and(|b| b > 0.0),
+        "{stage}"
+    );
+    // Reserved concurrency on ingest only: a flood cannot starve fanout and delivery.
+    let ingest = &t["Resources"]["IngestLambdaFunction"]["Properties"];
+    assert!(
+        ingest["ReservedConcurrentExecutions"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{ingest}"
+    );
+    for (name, r) in resources {
+        if r["Type"] == "AWS::Lambda::Function" && name != "IngestLambdaFunction" {
+            assert!(
+                r["Properties"]
+                    .get("ReservedConcurrentExecutions")
+                    .is_none(),
+                "{name} would take concurrency from the shared pool"
             );
         }
     }
