@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `connect` binary over real HTTP, SQLite on disk.
 
+mod abuse;
 mod crash;
 mod delivery;
 mod dlq;
