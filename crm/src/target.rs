@@ -288,3 +288,48 @@ impl RdStationTarget {
         .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::{AllowedOrigins, ClientId, Crm};
+
+    fn client(target: Value) -> ClientConfig {
+        ClientConfig {
+            client_id: ClientId::parse("shop").expect("id"),
+            crm: Crm::Responsys,
+            active: true,
+            allowed_origins: AllowedOrigins::default(),
+            target: Some(target),
+            secret_name: None,
+            rate_limit_per_second: None,
+            policy: domain::ClientPolicy::default(),
+        }
+    }
+
+    #[test]
+    fn nobody_is_opted_in_unless_the_target_says_so() {
+        let t = ResponsysTarget::from_client(&client(serde_json::json!({"profile_list": "L"})))
+            .expect("target");
+        assert_eq!(t.default_permission_status, PermissionStatus::OptOut);
+        let t = ResponsysTarget::from_client(&client(
+            serde_json::json!({"default_permission_status": "OPTIN"}),
+        ))
+        .expect("target");
+        assert_eq!(t.default_permission_status.as_str(), "OPTIN");
+        assert!(
+            ResponsysTarget::from_client(&client(
+                serde_json::json!({"default_permission_status": "YES"})
+            ))
+            .is_err()
+        );
+        let s = SfmcTarget::from_client(&client(
+            serde_json::json!({"kind": "journey", "journey_event_types": ["purchase", "lead"]}),
+        ))
+        .expect("sfmc");
+        assert_eq!(
+            s.journey_event_types,
+            vec![domain::EventType::Purchase, domain::EventType::Lead]
+        );
+    }
+}
