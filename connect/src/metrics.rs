@@ -72,11 +72,13 @@ pub struct Metrics {
     delivery_skipped: Family<ClientReasonLabels, Counter>,
 }
 
-/// Labels by event field.
+/// Labels by event field and reason.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FieldLabels {
     /// The field's name.
     pub field: String,
+    /// Why it was dropped (`foreign_host`).
+    pub reason: String,
 }
 
 /// Labels by CRM, client and reason.
@@ -270,6 +272,7 @@ impl Metrics {
             self.fields_dropped
                 .get_or_create(&FieldLabels {
                     field: (*field).to_owned(),
+                    reason: "foreign_host".to_owned(),
                 })
                 .inc();
         }

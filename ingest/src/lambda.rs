@@ -84,7 +84,11 @@ fn emit_metrics(response: &crate::IngestResponse) {
     for field in &response.dropped_fields {
         println!(
             "{}",
-            domain::emf::line(now, &[("field", field)], &[("FieldsDropped", 1.0, "Count")])
+            domain::emf::line(
+                now,
+                &[("field", field), ("reason", "foreign_host")],
+                &[("FieldsDropped", 1.0, "Count")]
+            )
         );
     }
 }

@@ -411,7 +411,9 @@ async fn no_attacker_event_reaches_a_crm_and_every_shopper_event_does() {
         );
     }
     assert!(
-        metrics.contains(r#"connect_ingest_fields_dropped_total{field="productUrl"} 1"#),
+        metrics.contains(
+            r#"connect_ingest_fields_dropped_total{field="productUrl",reason="foreign_host"} 1"#
+        ),
         "{metrics}"
     );
     assert!(metrics.contains("skipped_unknown_contact"), "{metrics}");
