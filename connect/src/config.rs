@@ -153,8 +153,44 @@ pub struct DeliverySection {
     pub workers_per_crm: Option<usize>,
     /// Messages per receive, 1–10 (default 10).
     pub batch_size: Option<usize>,
-    /// Seconds a received message stays hidden (default 60).
+    /// Seconds a received message stays hidden while a worker handles it (default 360,
+    /// longer than a batch's worst case: token refresh plus CRM calls with timeouts).
     pub visibility_timeout_seconds: Option<u64>,
+    /// Seconds after it was queued that a transiently failing message is dead-lettered
+    /// as `retry_window_exhausted` (default 86400).
+    pub retry_window_seconds: Option<u64>,
+    /// First retry delay, ms (default 10000); doubles per receive.
+    pub retry_base_ms: Option<u64>,
+    /// Longest retry delay, ms (default 900000).
+    pub retry_max_ms: Option<u64>,
+    /// Longest time a failing client's circuit stays open before a probe, ms (default
+    /// 300000).
+    pub breaker_open_max_ms: Option<u64>,
+}
+
+/// Default of `[delivery] visibility_timeout_seconds`.
+pub const DEFAULT_VISIBILITY_TIMEOUT_SECONDS: u64 = 360;
+
+impl DeliverySection {
+    /// The deliver handler's settings for `crm`.
+    pub fn settings(&self, crm: Crm) -> deliver::DeliverSettings {
+        use std::time::Duration;
+        let mut s = deliver::DeliverSettings::for_crm(crm);
+        if let Some(w) = self.retry_window_seconds {
+            s.retry_window = Duration::from_secs(w.max(1));
+        }
+        if let Some(b) = self.retry_base_ms {
+            s.retry_base = Duration::from_millis(b.max(1));
+        }
+        if let Some(m) = self.retry_max_ms {
+            s.retry_max = Duration::from_millis(m.max(1));
+        }
+        if let Some(m) = self.breaker_open_max_ms {
+            s.breaker.open_max = Duration::from_millis(m.max(1));
+            s.breaker.open_base = s.breaker.open_base.min(s.breaker.open_max);
+        }
+        s
+    }
 }
 
 /// `[tokens]`.

@@ -366,7 +366,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         visibility_timeout: Duration::from_secs(
             file.delivery
                 .visibility_timeout_seconds
-                .unwrap_or(60)
+                .unwrap_or(config::DEFAULT_VISIBILITY_TIMEOUT_SECONDS)
                 .max(1),
         ),
         ..runtime::deliver::WorkerSettings::default()
@@ -412,7 +412,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             queues.clone(),
             Arc::clone(&alerts),
             SystemClock,
-            deliver::DeliverSettings::for_crm(crm),
+            file.delivery.settings(crm),
         ));
         for _ in 0..workers_per_crm {
             workers.push(tokio::spawn(runtime::deliver::run(

@@ -47,6 +47,9 @@ pub fn classify(status: u16, body: &Value) -> Outcome {
             },
             detail,
         ),
+        // No errorCode (a gateway or proxy answered): classify by status.
+        "" if status == 401 || status == 403 => Outcome::token_rejected(status.to_string()),
+        "" if status == 429 => Outcome::throttled(API_LIMIT_WAIT, "429"),
         "" => Outcome::permanent(status.to_string(), detail),
         _ => Outcome::permanent(code, detail),
     }
@@ -403,6 +406,14 @@ mod tests {
         assert_eq!(c(502, "").kind(), "retry_later");
         assert_eq!(c(400, "INVALID_PARAMETER").kind(), "permanent");
         assert_eq!(c(404, "LIST_NOT_FOUND").kind(), "permanent");
+        // Without an errorCode (a gateway's HTML page): by status, never permanent for
+        // auth or throttling.
+        let bare = |s| classify(s, &Value::Null);
+        assert_eq!(bare(401).kind(), "token_rejected");
+        assert_eq!(bare(403).kind(), "token_rejected");
+        assert_eq!(bare(429), Outcome::throttled(API_LIMIT_WAIT, "429"));
+        assert_eq!(bare(502).kind(), "retry_later");
+        assert_eq!(bare(400).kind(), "permanent");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The transport-free deliver handler.
 
+use crate::breaker::{BreakerSettings, Breakers, Gate};
 use crm::rdstation::ApiKey;
 use crm::{CrmHttp, Outcome, TokenError, TokenManager};
 use domain::delivery::{attr, rfc3339};
@@ -14,6 +15,9 @@ use std::time::Duration;
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
 /// Longest detail kept in the `failureDetail` attribute.
 pub const MAX_FAILURE_DETAIL: usize = 512;
+/// Receives of a throttled message retried after just the CRM's own wait; later ones
+/// wait at least the backoff.
+pub const THROTTLE_RECEIVES_AT_CRM_WAIT: u32 = 3;
 /// Clients delivered at once in one invocation.
 pub const CLIENT_CONCURRENCY: usize = 4;
 
@@ -25,16 +29,27 @@ pub struct DeliverSettings {
     pub retry_base: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// A message that still fails transiently (5xx, timeouts, throttles, rejected
+    /// credentials) this long after it was queued is dead-lettered as
+    /// `retry_window_exhausted`; before that it is only ever retried.
+    pub retry_window: Duration,
+    /// The per-client circuit breaker.
+    pub breaker: BreakerSettings,
     /// Name in alerts (`deliver-responsys`).
     pub source: String,
 }
 
+/// Default retry window: a CRM may be down for a day without losing an event.
+pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
 impl DeliverSettings {
-    /// Defaults for `crm`: 10 s doubling up to 15 min.
+    /// Defaults for `crm`: 10 s doubling up to 15 min, for 24 h.
     pub fn for_crm(crm: Crm) -> Self {
         DeliverSettings {
             retry_base: Duration::from_secs(10),
             retry_max: Duration::from_secs(15 * 60),
+            retry_window: DEFAULT_RETRY_WINDOW,
+            breaker: BreakerSettings::default(),
             source: format!("deliver-{crm}"),
         }
     }
@@ -53,6 +68,9 @@ pub struct InboundMessage {
     pub attributes: Vec<(String, String)>,
     /// `ApproximateReceiveCount`.
     pub receive_count: u32,
+    /// When the message was queued (`SentTimestamp`), epoch ms: the retry window runs
+    /// from it. Unknown: the window cannot run out.
+    pub sent_at_ms: Option<i64>,
 }
 
 /// What one invocation did.
@@ -95,6 +113,7 @@ pub struct DeliverHandler<D, T, S, Q, A, C> {
     alerts: A,
     clock: C,
     settings: DeliverSettings,
+    breakers: Breakers,
 }
 
 impl<D, T, S, Q, A, C> std::fmt::Debug for DeliverHandler<D, T, S, Q, A, C> {
@@ -138,6 +157,7 @@ where
             queues,
             alerts,
             clock,
+            breakers: Breakers::new(settings.breaker),
             settings,
         }
     }
@@ -187,8 +207,36 @@ where
             .collect();
         let groups: Vec<(ClientId, Vec<(usize, DeliveryMessage)>)> =
             by_client.into_iter().collect();
+        // Clients whose breaker is open are not called: their messages are held.
+        let started = self.clock.now_ms();
         let mut results: Vec<ClientResult> = Vec::new();
-        for chunk in groups.chunks(CLIENT_CONCURRENCY) {
+        let mut held_until: HashMap<ClientId, i64> = HashMap::new();
+        let mut window_alerts: BTreeMap<(String, &'static str), (u64, String)> = BTreeMap::new();
+        let mut calls = Vec::new();
+        for (client, messages) in &groups {
+            match self.breakers.gate(client, started) {
+                Gate::Hold(until) => {
+                    held_until.insert(client.clone(), until);
+                    for (i, _) in messages {
+                        dispositions[*i] = Some(if self.window_over(&batch[*i], started) {
+                            self.window_exhausted(
+                                client,
+                                &mut window_alerts,
+                                "circuit_open".to_owned(),
+                                "the CRM kept failing for this client; the message was held by the circuit breaker".to_owned(),
+                            )
+                        } else {
+                            let wait = Duration::from_millis(
+                                u64::try_from(until - started).unwrap_or(0).max(1000),
+                            );
+                            Disposition::Hide(wait.min(MAX_VISIBILITY), "retried")
+                        });
+                    }
+                }
+                Gate::Call | Gate::Probe => calls.push((client, messages)),
+            }
+        }
+        for chunk in calls.chunks(CLIENT_CONCURRENCY) {
             let futures: Vec<_> = chunk
                 .iter()
                 .map(|(client, messages)| self.deliver_client(client, messages))
@@ -197,16 +245,24 @@ where
                 .iter()
                 .zip(futures_util::future::join_all(futures).await)
             {
-                results.push((client.clone(), outcomes, refreshes));
+                let now = self.clock.now_ms();
+                if let Some(until) = self.record_breaker(client, &outcomes, now) {
+                    held_until.insert((*client).clone(), until);
+                }
+                results.push(((*client).clone(), outcomes, refreshes));
             }
         }
 
         let now = self.clock.now_ms();
-        let mut alert_counts: BTreeMap<(String, &'static str), (u64, String)> = BTreeMap::new();
+        let mut alert_counts = window_alerts;
         for (client, outcomes, refreshes) in results {
             outcome.token_refreshes += refreshes;
+            let breaker_wait = held_until
+                .get(&client)
+                .map(|until| Duration::from_millis(u64::try_from(until - now).unwrap_or(0)));
             for (i, o) in outcomes {
                 let receive_count = batch[i].receive_count.max(1);
+                let window_over = self.window_over(&batch[i], now);
                 let d = match o {
                     Outcome::Delivered => {
                         outcome.latencies_ms.push((
@@ -216,10 +272,37 @@ where
                         Disposition::Done
                     }
                     Outcome::Skipped { reason } => Disposition::Skipped(reason),
+                    Outcome::RetryLater { status, reason } if window_over => {
+                        self.window_exhausted(&client, &mut alert_counts, status, reason)
+                    }
+                    Outcome::TokenRejected { reason } if window_over => self.window_exhausted(
+                        &client,
+                        &mut alert_counts,
+                        "token_rejected".to_owned(),
+                        reason,
+                    ),
+                    Outcome::Throttled { status, wait } if window_over => self.window_exhausted(
+                        &client,
+                        &mut alert_counts,
+                        status,
+                        format!("throttled by the CRM (wait {} s)", wait.as_secs()),
+                    ),
                     Outcome::RetryLater { .. } | Outcome::TokenRejected { .. } => {
-                        Disposition::Hide(self.backoff(receive_count), "retried")
+                        let wait = self
+                            .backoff(receive_count)
+                            .max(breaker_wait.unwrap_or_default());
+                        Disposition::Hide(wait.min(MAX_VISIBILITY), "retried")
                     }
                     Outcome::Throttled { wait, .. } => {
+                        // The CRM's wait; once throttled a few times in a row, never
+                        // shorter than the backoff, so a long throttle does not burn
+                        // through the queue's receives.
+                        let floor = if receive_count > THROTTLE_RECEIVES_AT_CRM_WAIT {
+                            self.backoff(receive_count)
+                        } else {
+                            Duration::ZERO
+                        };
+                        let wait = wait.max(floor).max(breaker_wait.unwrap_or_default());
                         Disposition::Hide(wait.min(MAX_VISIBILITY), "throttled")
                     }
                     Outcome::Permanent { status, reason } => {
@@ -268,6 +351,82 @@ where
         }
         self.apply(batch, dispositions, &mut outcome).await;
         outcome
+    }
+
+    /// Feeds a client's batch outcomes to its breaker; the epoch ms until which it is
+    /// open, if it is.
+    fn record_breaker(
+        &self,
+        client: &ClientId,
+        outcomes: &[(usize, Outcome)],
+        now: i64,
+    ) -> Option<i64> {
+        let delivered = outcomes.iter().any(|(_, o)| *o == Outcome::Delivered);
+        let transient = |o: &Outcome| {
+            matches!(
+                o,
+                Outcome::RetryLater { .. }
+                    | Outcome::Throttled { .. }
+                    | Outcome::TokenRejected { .. }
+            )
+        };
+        if delivered {
+            self.breakers.success(client);
+            None
+        } else if !outcomes.is_empty() && outcomes.iter().all(|(_, o)| transient(o)) {
+            let throttle = outcomes
+                .iter()
+                .filter_map(|(_, o)| match o {
+                    Outcome::Throttled { wait, .. } => Some(*wait),
+                    _ => None,
+                })
+                .max();
+            let until = self.breakers.failure(client, now, throttle);
+            if let Some(until) = until {
+                tracing::warn!(
+                    crm = self.crm.as_str(),
+                    clientId = %client,
+                    openForMs = until - now,
+                    "circuit open: the CRM keeps failing for this client; its messages are held"
+                );
+            }
+            until
+        } else {
+            self.breakers.neutral(client);
+            None
+        }
+    }
+
+    /// Whether `m` was queued longer ago than the retry window.
+    fn window_over(&self, m: &InboundMessage, now: i64) -> bool {
+        let window = i64::try_from(self.settings.retry_window.as_millis()).unwrap_or(i64::MAX);
+        m.sent_at_ms.is_some_and(|sent| now - sent >= window)
+    }
+
+    /// A transiently failing message past the retry window: to the DLQ, with an alert.
+    fn window_exhausted(
+        &self,
+        client: &ClientId,
+        alerts: &mut BTreeMap<(String, &'static str), (u64, String)>,
+        status: String,
+        reason: String,
+    ) -> Disposition {
+        let e = alerts
+            .entry((client.to_string(), "retry_window_exhausted"))
+            .or_insert((0, String::new()));
+        e.0 += 1;
+        if e.1.is_empty() {
+            e.1 = format!(
+                "still failing after {} h; last error {status}: {}",
+                self.settings.retry_window.as_secs() / 3600,
+                truncate(&reason, 200)
+            );
+        }
+        Disposition::DeadLetter {
+            reason: "retry_window_exhausted",
+            status,
+            detail: truncate(&reason, MAX_FAILURE_DETAIL),
+        }
     }
 
     /// Backoff of the `n`-th receive: base × 2^(n−1), jittered ±20 %, capped.
@@ -453,7 +612,16 @@ where
                 *outcome.counts.entry((client.clone(), kind)).or_default() += 1
             };
             match d {
-                None | Some(Disposition::Done) => count("delivered"),
+                Some(Disposition::Done) => count("delivered"),
+                // No decision was made for it (a bug): never count it as delivered.
+                None => {
+                    tracing::error!(
+                        crm = self.crm.as_str(),
+                        "a message got no disposition; it is left for redelivery"
+                    );
+                    count("retried");
+                    outcome.redeliver.push(m.message_id.clone());
+                }
                 Some(Disposition::Skipped(reason)) => count(reason),
                 Some(Disposition::Hide(wait, kind)) => {
                     count(kind);
@@ -487,13 +655,23 @@ where
                         .filter(|(k, _)| !failure.contains(&k.as_str()) || k == "redriveCount")
                         .cloned()
                         .collect();
+                    // SQS refuses empty attribute values: a CRM answer without a body
+                    // must not make the DLQ send fail (the message would loop).
+                    let non_empty = |v: String| {
+                        if v.trim().is_empty() {
+                            "-".to_owned()
+                        } else {
+                            v
+                        }
+                    };
                     attributes.extend([
                         (attr::FAILURE_REASON.to_owned(), reason.to_owned()),
-                        (attr::FAILURE_STATUS.to_owned(), status),
+                        (attr::FAILURE_STATUS.to_owned(), non_empty(status)),
                         (attr::FAILED_AT.to_owned(), rfc3339(now)),
                         (attr::ATTEMPTS.to_owned(), m.receive_count.to_string()),
-                        ("failureDetail".to_owned(), detail),
+                        ("failureDetail".to_owned(), non_empty(detail)),
                     ]);
+                    attributes.retain(|(_, v)| !v.is_empty());
                     dead.push((
                         i,
                         OutgoingMessage {

@@ -29,6 +29,10 @@ pub fn inbound(event: &SqsEvent) -> Vec<InboundMessage> {
                 .get("ApproximateReceiveCount")
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(1),
+            sent_at_ms: r
+                .attributes
+                .get("SentTimestamp")
+                .and_then(|t| t.parse().ok()),
         })
         .collect()
 }

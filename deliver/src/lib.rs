@@ -7,10 +7,18 @@
 //! receive count; throttled → hidden for the CRM's wait; token rejected → one refresh
 //! and one retry in the same invocation; permanent → sent to the DLQ with the failure
 //! attributes, then acknowledged (if that send fails, redelivered — never lost).
+//! Transient failures are retried until the retry window (default 24 h) since the
+//! message was queued has passed, then dead-lettered as `retry_window_exhausted`; a
+//! per-client circuit breaker ([`breaker`]) holds a failing client's messages without
+//! calling the CRM, so an outage costs a bounded number of calls.
 //! The Lambda binary ([`lambda`]) and the local delivery workers of `connect serve` are
 //! thin shells around it.
 
+pub mod breaker;
 pub mod handler;
 pub mod lambda;
 
-pub use handler::{DeliverHandler, DeliverOutcome, DeliverSettings, InboundMessage};
+pub use breaker::BreakerSettings;
+pub use handler::{
+    DEFAULT_RETRY_WINDOW, DeliverHandler, DeliverOutcome, DeliverSettings, InboundMessage,
+};

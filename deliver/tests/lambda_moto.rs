@@ -178,6 +178,7 @@ impl Env {
                     })
                     .unwrap_or_default(),
                 receive_count: 1,
+                sent_at_ms: None,
             })
             .collect()
     }
@@ -311,6 +312,7 @@ async fn a_hundred_failures_of_one_kind_make_one_sns_message_with_count_100() {
             body: body("client-abc", n),
             attributes: vec![("clientId".into(), "client-abc".into())],
             receive_count: 1,
+            sent_at_ms: None,
         })
         .collect();
     let outcome = env.handler.handle(&batch).await;
@@ -322,4 +324,33 @@ async fn a_hundred_failures_of_one_kind_make_one_sns_message_with_count_100() {
     assert_eq!(alerts[0]["kind"], "permanent_failure");
     assert_eq!(alerts[0]["count"], 100);
     assert_eq!(alerts[0]["clientId"], "client-abc");
+}
+
+#[tokio::test]
+async fn a_crm_error_page_without_a_body_still_reaches_the_sqs_dlq() {
+    let Some(env) = env().await else { return };
+    reqwest::Client::new()
+        .post(format!("{}/_sandbox/faults", env.sandbox))
+        .json(&json!({"crm": "responsys", "mode": "html_error", "rate": 1.0}))
+        .send()
+        .await
+        .expect("fault");
+    let batch = env.received(&[(body("client-abc", 1), "client-abc")]).await;
+    let outcome = env.handler.handle(&batch).await;
+    // SQS refuses empty attribute values: had `failureDetail` been empty, the DLQ send
+    // would fail and the message loop forever.
+    assert!(outcome.redeliver.is_empty(), "{outcome:?}");
+    let dead = env.receive(&env.dlq).await;
+    assert_eq!(dead.len(), 1);
+    let attrs = dead[0].message_attributes().expect("attributes");
+    assert_eq!(
+        attrs["failureReason"].string_value(),
+        Some("rejected_by_crm")
+    );
+    assert_eq!(attrs["failureStatus"].string_value(), Some("400"));
+    assert!(
+        attrs["failureDetail"]
+            .string_value()
+            .is_some_and(|d| !d.is_empty())
+    );
 }

@@ -199,6 +199,7 @@ impl Env {
                 body: m.body,
                 attributes: m.attributes,
                 receive_count: m.receive_count,
+                sent_at_ms: Some(m.sent_at_ms),
             }));
         }
     }
@@ -511,6 +512,7 @@ async fn malformed_bodies_and_unknown_clients_are_dead_lettered() {
         body: "{not json".into(),
         attributes: vec![],
         receive_count: 1,
+        sent_at_ms: None,
     }];
     let outcome = env.handler(Crm::Responsys).handle(&batch).await;
     assert!(outcome.redeliver.is_empty());
@@ -665,4 +667,134 @@ async fn by_default_nobody_is_opted_in_or_created_by_a_navigation_event() {
             .iter()
             .all(|r| r["email"] != "a@example.com" && r["email"] != "c@example.com")
     );
+}
+
+impl Env {
+    fn handler_with(&self, crm: Crm, settings: DeliverSettings) -> Handler {
+        let http = crm::CrmHttp::new(&crm::HttpSettings::default()).expect("http");
+        DeliverHandler::new(
+            crm,
+            self.store.clone(),
+            std::sync::Arc::new(crm::TokenManager::new(
+                self.store.clone(),
+                self.secrets.clone(),
+                SystemClock,
+                http.clone(),
+            )),
+            http,
+            self.queues.clone(),
+            Arc::new(DedupAlerts::new(
+                Arc::clone(&self.alerts),
+                SystemClock,
+                300_000,
+            )),
+            SystemClock,
+            settings,
+        )
+    }
+
+    async fn calls(&self, crm: &str) -> u64 {
+        let stats: Value = self
+            .http
+            .get(format!("{}/_sandbox/stats", self.sandbox))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json");
+        stats["calls"][crm].as_u64().unwrap_or(0)
+    }
+}
+
+#[tokio::test]
+async fn an_outage_is_retried_for_the_whole_window_then_dead_lettered_with_its_reason() {
+    let env = env().await;
+    env.fault(json!({"crm": "responsys", "mode": "unavailable", "rate": 1.0}))
+        .await;
+    let handler = env.handler(Crm::Responsys);
+    let mut batch = env.inbound(Crm::Responsys, "shop-r", 3).await;
+    // Many receives within the window: only ever retried, never dead-lettered.
+    for receive in 1..=8 {
+        for m in &mut batch {
+            m.receive_count = receive;
+        }
+        let outcome = handler.handle(&batch).await;
+        assert_eq!(outcome.redeliver.len(), 3, "{outcome:?}");
+    }
+    assert!(env.dlq(Crm::Responsys).await.is_empty());
+    // Queued 25 hours ago: past the 24 h window.
+    let now = domain::Clock::now_ms(&SystemClock);
+    for m in &mut batch {
+        m.sent_at_ms = Some(now - 25 * 3600 * 1000);
+    }
+    let outcome = env.handler(Crm::Responsys).handle(&batch).await;
+    assert!(outcome.redeliver.is_empty(), "{outcome:?}");
+    let dlq = env.dlq(Crm::Responsys).await;
+    assert_eq!(dlq.len(), 3);
+    for attrs in &dlq {
+        assert_eq!(
+            attrs["failureReason"], "retry_window_exhausted",
+            "{attrs:?}"
+        );
+        assert!(!attrs["failureStatus"].is_empty());
+        assert!(!attrs["failureDetail"].is_empty());
+    }
+    assert!(
+        env.alerts
+            .0
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|a| a.kind == "retry_window_exhausted")
+    );
+}
+
+#[tokio::test]
+async fn a_long_outage_costs_a_bounded_number_of_calls() {
+    let env = env().await;
+    env.fault(json!({"crm": "salesforce", "mode": "unavailable", "rate": 1.0}))
+        .await;
+    let mut settings = DeliverSettings::for_crm(Crm::Salesforce);
+    settings.breaker = deliver::BreakerSettings {
+        failures_to_open: 2,
+        open_base: Duration::from_millis(200),
+        open_max: Duration::from_millis(400),
+    };
+    let handler = env.handler_with(Crm::Salesforce, settings);
+    let batch = env.inbound(Crm::Salesforce, "shop-s", 10).await;
+    let before = env.calls("salesforce").await;
+    let started = std::time::Instant::now();
+    let mut rounds = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let outcome = handler.handle(&batch).await;
+        assert_eq!(
+            outcome.redeliver.len(),
+            10,
+            "nothing is lost or dead-lettered"
+        );
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let during = env.calls("salesforce").await - before;
+    // Without the breaker every round would call (token + rowset); with it, the calls
+    // are the failures that open it plus one probe per open period.
+    let open_periods = 3000 / 200 + 1;
+    assert!(rounds > 100, "{rounds} rounds");
+    assert!(
+        during <= 2 * (2 + open_periods),
+        "{during} calls in {rounds} rounds of a 3 s outage"
+    );
+    assert!(during >= 2, "the breaker still probes: {during}");
+    eprintln!("simulated outage: {rounds} delivery rounds, {during} CRM calls");
+    // The CRM recovers: the next probe delivers and closes the breaker.
+    env.http
+        .delete(format!("{}/_sandbox/faults", env.sandbox))
+        .send()
+        .await
+        .expect("clear");
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let outcome = handler.handle(&batch).await;
+    assert!(outcome.redeliver.is_empty(), "{outcome:?}");
+    assert!(env.dlq(Crm::Salesforce).await.is_empty());
 }

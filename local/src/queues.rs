@@ -14,8 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Receives before a message moves to its DLQ (SQS `maxReceiveCount`).
-pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 5;
+/// Receives before a message moves to its DLQ (SQS `maxReceiveCount`; 1000 is SQS's
+/// maximum). The deliver handler dead-letters by the retry window, with a reason; this
+/// bound only stops a message that crashes its worker again and again.
+pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 1000;
 /// SQS limit on messages per receive.
 pub const MAX_RECEIVE_BATCH: usize = 10;
 

@@ -36,7 +36,8 @@ const RDSTATION_REMAINING_SECONDS: u64 = 30;
 pub struct Fault {
     /// `responsys`, `salesforce` or `rdstation`.
     pub crm: String,
-    /// `reject`, `unavailable`, `throttle`, `expire_tokens` or `slow`.
+    /// `reject`, `unavailable`, `throttle`, `expire_tokens`, `slow` or `html_error` (data
+    /// calls answered 400 with an HTML page, as a gateway in front of a CRM may).
     pub mode: String,
     /// Share of records (reject) or calls (unavailable, throttle) affected, 0–1.
     #[serde(default = "one")]
@@ -74,6 +75,8 @@ struct Inner {
     /// Responsys profile-list contacts (lower-case emails): a merge with
     /// `insertOnNoMatch: false` updates only these.
     contacts: std::collections::HashSet<String>,
+    /// HTTP calls received per CRM (`responsys`, `salesforce`, `rdstation`).
+    calls: HashMap<String, u64>,
 }
 
 /// The sandbox's state.
@@ -197,6 +200,7 @@ impl Sandbox {
             )
             .route("/_sandbox/faults", post(set_fault).delete(clear_faults))
             .route("/_sandbox/contacts", post(add_contacts))
+            .route("/_sandbox/stats", axum::routing::get(stats))
             .route("/responsys/rest/api/v1.3/auth/token", post(responsys_login))
             .route(
                 "/responsys/rest/api/v1.3/lists/{list}/members",
@@ -220,6 +224,10 @@ impl Sandbox {
             .route("/rdstation/auth/token", post(rd_token))
             .route("/rdstation/platform/events", post(rd_event))
             .route("/rdstation/platform/conversions", post(rd_conversion))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                count_calls,
+            ))
             .with_state(self.clone())
     }
 }
@@ -232,6 +240,42 @@ pub async fn serve(listener: tokio::net::TcpListener, sandbox: Sandbox) -> std::
 
 async fn records(State(s): State<Sandbox>) -> Response {
     json_response(StatusCode::OK, Value::Array(s.records()))
+}
+
+/// Counts every call to a fake CRM (token and data calls alike).
+async fn count_calls(
+    State(s): State<Sandbox>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let crm = match req.uri().path().split('/').nth(1) {
+        Some("responsys") => Some("responsys"),
+        Some("sfmc") => Some("salesforce"),
+        Some("rdstation") => Some("rdstation"),
+        _ => None,
+    };
+    if let Some(crm) = crm {
+        s.with(|i| *i.calls.entry(crm.to_owned()).or_default() += 1);
+        // `html_error`: a proxy or gateway in front of the CRM answers a data call with
+        // an HTML error page (no JSON body at all).
+        let is_token_call = req.uri().path().contains("token");
+        if !is_token_call && s.hit(crm, "html_error") {
+            return (
+                StatusCode::BAD_REQUEST,
+                [(axum::http::header::CONTENT_TYPE, "text/html")],
+                "<html><body><h1>400 Bad Request</h1></body></html>",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// `GET /_sandbox/stats`: `{"calls": {"responsys": n, …}}`, the calls each fake CRM
+/// received (how many calls an outage cost).
+async fn stats(State(s): State<Sandbox>) -> Response {
+    let calls = s.with(|i| i.calls.clone());
+    json_response(StatusCode::OK, json!({"calls": calls}))
 }
 
 /// `POST /_sandbox/contacts` `{"emails": [...]}`: Responsys profile-list members that
@@ -272,12 +316,19 @@ async fn set_fault(State(s): State<Sandbox>, body: String) -> Response {
             json!({"error": "crm must be responsys, salesforce or rdstation"}),
         );
     }
-    if !["reject", "unavailable", "throttle", "expire_tokens", "slow"]
-        .contains(&fault.mode.as_str())
+    if ![
+        "reject",
+        "unavailable",
+        "throttle",
+        "expire_tokens",
+        "slow",
+        "html_error",
+    ]
+    .contains(&fault.mode.as_str())
     {
         return json_response(
             StatusCode::BAD_REQUEST,
-            json!({"error": "mode must be reject, unavailable, throttle, expire_tokens or slow"}),
+            json!({"error": "mode must be reject, unavailable, throttle, expire_tokens, slow or html_error"}),
         );
     }
     s.with(|i| {

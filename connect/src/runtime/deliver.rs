@@ -26,7 +26,9 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
             batch_size: 10,
-            visibility_timeout: Duration::from_secs(60),
+            visibility_timeout: Duration::from_secs(
+                crate::config::DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
+            ),
             idle_poll: Duration::from_secs(1),
         }
     }
@@ -102,6 +104,7 @@ pub async fn run<D, T, S, A, C>(
                 body: m.body.clone(),
                 attributes: m.attributes.clone(),
                 receive_count: m.receive_count,
+                sent_at_ms: Some(m.sent_at_ms),
             })
             .collect();
         let outcome = handler.handle(&batch).await;

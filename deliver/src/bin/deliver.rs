@@ -81,6 +81,32 @@ fn emit_metrics(crm: Crm, outcome: &DeliverOutcome) {
     }
 }
 
+/// `DeliverSettings` from the environment: `RETRY_WINDOW_SECONDS` (default 86400),
+/// `RETRY_BASE_SECONDS` (10), `RETRY_MAX_SECONDS` (900).
+fn settings(crm: Crm) -> Result<DeliverSettings, Error> {
+    let mut settings = DeliverSettings::for_crm(crm);
+    let seconds = |name: &str| -> Result<Option<std::time::Duration>, Error> {
+        match std::env::var(name) {
+            Ok(v) => v
+                .trim()
+                .parse::<u64>()
+                .map(|s| Some(std::time::Duration::from_secs(s.max(1))))
+                .map_err(|_| format!("{name} must be a whole number of seconds, not {v:?}").into()),
+            Err(_) => Ok(None),
+        }
+    };
+    if let Some(w) = seconds("RETRY_WINDOW_SECONDS")? {
+        settings.retry_window = w;
+    }
+    if let Some(b) = seconds("RETRY_BASE_SECONDS")? {
+        settings.retry_base = b;
+    }
+    if let Some(m) = seconds("RETRY_MAX_SECONDS")? {
+        settings.retry_max = m;
+    }
+    Ok(settings)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
@@ -119,7 +145,7 @@ async fn main() -> Result<(), Error> {
         queues,
         alerts,
         SystemClock,
-        DeliverSettings::for_crm(crm),
+        settings(crm)?,
     );
     let handler = &handler;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
