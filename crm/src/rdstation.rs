@@ -119,23 +119,29 @@ pub fn event(target: &RdStationTarget, m: &DeliveryMessage) -> (&'static str, Va
         EventType::CartAbandoned => ecommerce("ECOMMERCE_CART_ABANDONED"),
         EventType::Checkout => ecommerce("ECOMMERCE_CHECKOUT_STARTED"),
         EventType::Purchase => ecommerce("ECOMMERCE_ORDER_PLACED"),
-        other => {
-            let identifier = target
-                .conversion_identifiers
-                .get(other.as_str())
-                .cloned()
-                .unwrap_or_else(|| other.as_str().to_owned());
-            let mut p = Map::new();
-            p.insert("conversion_identifier".into(), json!(identifier));
-            p.insert("email".into(), json!(email));
-            for (cf, f) in target.custom_fields() {
-                if let Some(v) = field(m, &f) {
-                    p.insert(cf, json!(v));
-                }
-            }
-            ("CONVERSION", Value::Object(p))
+        _ => conversion(target, m),
+    }
+}
+
+/// The `CONVERSION` event of a message: `conversion_identifier` is the event type (or
+/// the target's `conversion_identifiers` entry for it), with the `cf_*` fields. It is
+/// what an API key can send, so API-key clients get every event type this way.
+pub fn conversion(target: &RdStationTarget, m: &DeliveryMessage) -> (&'static str, Value) {
+    let kind = m.event.event_type.as_str();
+    let identifier = target
+        .conversion_identifiers
+        .get(kind)
+        .cloned()
+        .unwrap_or_else(|| kind.to_owned());
+    let mut p = Map::new();
+    p.insert("conversion_identifier".into(), json!(identifier));
+    p.insert("email".into(), json!(m.event.email.as_str()));
+    for (cf, f) in target.custom_fields() {
+        if let Some(v) = field(m, &f) {
+            p.insert(cf, json!(v));
         }
     }
+    ("CONVERSION", Value::Object(p))
 }
 
 /// Classifies a non-success answer.
@@ -221,7 +227,14 @@ async fn send(
     api_key: Option<&ApiKey>,
     m: &DeliveryMessage,
 ) -> Outcome {
-    let (event_type, payload) = event(target, m);
+    // OAuth clients send e-commerce events as such; an API key covers conversions only,
+    // so API-key clients send every event as a conversion (as the system Connect
+    // replaces did).
+    let (event_type, payload) = if token.is_some() {
+        event(target, m)
+    } else {
+        conversion(target, m)
+    };
     let body = json!({"event_type": event_type, "event_family": "CDP", "payload": payload});
     let request = match (token, api_key) {
         (Some(t), _) => http
@@ -229,16 +242,10 @@ async fn send(
             .post(format!("{}/platform/events", t.api_endpoint))
             .query(&[("event_type", event_type)])
             .bearer_auth(t.access_token.expose()),
-        (None, Some(k)) if event_type == "CONVERSION" => http
+        (None, Some(k)) => http
             .client
             .post(format!("{}/platform/conversions", base_url(&k.base)))
             .query(&[("api_key", k.key.expose().as_str())]),
-        (None, Some(_)) => {
-            return Outcome::permanent(
-                "oauth_required",
-                format!("{event_type} needs OAuth credentials; the API key covers CONVERSION only"),
-            );
-        }
         (None, None) => return Outcome::token_rejected("no token"),
     };
     match request.json(&body).send().await {

@@ -481,7 +481,12 @@ where
             }
             Err(e) => return (all(Outcome::retry("directory", e.to_string())), 0),
         };
-        let api_key = self.api_key(&client, messages).await;
+        let api_key = match self.api_key(&client, messages).await {
+            Ok(k) => k,
+            // A transient directory failure must not turn an API-key client into one
+            // "without credentials" (which is permanent).
+            Err(e) => return (all(Outcome::retry("directory", e.to_string())), 0),
+        };
         let mut token = None;
         if client.secret_name.is_some() || api_key.is_none() {
             match self.tokens.current(&client).await {
@@ -551,18 +556,22 @@ where
         &self,
         client: &ClientConfig,
         messages: &[(usize, DeliveryMessage)],
-    ) -> Option<ApiKey> {
+    ) -> Result<Option<ApiKey>, domain::StoreError> {
         if self.crm != Crm::RdStation || client.secret_name.is_some() {
-            return None;
+            return Ok(None);
         }
-        let tid = messages.iter().find_map(|(_, m)| m.event.tid.clone())?;
-        let config = self.directory.rdstation_by_tid(&tid).await.ok()??;
-        Some(ApiKey {
-            key: config.token?,
+        let Some(tid) = messages.iter().find_map(|(_, m)| m.event.tid.clone()) else {
+            return Ok(None);
+        };
+        let Some(config) = self.directory.rdstation_by_tid(&tid).await? else {
+            return Ok(None);
+        };
+        Ok(config.token.map(|key| ApiKey {
+            key,
             base: config
                 .endpoint
                 .unwrap_or_else(|| crm::credentials::RDSTATION_API.to_owned()),
-        })
+        }))
     }
 
     /// The outcome of messages whose token could not be had, with an alert.

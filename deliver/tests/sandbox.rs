@@ -798,3 +798,80 @@ async fn a_long_outage_costs_a_bounded_number_of_calls() {
     assert!(outcome.redeliver.is_empty(), "{outcome:?}");
     assert!(env.dlq(Crm::Salesforce).await.is_empty());
 }
+
+#[tokio::test]
+async fn api_key_rd_clients_send_every_event_as_a_conversion() {
+    let env = env().await;
+    env.store
+        .upsert_client(&ClientConfig {
+            client_id: ClientId::parse("rd-key").expect("id"),
+            crm: Crm::RdStation,
+            active: true,
+            allowed_origins: AllowedOrigins::default(),
+            target: Some(json!({"conversion_identifiers": {"purchase": "compra-site"}})),
+            secret_name: None,
+            rate_limit_per_second: None,
+            policy: domain::ClientPolicy {
+                create_contacts: domain::ContactCreation::All,
+                ..Default::default()
+            },
+        })
+        .await
+        .expect("client");
+    env.store
+        .upsert_rdstation(&domain::RdStationConfig {
+            tid: "GA4.1.2".into(),
+            client_id: ClientId::parse("rd-key").expect("id"),
+            endpoint: Some(format!("{}/rdstation", env.sandbox)),
+            token: Some(domain::Secret::new("the-api-key".into())),
+        })
+        .await
+        .expect("rd config");
+    let batch = inbound_events(
+        &env,
+        Crm::RdStation,
+        "rd-key",
+        &[
+            ("a@example.com", "purchase"),
+            ("b@example.com", "cart_abandoned"),
+            ("c@example.com", "lead"),
+        ],
+    )
+    .await;
+    let outcome = env.handler(Crm::RdStation).handle(&batch).await;
+    assert!(outcome.redeliver.is_empty(), "{outcome:?}");
+    assert_eq!(
+        outcome.counts.get(&("rd-key".to_owned(), "delivered")),
+        Some(&3),
+        "{outcome:?}"
+    );
+    assert!(
+        env.dlq(Crm::RdStation).await.is_empty(),
+        "nothing is oauth_required"
+    );
+    let records = env.records().await;
+    let identifier = |email: &str| {
+        records
+            .iter()
+            .find(|r| r["email"] == email)
+            .map(|r| {
+                (
+                    r["raw"]["event_type"].clone(),
+                    r["raw"]["payload"]["conversion_identifier"].clone(),
+                )
+            })
+            .expect("delivered")
+    };
+    assert_eq!(
+        identifier("a@example.com"),
+        (json!("CONVERSION"), json!("compra-site"))
+    );
+    assert_eq!(
+        identifier("b@example.com"),
+        (json!("CONVERSION"), json!("cart_abandoned"))
+    );
+    assert_eq!(
+        identifier("c@example.com"),
+        (json!("CONVERSION"), json!("lead"))
+    );
+}

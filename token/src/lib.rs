@@ -177,6 +177,9 @@ where
         let clients: Vec<ClientConfig> = clients
             .into_iter()
             .filter(|c| c.active && only.is_none_or(|o| *o == c.client_id))
+            // An RD Station client with only an API key (no credentials secret) has no
+            // token by design: nothing to refresh, nothing to alert about.
+            .filter(|c| !(self.crm == Crm::RdStation && c.secret_name.is_none()))
             .collect();
         let mut summary = RefreshSummary::default();
         for chunk in clients.chunks(self.settings.concurrency.max(1)) {

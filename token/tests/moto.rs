@@ -244,3 +244,27 @@ async fn an_expired_responsys_token_falls_back_to_a_password_login() {
     assert_ne!(fresh.access_token, stale.access_token);
     assert!(fresh.issued_at > stale.issued_at);
 }
+
+#[tokio::test]
+async fn api_key_only_rd_clients_have_no_token_to_refresh() {
+    let Some(env) = env().await else { return };
+    env.directory
+        .put_client(&ClientConfig {
+            client_id: ClientId::parse("rd-key-only").expect("id"),
+            crm: Crm::RdStation,
+            active: true,
+            allowed_origins: AllowedOrigins::default(),
+            target: None,
+            secret_name: None,
+            rate_limit_per_second: None,
+            policy: Default::default(),
+        })
+        .await
+        .expect("client");
+    let summary = env.handler(Crm::RdStation).handle(None, true, None).await;
+    assert!(summary.failed.is_empty(), "{summary:?}");
+    assert!(
+        summary.refreshed.is_empty() && summary.still_valid.is_empty(),
+        "{summary:?}"
+    );
+}
