@@ -17,8 +17,16 @@ pub const PEEK_VISIBILITY: Duration = Duration::from_secs(5);
 /// How long a message being redriven (or skipped by a filter) stays hidden; skipped
 /// ones are released at the end, moved ones deleted.
 pub const REDRIVE_VISIBILITY: Duration = Duration::from_secs(120);
-/// Most messages read to compute `dlq list` on AWS.
-pub const LIST_SCAN_LIMIT: usize = 1000;
+/// Most messages sampled on SQS for the reasons of `dlq list` (the depth itself comes
+/// from the queue's attributes; locally everything is read).
+pub const LIST_SAMPLE_LIMIT: usize = 1000;
+/// Long-poll wait of SQS receives: a short poll samples a subset of the servers and may
+/// answer "empty" while messages wait.
+const SQS_WAIT_SECONDS: i32 = 2;
+/// Empty long-poll receives in a row that end a scan of an SQS queue.
+const EMPTY_RECEIVES_TO_STOP: u32 = 2;
+/// "No limit" for local reads (SQLite takes a signed 64-bit LIMIT).
+const UNBOUNDED: usize = i64::MAX as usize;
 /// Attributes a redrive removes.
 const FAILURE_ATTRIBUTES: [&str; 5] = [
     attr::FAILURE_REASON,
@@ -179,6 +187,7 @@ impl Backend {
                     .queue_url(&url)
                     .max_number_of_messages(i32::try_from(max.clamp(1, 10)).unwrap_or(10))
                     .visibility_timeout(i32::try_from(visibility.as_secs()).unwrap_or(30))
+                    .wait_time_seconds(SQS_WAIT_SECONDS)
                     .message_attribute_names("All")
                     .message_system_attribute_names(
                         aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp,
@@ -225,11 +234,50 @@ impl Backend {
         crm: Crm,
         seen: &mut std::collections::HashSet<String>,
     ) -> anyhow::Result<Vec<Message>> {
-        let batch = self.receive(crm, 10, REDRIVE_VISIBILITY).await?;
-        Ok(batch
-            .into_iter()
-            .filter(|m| seen.insert(m.message_id.clone()))
-            .collect())
+        let mut empty = 0;
+        loop {
+            let batch = self.receive(crm, 10, REDRIVE_VISIBILITY).await?;
+            let fresh: Vec<Message> = batch
+                .into_iter()
+                .filter(|m| seen.insert(m.message_id.clone()))
+                .collect();
+            if !fresh.is_empty() {
+                return Ok(fresh);
+            }
+            empty += 1;
+            // Locally an empty receive is exact; SQS may answer empty once too often.
+            if matches!(self, Backend::Local { .. }) || empty >= EMPTY_RECEIVES_TO_STOP {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    /// Messages in the DLQ: exact locally, SQS's approximate count on AWS (visible and
+    /// in flight).
+    async fn depth(&self, crm: Crm) -> anyhow::Result<u64> {
+        let url = self.url(crm, true)?;
+        match self {
+            Backend::Local { queues, .. } => Ok(queues.peek(&url, UNBOUNDED).await?.len() as u64),
+            Backend::Aws { sqs, .. } => {
+                use aws_sdk_sqs::types::QueueAttributeName as A;
+                let out = sqs
+                    .get_queue_attributes()
+                    .queue_url(&url)
+                    .attribute_names(A::ApproximateNumberOfMessages)
+                    .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+                    .send()
+                    .await
+                    .map_err(|e| sqs_error(e, &url))?;
+                let get = |a: A| {
+                    out.attributes()
+                        .and_then(|m| m.get(&a))
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                Ok(get(A::ApproximateNumberOfMessages)
+                    + get(A::ApproximateNumberOfMessagesNotVisible))
+            }
+        }
     }
 
     async fn release(&self, crm: Crm, receipt: &str) -> anyhow::Result<()> {
@@ -257,7 +305,11 @@ impl Backend {
         let url = self.url(crm, true)?;
         match self {
             Backend::Local { queues, .. } => {
-                queues.delete(&url, receipt).await?;
+                if !queues.delete(&url, receipt).await? {
+                    bail!(
+                        "the receipt is stale (the message was received again by someone else); it stays in the DLQ"
+                    );
+                }
             }
             Backend::Aws { sqs, .. } => {
                 sqs.delete_message()
@@ -304,12 +356,13 @@ impl Backend {
         Ok(())
     }
 
-    /// Every message of the DLQ (up to `limit`) without consuming it: a read locally;
-    /// on SQS, receives with a short visibility, then released at once.
-    async fn snapshot(&self, crm: Crm, limit: usize) -> anyhow::Result<Vec<Message>> {
+    /// The messages of the DLQ without consuming them: every one locally (a read); on
+    /// SQS up to `sample`, received with a short visibility, then released at once.
+    async fn snapshot(&self, crm: Crm, sample: usize) -> anyhow::Result<Vec<Message>> {
+        let limit = sample;
         match self {
             Backend::Local { queues, .. } => Ok(queues
-                .peek(&self.url(crm, true)?, limit)
+                .peek(&self.url(crm, true)?, UNBOUNDED)
                 .await?
                 .into_iter()
                 .map(|m| Message {
@@ -387,7 +440,8 @@ pub async fn list(targets: Vec<(Crm, Backend)>, json: bool) -> anyhow::Result<()
     let now = SystemClock.now_ms();
     let mut rows = Vec::new();
     for (crm, backend) in targets {
-        let messages = backend.snapshot(crm, LIST_SCAN_LIMIT).await?;
+        let depth = backend.depth(crm).await?;
+        let messages = backend.snapshot(crm, LIST_SAMPLE_LIMIT).await?;
         backend.close().await;
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
         for m in &messages {
@@ -402,7 +456,9 @@ pub async fn list(targets: Vec<(Crm, Backend)>, json: bool) -> anyhow::Result<()
             .min();
         rows.push(serde_json::json!({
             "crm": crm,
-            "depth": messages.len(),
+            "depth": depth.max(messages.len() as u64),
+            // Reasons are counted over every message locally, a sample on SQS.
+            "reasonsSampled": messages.len(),
             "oldestAgeSeconds": oldest.map(|t| (now - t) / 1000),
             "byReason": reasons,
         }));
@@ -439,7 +495,7 @@ pub async fn peek(
     show_pii: bool,
     json: bool,
 ) -> anyhow::Result<()> {
-    let messages = backend.snapshot(crm, LIST_SCAN_LIMIT).await?;
+    let messages = backend.snapshot(crm, LIST_SAMPLE_LIMIT).await?;
     backend.close().await;
     let shown: Vec<serde_json::Value> = messages
         .iter()
@@ -536,12 +592,18 @@ pub async fn redrive(
     dry_run: bool,
 ) -> anyhow::Result<()> {
     backend.url(crm, false)?;
-    let total = backend
-        .snapshot(crm, LIST_SCAN_LIMIT)
-        .await?
-        .iter()
-        .filter(|m| filter.matches(m))
-        .count() as u64;
+    // Locally the matching messages are counted exactly; on SQS the filter can only be
+    // applied while receiving, so the bar's length is the queue's depth and the scan
+    // goes on until the queue has no unseen message.
+    let total = match &backend {
+        Backend::Local { .. } => backend
+            .snapshot(crm, UNBOUNDED)
+            .await?
+            .iter()
+            .filter(|m| filter.matches(m))
+            .count() as u64,
+        Backend::Aws { .. } => backend.depth(crm).await?,
+    };
     if total == 0 {
         backend.close().await;
         bail!("nothing to redrive: the {crm} DLQ has no matching message");

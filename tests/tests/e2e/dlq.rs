@@ -344,3 +344,46 @@ async fn purge_needs_yes() {
     assert!(!unknown.status.success());
     assert!(text(&unknown).contains("hubspot"));
 }
+
+#[tokio::test]
+async fn a_client_filter_finds_its_messages_behind_a_thousand_others() {
+    let env = env(&["--no-deliver"]).await;
+    let db = rusqlite::Connection::open(env.data.join("connect.db")).expect("open rw");
+    let insert = |i: usize, client: &str| {
+        let attrs = json!([
+            ["clientId", client],
+            ["crm", "salesforce"],
+            ["failureReason", "rejected_by_crm"]
+        ]);
+        db.execute(
+            "INSERT INTO queue_messages (queue, message_id, body, attributes, sent_at, visible_at) VALUES ('salesforce-dlq', ?1, ?2, ?3, 1764000000000, 0)",
+            rusqlite::params![format!("m{i}"), json!({"v": 1, "recordId": format!("r{i}"), "clientId": client}).to_string(), attrs.to_string()],
+        )
+        .expect("insert");
+    };
+    for i in 0..1200 {
+        insert(i, "shop-big");
+    }
+    for i in 1200..1207 {
+        insert(i, "shop-small");
+    }
+    drop(db);
+    let list = connect(&env.data, &["dlq", "list", "--json"]);
+    assert!(list.status.success(), "{}", text(&list));
+    let rows: Value = serde_json::from_slice(&list.stdout).expect("json");
+    let sf = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["crm"] == "salesforce")
+        .cloned()
+        .expect("salesforce");
+    assert_eq!(sf["depth"], 1207, "{sf}");
+    let out = connect(
+        &env.data,
+        &["dlq", "redrive", "salesforce", "--client", "shop-small"],
+    );
+    assert!(text(&out).contains("7 moved"), "{}", text(&out));
+    assert_eq!(count(&env.data, "salesforce"), 7);
+    assert_eq!(count(&env.data, "salesforce-dlq"), 1200);
+}
