@@ -123,10 +123,77 @@ impl TokenStore for DynamoTokens {
             .map(|i| serde_dynamo::from_item(i).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
     }
+
+    /// An item `lease#{crm}` in the tokens table, put on condition that there is none or
+    /// it expired (or is the holder's own).
+    async fn acquire_refresh_lease(
+        &self,
+        client: &ClientId,
+        crm: Crm,
+        holder: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("clientId", AttributeValue::S(client.to_string()))
+            .item("crm", AttributeValue::S(format!("{LEASE_PREFIX}{crm}")))
+            .item("holder", AttributeValue::S(holder.to_owned()))
+            .item("leaseUntil", AttributeValue::N(until_ms.to_string()))
+            .condition_expression(
+                "attribute_not_exists(clientId) OR leaseUntil <= :now OR holder = :holder",
+            )
+            .expression_attribute_values(":now", AttributeValue::N(now_ms.to_string()))
+            .expression_attribute_values(":holder", AttributeValue::S(holder.to_owned()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn release_refresh_lease(
+        &self,
+        client: &ClientId,
+        crm: Crm,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("clientId", AttributeValue::S(client.to_string()))
+            .key("crm", AttributeValue::S(format!("{LEASE_PREFIX}{crm}")))
+            .condition_expression("holder = :holder")
+            .expression_attribute_values(":holder", AttributeValue::S(holder.to_owned()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
 }
 
 /// Sort-key prefix of refresh-status items in the tokens table.
 pub const STATUS_PREFIX: &str = "status#";
+/// Sort-key prefix of refresh-lease items in the tokens table.
+pub const LEASE_PREFIX: &str = "lease#";
 
 /// Secrets Manager.
 #[derive(Debug, Clone)]

@@ -140,3 +140,74 @@ async fn client_directory_reads_clients_tids_and_origins() {
     );
     assert_eq!(dir.rdstation_by_tid("GA4.1.1").await, Ok(None));
 }
+
+#[tokio::test]
+async fn one_refresh_lease_at_a_time_across_processes() {
+    use domain::TokenStore;
+    let Some((client, names)) = setup().await else {
+        return;
+    };
+    let tokens = aws::DynamoTokens::new(client, &names.tokens);
+    let c = cid("shop-rd");
+    assert!(
+        tokens
+            .acquire_refresh_lease(&c, Crm::RdStation, "a", 10_000, 0)
+            .await
+            .expect("a")
+    );
+    // Another holder waits while the lease runs…
+    assert!(
+        !tokens
+            .acquire_refresh_lease(&c, Crm::RdStation, "b", 20_000, 5_000)
+            .await
+            .expect("b")
+    );
+    // …other clients and CRMs are not affected…
+    assert!(
+        tokens
+            .acquire_refresh_lease(&cid("other"), Crm::RdStation, "b", 20_000, 5_000)
+            .await
+            .expect("other")
+    );
+    assert!(
+        tokens
+            .acquire_refresh_lease(&c, Crm::Salesforce, "b", 20_000, 5_000)
+            .await
+            .expect("crm")
+    );
+    // …a stranger cannot release it, the holder can; an expired one is taken over.
+    tokens
+        .release_refresh_lease(&c, Crm::RdStation, "b")
+        .await
+        .expect("no-op");
+    assert!(
+        !tokens
+            .acquire_refresh_lease(&c, Crm::RdStation, "b", 20_000, 5_000)
+            .await
+            .expect("b")
+    );
+    tokens
+        .release_refresh_lease(&c, Crm::RdStation, "a")
+        .await
+        .expect("release");
+    assert!(
+        tokens
+            .acquire_refresh_lease(&c, Crm::RdStation, "b", 20_000, 5_000)
+            .await
+            .expect("b")
+    );
+    assert!(
+        tokens
+            .acquire_refresh_lease(&c, Crm::RdStation, "c", 40_000, 20_001)
+            .await
+            .expect("expired")
+    );
+    // The lease items do not disturb the token itself.
+    assert!(
+        tokens
+            .get_token(&c, Crm::RdStation)
+            .await
+            .expect("get")
+            .is_none()
+    );
+}

@@ -59,6 +59,19 @@ pub enum Refreshed {
 
 type Flight = Arc<tokio::sync::Mutex<()>>;
 
+/// How long a refresh lease is held at most (a crashed holder's lease expires).
+pub const REFRESH_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a refresher waits for another process's refresh before giving up (the
+/// messages are retried).
+pub const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Pause between looks at another process's refresh.
+const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+enum Leased {
+    Held(String),
+    Refreshed(StoredToken),
+}
+
 /// Tokens of every client, refreshed on demand.
 pub struct TokenManager<T, S, C> {
     tokens: T,
@@ -140,6 +153,70 @@ impl<T: TokenStore, S: SecretStore, C: Clock> TokenManager<T, S, C> {
                 return Ok((s.clone(), Refreshed::Kept));
             }
         }
+        // RD Station retires a refresh token when it is used: across processes, one
+        // refresher at a time (the others wait for its token).
+        let lease = if client.crm == Crm::RdStation {
+            match self.lease(client, rejected).await? {
+                Leased::Held(holder) => Some(holder),
+                Leased::Refreshed(token) => return Ok((token, Refreshed::Kept)),
+            }
+        } else {
+            None
+        };
+        let result = self.refresh_unleased(client, stored, rejected, now).await;
+        if let Some(holder) = lease
+            && let Err(e) = self
+                .tokens
+                .release_refresh_lease(&client.client_id, client.crm, &holder)
+                .await
+        {
+            tracing::warn!(error = %e, "refresh lease not released; it expires by itself");
+        }
+        result
+    }
+
+    /// Takes the cross-process refresh lease, or waits for the holder's new token.
+    async fn lease(
+        &self,
+        client: &ClientConfig,
+        rejected: Option<&StoredToken>,
+    ) -> Result<Leased, TokenError> {
+        let holder = uuid::Uuid::new_v4().to_string();
+        let deadline = std::time::Instant::now() + LEASE_WAIT;
+        loop {
+            let now = self.clock.now_ms();
+            let until = now + i64::try_from(REFRESH_LEASE.as_millis()).unwrap_or(60_000);
+            if self
+                .tokens
+                .acquire_refresh_lease(&client.client_id, client.crm, &holder, until, now)
+                .await?
+            {
+                return Ok(Leased::Held(holder));
+            }
+            // Someone else refreshes: a token newer than the refused one is ours too.
+            if let Some(t) = self.tokens.get_token(&client.client_id, client.crm).await?
+                && !t.is_expired(now)
+                && rejected.is_none_or(|r| r.access_token != t.access_token)
+                && !t.is_due(now)
+            {
+                return Ok(Leased::Refreshed(t));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(TokenError::Transient(
+                    "another process is refreshing this client's token".into(),
+                ));
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+        }
+    }
+
+    async fn refresh_unleased(
+        &self,
+        client: &ClientConfig,
+        stored: Option<StoredToken>,
+        rejected: Option<&StoredToken>,
+        now: i64,
+    ) -> Result<(StoredToken, Refreshed), TokenError> {
         let name = client
             .secret_name
             .as_deref()

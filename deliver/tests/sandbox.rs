@@ -875,3 +875,42 @@ async fn api_key_rd_clients_send_every_event_as_a_conversion() {
         (json!("CONVERSION"), json!("lead"))
     );
 }
+
+#[tokio::test]
+async fn two_processes_refreshing_rd_at_once_never_lose_the_refresh_token() {
+    let env = env().await;
+    let client = ClientConfig {
+        client_id: ClientId::parse("shop-d").expect("id"),
+        crm: Crm::RdStation,
+        active: true,
+        allowed_origins: AllowedOrigins::default(),
+        target: None,
+        secret_name: Some("/connect/rdstation/shop/credentials".into()),
+        rate_limit_per_second: None,
+        policy: domain::ClientPolicy::default(),
+    };
+    let http = crm::CrmHttp::new(&crm::HttpSettings::default()).expect("http");
+    // Two managers = two processes (no shared single-flight), two secret-file handles.
+    let manager = || {
+        std::sync::Arc::new(crm::TokenManager::new(
+            env.store.clone(),
+            FileSecrets::open(&env._dir.path().join("secrets.json")),
+            SystemClock,
+            http.clone(),
+        ))
+    };
+    let (a, b) = (manager(), manager());
+    for round in 0..3 {
+        let (ra, rb) = tokio::join!(
+            a.refresh(&client, true, None),
+            b.refresh(&client, true, None)
+        );
+        assert!(ra.is_ok(), "round {round}: {ra:?}");
+        assert!(rb.is_ok(), "round {round}: {rb:?}");
+    }
+    // The refresh token saved is the live one: a third process can still refresh.
+    let c = manager();
+    c.refresh(&client, true, None)
+        .await
+        .expect("the saved refresh token still works");
+}

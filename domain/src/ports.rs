@@ -202,6 +202,12 @@ macro_rules! forward_ports {
             async fn refresh_status(&self, client: &ClientId, crm: Crm) -> Result<Option<crate::token::RefreshStatus>, StoreError> {
                 (**self).refresh_status(client, crm).await
             }
+            async fn acquire_refresh_lease(&self, client: &ClientId, crm: Crm, holder: &str, until_ms: i64, now_ms: i64) -> Result<bool, StoreError> {
+                (**self).acquire_refresh_lease(client, crm, holder, until_ms, now_ms).await
+            }
+            async fn release_refresh_lease(&self, client: &ClientId, crm: Crm, holder: &str) -> Result<(), StoreError> {
+                (**self).release_refresh_lease(client, crm, holder).await
+            }
         }
         #[async_trait]
         impl<T: SecretStore + ?Sized> SecretStore for $wrapper {
@@ -246,6 +252,25 @@ pub trait TokenStore: Send + Sync {
         client: &ClientId,
         crm: Crm,
     ) -> Result<Option<crate::token::RefreshStatus>, StoreError>;
+    /// Takes the refresh lease of (client, CRM) for `holder` until `until_ms`, unless
+    /// another holder's lease runs past `now_ms` (a conditional write: across processes,
+    /// one refresher at a time — an RD Station refresh retires the refresh token it used,
+    /// so two at once could save a dead one). Returns whether it was taken.
+    async fn acquire_refresh_lease(
+        &self,
+        client: &ClientId,
+        crm: Crm,
+        holder: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Gives the lease back (only `holder`'s).
+    async fn release_refresh_lease(
+        &self,
+        client: &ClientId,
+        crm: Crm,
+        holder: &str,
+    ) -> Result<(), StoreError>;
 }
 
 /// Secrets (Secrets Manager on AWS, a local file otherwise).

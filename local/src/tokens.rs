@@ -3,7 +3,7 @@
 use crate::store::SqliteStore;
 use async_trait::async_trait;
 use domain::{ClientId, Crm, Secret, SecretStore, StoreError, StoredToken, TokenStore};
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -75,6 +75,61 @@ impl TokenStore for SqliteStore {
         )
         .await
     }
+
+    /// A row of `meta` (`lease:{client}:{crm}` → `{holder} {until}`), taken in one
+    /// write transaction (SQLite has one writer: the check and the write are atomic).
+    async fn acquire_refresh_lease(
+        &self,
+        client: &ClientId,
+        crm: Crm,
+        holder: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let key = format!("lease:{client}:{crm}");
+        let value = format!("{holder} {until_ms}");
+        let holder = holder.to_owned();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let current: Option<String> = tx
+                .query_row("SELECT value FROM meta WHERE key = ?1", [&key], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let free = current.as_deref().is_none_or(|v| {
+                let (h, until) = v.split_once(' ').unwrap_or(("", "0"));
+                h == holder || until.parse::<i64>().unwrap_or(0) <= now_ms
+            });
+            if free {
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![key, value],
+                )?;
+            }
+            tx.commit()?;
+            Ok(free)
+        })
+        .await
+    }
+
+    async fn release_refresh_lease(
+        &self,
+        client: &ClientId,
+        crm: Crm,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let key = format!("lease:{client}:{crm}");
+        let prefix = format!("{holder} %");
+        self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM meta WHERE key = ?1 AND value LIKE ?2",
+                params![key, prefix],
+            )
+            .map(drop)
+        })
+        .await
+    }
 }
 
 /// Credentials from a JSON file: `{"<secret name>": <credentials object or string>}`.
@@ -120,24 +175,37 @@ impl FileSecrets {
         }
     }
 
-    /// Writes every secret (atomically, 0600).
+    /// Writes every secret atomically (a temp file of its own in the same directory,
+    /// mode 0600, fsync'd, renamed over the file): two writers never share a temp file.
     pub fn write_all(&self, all: &BTreeMap<String, serde_json::Value>) -> Result<(), StoreError> {
-        let tmp = self.path.with_extension("tmp");
+        use std::io::Write;
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let text = serde_json::to_string_pretty(all).map_err(unavailable)?;
-        {
-            use std::io::Write;
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut f = options.open(&tmp).map_err(unavailable)?;
-            f.write_all(text.as_bytes()).map_err(unavailable)?;
-            f.sync_all().map_err(unavailable)?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(unavailable)
+        // tempfile creates it 0600 on unix.
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(unavailable)?;
+        tmp.write_all(text.as_bytes()).map_err(unavailable)?;
+        tmp.as_file().sync_all().map_err(unavailable)?;
+        tmp.persist(&self.path).map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// An exclusive lock on `{file}.lock` across processes (`connect serve` and a
+    /// `connect tokens refresh` next to it), held for a read-modify-write.
+    fn lock_file(&self) -> Result<std::fs::File, StoreError> {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(".lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(PathBuf::from(name))
+            .map_err(unavailable)?;
+        f.lock().map_err(unavailable)?;
+        Ok(f)
     }
 }
 
@@ -155,6 +223,7 @@ impl SecretStore for FileSecrets {
 
     async fn put_secret(&self, name: &str, value: &Secret<String>) -> Result<(), StoreError> {
         let _g = self.lock.lock().await;
+        let _file_lock = self.lock_file()?;
         let mut all = self.read_all()?;
         let v = serde_json::from_str(value.expose())
             .unwrap_or_else(|_| serde_json::Value::String(value.expose().clone()));
