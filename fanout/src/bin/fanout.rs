@@ -38,6 +38,14 @@ fn emit_metrics(outcome: &FanoutOutcome) {
             );
         }
     }
+    // The total without dimensions: what the partial-failure alarm watches.
+    let failed_total: u64 = outcome.failed.values().sum();
+    if failed_total > 0 {
+        println!(
+            "{}",
+            domain::emf::line(now, &[], &[("FanoutFailed", failed_total as f64, "Count")])
+        );
+    }
     let skipped = outcome.skipped_total();
     if skipped > 0 {
         println!(

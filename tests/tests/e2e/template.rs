@@ -208,15 +208,12 @@ fn event_sources_report_partial_failures_and_are_bounded() {
         if function == "FanoutLambdaFunction" {
             assert_eq!(p["BisectBatchOnFunctionError"], true);
             assert!(
+                // Retried as long as the stream keeps records (bounded: never -1).
                 p["MaximumRetryAttempts"]
                     .as_i64()
-                    .is_some_and(|n| (0..=100).contains(&n))
+                    .is_some_and(|n| (1000..=10_000).contains(&n))
             );
-            assert!(
-                p["MaximumRecordAgeInSeconds"]
-                    .as_i64()
-                    .is_some_and(|n| n > 0)
-            );
+            assert_eq!(p["MaximumRecordAgeInSeconds"].as_i64(), Some(86_400));
             assert!(p["DestinationConfig"]["OnFailure"]["Destination"].is_object());
             let pattern = p["FilterCriteria"]["Filters"][0]["Pattern"]
                 .as_str()
@@ -338,4 +335,48 @@ fn the_front_door_bounds_abuse_before_it_reaches_a_lambda() {
             );
         }
     }
+}
+
+#[test]
+fn stream_lag_and_fanout_failures_raise_alarms_that_name_the_way_out() {
+    let Some(t) = template() else { return };
+    let resources = t["Resources"].as_object().expect("resources");
+    let alarms: Vec<&Value> = resources
+        .values()
+        .filter(|r| r["Type"] == "AWS::CloudWatch::Alarm")
+        .collect();
+    let iterator_age = alarms
+        .iter()
+        .find(|a| a["Properties"]["MetricName"] == "IteratorAge")
+        .expect("IteratorAge alarm");
+    assert_eq!(
+        iterator_age["Properties"]["Dimensions"][0]["Value"]["Ref"],
+        "FanoutLambdaFunction"
+    );
+    let fanout_failed = alarms
+        .iter()
+        .find(|a| {
+            a["Properties"]["MetricName"] == "FanoutFailed"
+                && a["Properties"]["Namespace"] == "Connect"
+        })
+        .expect("FanoutFailed alarm");
+    assert!(fanout_failed["Properties"]["AlarmActions"].is_array());
+    for a in [iterator_age, fanout_failed] {
+        let text = a["Properties"]["AlarmDescription"].as_str().expect("text");
+        assert!(text.contains("connect replay"), "{text}");
+    }
+    // And the queue of stream failures points to replay, not to `dlq`.
+    let stream = alarms
+        .iter()
+        .find(|a| {
+            a["Properties"]["AlarmDescription"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("StreamFailureQueue"))
+        })
+        .expect("stream failure alarm");
+    assert!(
+        stream["Properties"]["AlarmDescription"]
+            .as_str()
+            .is_some_and(|d| d.contains("connect replay"))
+    );
 }
