@@ -6,10 +6,12 @@ mod config;
 mod dlq;
 mod http_server;
 mod metrics;
+mod replay;
 mod runtime;
 mod serve;
 mod tokens;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -74,6 +76,32 @@ enum Command {
         json: bool,
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// Re-route stored records to the delivery queues (after a stream failure, or to
+    /// deliver again). At least once: records already delivered are delivered again.
+    Replay {
+        /// Records received at or after: 2026-12-01T10:00:00Z, 2026-12-01, or 6h / 90m / 2d ago.
+        #[arg(long, value_name = "T")]
+        since: String,
+        /// Records received before [default: now].
+        #[arg(long, value_name = "T")]
+        until: Option<String>,
+        /// Only this client.
+        #[arg(long, value_name = "ID")]
+        client: Option<String>,
+        /// Only this CRM.
+        #[arg(long, value_name = "CRM")]
+        crm: Option<domain::Crm>,
+        /// Count what would be replayed; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Use AWS: the table named by NAVIGATION_TABLE, the queues of QUEUE_URL_{CRM} /
+        /// DLQ_URL_{CRM}.
+        #[arg(long)]
+        aws: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
     },
     /// CRM tokens: expiry and last refresh per client.
     Tokens {
@@ -279,6 +307,23 @@ fn main() -> std::process::ExitCode {
                     }
                     (None, _) => Ok(()),
                 }
+            }
+            Command::Replay { since, until, client, crm, dry_run, aws, json } => {
+                use domain::Clock;
+                let data = cli.data.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR));
+                let now = domain::SystemClock.now_ms();
+                let selection = replay::Selection {
+                    since_ms: replay::parse_time(&since, now).context("--since")?,
+                    until_ms: match until {
+                        Some(u) => replay::parse_time(&u, now).context("--until")?,
+                        None => now + 1,
+                    },
+                    client: client
+                        .map(|c| domain::ClientId::parse(&c).map_err(|e| anyhow::anyhow!("--client: {e}")))
+                        .transpose()?,
+                    crm,
+                };
+                replay::run(&data, aws, selection, dry_run, json).await
             }
             Command::Tokens { json, command } => {
                 let data = cli.data.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR));

@@ -8,6 +8,7 @@ mod dlq_aws;
 mod fanout;
 mod ingest_http;
 mod lifecycle;
+mod replay;
 mod template;
 mod tokens;
 
