@@ -130,6 +130,9 @@ struct App {
     ip_limit: IpLimit,
     body_timeout: Duration,
     health: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    /// When an event could last not be stored (ms since `started`), or -1.
+    last_write_failure_ms: std::sync::atomic::AtomicI64,
+    started: Instant,
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -285,6 +288,8 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
                 .max(1),
         ),
         health: tokio::sync::Mutex::new(None),
+        last_write_failure_ms: std::sync::atomic::AtomicI64::new(-1),
+        started: Instant::now(),
     });
 
     // The change-feed poller: records → the local CRM queues.
@@ -615,6 +620,11 @@ async fn ingest_route(
         .await;
     app.metrics
         .observe(&response, started.elapsed().as_secs_f64());
+    if response.outcome == ingest::Outcome::Unavailable {
+        let at = i64::try_from(app.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        app.last_write_failure_ms
+            .store(at, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut out = Response::new(Body::from(response.body));
     *out.status_mut() =
         StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -651,10 +661,17 @@ async fn read_body(body: Body) -> Option<bytes::Bytes> {
     (total <= SHELL_BODY_LIMIT).then(|| buf.freeze())
 }
 
-/// 200 while the store takes writes. The write probe runs at most once per
-/// [`HEALTH_PROBE_INTERVAL`]; calls in between reuse its answer.
+/// 200 while the store takes writes: 503 when an event could not be stored within the
+/// last [`HEALTH_PROBE_INTERVAL`], or when the write probe fails. The probe runs at most
+/// once per interval; calls in between reuse its answer.
 async fn health(State(app): State<Arc<App>>) -> Response {
-    let healthy = {
+    let failed_at = app
+        .last_write_failure_ms
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let now = i64::try_from(app.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+    let recent_failure = failed_at >= 0
+        && now - failed_at < i64::try_from(HEALTH_PROBE_INTERVAL.as_millis()).unwrap_or(2000);
+    let healthy = !recent_failure && {
         let mut last = app.health.lock().await;
         match *last {
             Some((at, ok)) if at.elapsed() < HEALTH_PROBE_INTERVAL => ok,

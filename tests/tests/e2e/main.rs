@@ -6,6 +6,7 @@ mod delivery;
 mod dlq;
 mod dlq_aws;
 mod fanout;
+mod faults;
 mod ingest_http;
 mod lifecycle;
 mod replay;
