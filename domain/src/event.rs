@@ -679,8 +679,14 @@ fn parse_properties(obj: Map<String, Value>, errors: &mut Vec<FieldError>) -> Ma
             || name.chars().count() > MAX_PROPERTY_NAME_LEN
             || name.chars().any(|c| c.is_control())
         {
+            // An empty name cannot name itself: the error names the extra fields.
+            let field = if name.is_empty() {
+                "properties".to_owned()
+            } else {
+                truncate(&name, MAX_PROPERTY_NAME_LEN)
+            };
             errors.push(FieldError::new(
-                truncate(&name, MAX_PROPERTY_NAME_LEN),
+                field,
                 "property_name",
                 format!(
                     "extra field names must be 1 to {MAX_PROPERTY_NAME_LEN} printable characters"

@@ -498,3 +498,17 @@ fn body_must_be_an_object() {
         assert_eq!(errors[0].rule, "object");
     }
 }
+
+/// Found by `cargo fuzz` (fuzz/corpus/gtm_event): an extra field with an empty name gave
+/// an error naming an empty field.
+#[test]
+fn an_extra_field_without_a_name_is_named_in_the_error() {
+    let errors = domain::GtmEvent::parse(
+        domain::Crm::Responsys,
+        serde_json::json!({"": "nope", "clientId": "shop", "email": "a@b.co", "eventType": "lead"}),
+    )
+    .expect_err("invalid");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].field, "properties");
+    assert_eq!(errors[0].rule, "property_name");
+}
