@@ -183,7 +183,11 @@ where
                 Ok(d) => {
                     dispositions[i] = Some(Disposition::DeadLetter {
                         reason: "malformed_message",
-                        status: "wrong_queue".into(),
+                        status: if d.v == domain::delivery::MESSAGE_VERSION {
+                            "wrong_queue".into()
+                        } else {
+                            "unknown_version".into()
+                        },
                         detail: format!(
                             "a v{} message for {} on the {} queue",
                             d.v, d.crm, self.crm
