@@ -741,3 +741,47 @@ pub async fn purge(
     println!("{crm}: {removed} message(s) removed from the DLQ");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stale_receipt_does_not_count_as_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
+        let queues = LocalQueues::new(store.clone(), Arc::new(SystemClock), 1000);
+        let dlq = local::queue_name(Crm::Responsys, domain::QueueKind::DeadLetter);
+        queues
+            .send(&dlq, vec![("{}".to_owned(), Vec::new())], Duration::ZERO)
+            .await
+            .expect("send");
+        let backend = Backend::Local {
+            store: store.clone(),
+            queues: queues.clone(),
+        };
+        let first = backend
+            .receive(Crm::Responsys, 1, Duration::ZERO)
+            .await
+            .expect("receive");
+        // Someone else receives it meanwhile: the first receipt is stale.
+        let second = backend
+            .receive(Crm::Responsys, 1, Duration::from_secs(60))
+            .await
+            .expect("receive");
+        assert_eq!(first.len(), 1);
+        assert_eq!(second.len(), 1);
+        let err = backend
+            .delete(Crm::Responsys, &first[0].receipt)
+            .await
+            .expect_err("stale");
+        assert!(err.to_string().contains("stale"), "{err}");
+        assert_eq!(queues.peek(&dlq, 10).await.expect("peek").len(), 1);
+        backend
+            .delete(Crm::Responsys, &second[0].receipt)
+            .await
+            .expect("the current receipt deletes");
+        assert!(queues.peek(&dlq, 10).await.expect("peek").is_empty());
+        store.shutdown().await;
+    }
+}

@@ -927,3 +927,104 @@ async fn two_processes_refreshing_rd_at_once_never_lose_the_refresh_token() {
         .await
         .expect("the saved refresh token still works");
 }
+
+/// The store's directory, with RD Station config reads that fail while `fail` is set.
+struct FlakyTids {
+    inner: SqliteStore,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait]
+impl domain::ClientDirectory for FlakyTids {
+    async fn client(&self, id: &ClientId) -> Result<Option<ClientConfig>, domain::StoreError> {
+        self.inner.client(id).await
+    }
+    async fn rdstation_by_tid(
+        &self,
+        tid: &str,
+    ) -> Result<Option<domain::RdStationConfig>, domain::StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(domain::StoreError::Unavailable("throttled".into()));
+        }
+        self.inner.rdstation_by_tid(tid).await
+    }
+    async fn origins_for(&self, crm: Crm) -> Result<Vec<String>, domain::StoreError> {
+        self.inner.origins_for(crm).await
+    }
+    async fn clients_of(&self, crm: Crm) -> Result<Vec<ClientConfig>, domain::StoreError> {
+        self.inner.clients_of(crm).await
+    }
+}
+
+#[tokio::test]
+async fn an_api_key_client_is_retried_not_dead_lettered_when_its_config_cannot_be_read() {
+    use domain::ClientDirectory as _;
+    let env = env().await;
+    env.store
+        .upsert_client(&ClientConfig {
+            client_id: ClientId::parse("rd-key").expect("id"),
+            crm: Crm::RdStation,
+            active: true,
+            allowed_origins: AllowedOrigins::default(),
+            target: None,
+            secret_name: None,
+            rate_limit_per_second: None,
+            policy: domain::ClientPolicy {
+                create_contacts: domain::ContactCreation::All,
+                ..Default::default()
+            },
+        })
+        .await
+        .expect("client");
+    env.store
+        .upsert_rdstation(&domain::RdStationConfig {
+            tid: "GA4.1.2".into(),
+            client_id: ClientId::parse("rd-key").expect("id"),
+            endpoint: Some(format!("{}/rdstation", env.sandbox)),
+            token: Some(domain::Secret::new("the-api-key".into())),
+        })
+        .await
+        .expect("rd config");
+    assert!(
+        env.store
+            .rdstation_by_tid("GA4.1.2")
+            .await
+            .expect("read")
+            .is_some()
+    );
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let directory = FlakyTids {
+        inner: env.store.clone(),
+        fail: Arc::clone(&fail),
+    };
+    let http = crm::CrmHttp::new(&crm::HttpSettings::default()).expect("http");
+    let handler = DeliverHandler::new(
+        Crm::RdStation,
+        directory,
+        std::sync::Arc::new(crm::TokenManager::new(
+            env.store.clone(),
+            env.secrets.clone(),
+            SystemClock,
+            http.clone(),
+        )),
+        http,
+        env.queues.clone(),
+        Arc::new(DedupAlerts::new(
+            Arc::clone(&env.alerts),
+            SystemClock,
+            300_000,
+        )),
+        SystemClock,
+        DeliverSettings::for_crm(Crm::RdStation),
+    );
+    let batch = inbound_events(&env, Crm::RdStation, "rd-key", &[("a@example.com", "lead")]).await;
+    let outcome = handler.handle(&batch).await;
+    assert_eq!(outcome.redeliver.len(), 1, "{outcome:?}");
+    assert!(
+        env.dlq(Crm::RdStation).await.is_empty(),
+        "dead-lettered on a transient read failure"
+    );
+    fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    let outcome = handler.handle(&batch).await;
+    assert!(outcome.redeliver.is_empty(), "{outcome:?}");
+}

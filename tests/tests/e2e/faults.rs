@@ -599,3 +599,23 @@ async fn a_full_disk_gives_503_never_a_false_202_and_recovers_without_restart() 
     drop(server);
     drop(disk);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_expiring_every_few_seconds_leave_no_dlq_entry() {
+    let rig = Rig::new(FAST_RETRIES);
+    let server = rig.serve();
+    rig.fault(json!({"crm": "responsys", "mode": "expire_tokens", "tokenTtlMs": 1500}))
+        .await;
+    let base = Arc::new(Mutex::new(server.base.clone()));
+    let sent = load(rig.http.clone(), base, "expiry", 60, 6.0).await;
+    let delivered = rig
+        .wait_delivered(&sent.acked, Duration::from_secs(60))
+        .await;
+    let dead = rig.dlq("responsys-dlq");
+    assert!(
+        dead.is_empty(),
+        "{} dead-lettered while tokens expired",
+        dead.len()
+    );
+    report("tokens living 1.5 s", &sent, &delivered, &dead);
+}
