@@ -10,6 +10,8 @@ pub const CLIENTS_TABLE: &str = "CLIENTS_TABLE";
 pub const RDSTATION_CONFIG_TABLE: &str = "RDSTATION_CONFIG_TABLE";
 /// Tokens table name.
 pub const TOKENS_TABLE: &str = "TOKENS_TABLE";
+/// Suppression table (LGPD) and audit trail.
+pub const SUPPRESSION_TABLE: &str = "SUPPRESSION_TABLE";
 /// Hours a navigation record is kept.
 pub const RECORD_TTL_HOURS: &str = "RECORD_TTL_HOURS";
 /// SNS topic for alerts.

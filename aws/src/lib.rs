@@ -15,13 +15,16 @@
 
 pub mod dynamo;
 pub mod env;
+pub mod privacy;
 pub mod provision;
 pub mod sns;
 pub mod sqs;
+pub mod suppressions;
 pub mod testing;
 pub mod tokens;
 
 pub use dynamo::{DynamoClientDirectory, DynamoRecordStore};
 pub use sns::SnsAlerts;
 pub use sqs::SqsQueues;
+pub use suppressions::DynamoSuppressions;
 pub use tokens::{DynamoTokens, SecretsManager};

@@ -18,6 +18,8 @@ pub struct TableNames {
     pub rdstation: String,
     /// Tokens.
     pub tokens: String,
+    /// Suppressions (LGPD) and the audit trail.
+    pub suppressions: String,
 }
 
 impl TableNames {
@@ -28,6 +30,7 @@ impl TableNames {
             clients: format!("{prefix}-clients"),
             rdstation: format!("{prefix}-rdstation-config"),
             tokens: format!("{prefix}-tokens"),
+            suppressions: format!("{prefix}-suppressions"),
         }
     }
 }
@@ -77,6 +80,7 @@ pub async fn create_tables(client: &Client, names: &TableNames) -> Result<String
         (&names.clients, "clientId", None),
         (&names.rdstation, "tid", None),
         (&names.tokens, "clientId", Some("crm")),
+        (&names.suppressions, "emailKey", Some("scope")),
     ] {
         let mut req = client
             .create_table()

@@ -47,6 +47,9 @@ pub struct FileConfig {
     /// `[limits]`.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// `[privacy]`.
+    #[serde(default)]
+    pub privacy: PrivacySection,
     /// `[[clients]]`.
     #[serde(default)]
     pub clients: Vec<ClientSection>,
@@ -99,6 +102,43 @@ pub struct LimitsSection {
     /// Refused requests of one client within 5 minutes that raise one alert (default
     /// 500; 0: no alert).
     pub refusal_alert_threshold: Option<u64>,
+}
+
+/// `[privacy]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySection {
+    /// Bearer token of `POST /privacy/erasure` (without it the endpoint does not exist).
+    /// Prefer `operator_token_file`.
+    pub operator_token: Option<String>,
+    /// File holding that token (first line).
+    pub operator_token_file: Option<PathBuf>,
+}
+
+impl PrivacySection {
+    /// The operator token, if one is configured.
+    pub fn token(&self) -> anyhow::Result<Option<domain::Secret<String>>> {
+        let token = match (&self.operator_token, &self.operator_token_file) {
+            (Some(t), _) => Some(t.trim().to_owned()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("privacy.operator_token_file {}", path.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        match token {
+            Some(t) if t.len() < 16 => {
+                bail!("privacy.operator_token: use at least 16 characters")
+            }
+            Some(t) => Ok(Some(domain::Secret::new(t))),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Default of `[limits] ip_requests_per_5min`.
@@ -251,6 +291,8 @@ pub struct ClientSection {
     pub create_contacts: Option<ContactCreation>,
     /// Secret holding the signing key (default `/connect/signing/{client_id}`).
     pub signing_secret_name: Option<String>,
+    /// Keep only events whose `consent` is granted (default false).
+    pub require_consent: Option<bool>,
 }
 
 /// `[[rdstation]]`.
@@ -318,6 +360,7 @@ impl FileConfig {
                             .email_events_per_minute
                             .unwrap_or(domain::client::DEFAULT_EMAIL_EVENTS_PER_MINUTE),
                         create_contacts: c.create_contacts.unwrap_or_default(),
+                        require_consent: c.require_consent.unwrap_or(false),
                         signing_secret_name: c.signing_secret_name.clone(),
                     },
                 })

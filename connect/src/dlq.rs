@@ -496,13 +496,27 @@ pub async fn peek(
     json: bool,
 ) -> anyhow::Result<()> {
     let messages = backend.snapshot(crm, LIST_SAMPLE_LIMIT).await?;
-    backend.close().await;
     let shown: Vec<serde_json::Value> = messages
         .iter()
         .filter(|m| client.is_none_or(|c| m.attr(attr::CLIENT_ID) == Some(c)))
         .take(n)
         .map(|m| summary_of(m, show_pii))
         .collect();
+    // Emails in clear leave a trace: who, when, how many (never which).
+    if show_pii && !shown.is_empty() {
+        let store = match &backend {
+            Backend::Local { store, .. } => Some(store),
+            Backend::Aws { .. } => None,
+        };
+        let audited = crate::privacy::audit_show_pii(store, client, shown.len() as u64).await;
+        if let Err(e) = audited {
+            backend.close().await;
+            return Err(
+                e.context("the audit record of --show-pii could not be written; nothing shown")
+            );
+        }
+    }
+    backend.close().await;
     if shown.is_empty() {
         bail!(
             "the {crm} DLQ is empty{}",

@@ -6,6 +6,7 @@ mod config;
 mod dlq;
 mod http_server;
 mod metrics;
+mod privacy;
 mod replay;
 mod runtime;
 mod serve;
@@ -103,6 +104,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// LGPD: erase a person (by email) and keep them out, or lift that.
+    Privacy {
+        /// Use AWS: NAVIGATION_TABLE, SUPPRESSION_TABLE, QUEUE_URL_{CRM} / DLQ_URL_{CRM},
+        /// and the installation key in Secrets Manager.
+        #[arg(long, global = true)]
+        aws: bool,
+        /// Secrets file holding the installation key [default: DATA/secrets.json].
+        #[arg(long, global = true, value_name = "FILE")]
+        secrets: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: PrivacyCommand,
+    },
     /// CRM tokens: expiry and last refresh per client.
     Tokens {
         /// JSON output.
@@ -182,6 +198,35 @@ enum TokensCommand {
         /// Credentials file [default: DATA/secrets.json].
         #[arg(long, value_name = "FILE")]
         secrets: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PrivacyCommand {
+    /// Delete the person's records and queued and dead-lettered messages, and suppress
+    /// their email (for one client, or for all).
+    Erase {
+        /// The person's email.
+        #[arg(long)]
+        email: String,
+        /// Only for this client [default: every client].
+        #[arg(long, value_name = "ID")]
+        client: Option<String>,
+        /// Who asks, for the audit trail [default: $USER].
+        #[arg(long, value_name = "NAME")]
+        actor: Option<String>,
+    },
+    /// Lift a suppression (e.g. after a new consent).
+    Unsuppress {
+        /// The person's email.
+        #[arg(long)]
+        email: String,
+        /// The client's suppression [default: the global one].
+        #[arg(long, value_name = "ID")]
+        client: Option<String>,
+        /// Who asks, for the audit trail [default: $USER].
+        #[arg(long, value_name = "NAME")]
+        actor: Option<String>,
     },
 }
 
@@ -324,6 +369,24 @@ fn main() -> std::process::ExitCode {
                     crm,
                 };
                 replay::run(&data, aws, selection, dry_run, json).await
+            }
+            Command::Privacy { aws, secrets, json, command } => {
+                let data = cli.data.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR));
+                let (erase, email, client, actor) = match command {
+                    PrivacyCommand::Erase { email, client, actor } => (true, email, client, actor),
+                    PrivacyCommand::Unsuppress { email, client, actor } => (false, email, client, actor),
+                };
+                privacy::run(privacy::Command {
+                    data: &data,
+                    secrets: secrets.as_deref(),
+                    aws,
+                    erase,
+                    email: &email,
+                    client: client.as_deref(),
+                    actor,
+                    json,
+                })
+                .await
             }
             Command::Tokens { json, command } => {
                 let data = cli.data.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR));

@@ -125,6 +125,8 @@ impl IpLimit {
 
 struct App {
     handler: Handler,
+    /// The erasure endpoint's token and what it needs.
+    erasure: Option<Erasure>,
     store: SqliteStore,
     metrics: Arc<Metrics>,
     ip_limit: IpLimit,
@@ -240,6 +242,12 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         SystemClock,
         domain::alerts::DEFAULT_ALERT_WINDOW_MS,
     ));
+    let keyer = crate::privacy::local_keyer(&secrets).await?;
+    // One suppression cache for ingest and every delivery handler of the process.
+    let privacy = domain::privacy::Privacy::new(
+        keyer.clone(),
+        Some(Arc::new(store.clone()) as Arc<dyn domain::privacy::SuppressionStore>),
+    );
     let record_store = if opts.discard {
         tracing::warn!("--discard: events are validated but NOT stored (benchmark mode)");
         ServeStore::Discard
@@ -260,6 +268,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         },
     )
     .with_signing_keys(Arc::new(secrets.clone()))
+    .with_privacy(privacy.clone())
     .with_alerts(Arc::clone(&alerts) as Arc<dyn AlertSink>);
     let metrics = Arc::new(Metrics::default());
     let per_5min = file
@@ -272,6 +281,11 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             std::num::NonZeroU32::new(per_5min.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
         );
     let app = Arc::new(App {
+        erasure: file.privacy.token()?.map(|token| Erasure {
+            token,
+            keyer: keyer.clone(),
+            privacy: privacy.clone(),
+        }),
         handler,
         store: store.clone(),
         metrics: Arc::clone(&metrics),
@@ -327,6 +341,9 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         .route("/salesforce", any(ingest_route))
         .route("/rdstation", any(ingest_route))
         .route("/health", get(health));
+    if app.erasure.is_some() {
+        router = router.route("/privacy/erasure", axum::routing::post(erasure_route));
+    }
     if file
         .server
         .metrics_on_main
@@ -409,16 +426,19 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             token_check,
             stop_tx.subscribe(),
         )));
-        let handler = Arc::new(deliver::DeliverHandler::new(
-            crm,
-            store.clone(),
-            manager,
-            http.clone(),
-            queues.clone(),
-            Arc::clone(&alerts),
-            SystemClock,
-            file.delivery.settings(crm),
-        ));
+        let handler = Arc::new(
+            deliver::DeliverHandler::new(
+                crm,
+                store.clone(),
+                manager,
+                http.clone(),
+                queues.clone(),
+                Arc::clone(&alerts),
+                SystemClock,
+                file.delivery.settings(crm),
+            )
+            .with_privacy(privacy.clone()),
+        );
         for _ in 0..workers_per_crm {
             workers.push(tokio::spawn(runtime::deliver::run(
                 crm,
@@ -481,6 +501,79 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     store.shutdown().await;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// `POST /privacy/erasure`.
+struct Erasure {
+    token: domain::Secret<String>,
+    keyer: domain::privacy::EmailKeyer,
+    /// The process's suppression cache, forgotten after an erasure.
+    privacy: domain::privacy::Privacy,
+}
+
+/// `POST /privacy/erasure` `{"email": …, "clientId": …?}` with `Authorization: Bearer
+/// TOKEN`: the same erasure as `connect privacy erase`, audited with actor `api`. 401
+/// without the token; the route does not exist when no token is configured.
+async fn erasure_route(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let Some(erasure) = &app.erasure else {
+        return json_response(404, r#"{"error":"not_found"}"#.to_owned());
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), erasure.token.expose().as_bytes()) {
+        return json_response(
+            401,
+            serde_json::json!({"error": "unauthorized", "message": "send Authorization: Bearer <privacy.operator_token>"}).to_string(),
+        );
+    }
+    let Some(bytes) = read_body(body).await else {
+        return json_response(413, r#"{"error":"payload_too_large"}"#.to_owned());
+    };
+    let request: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let email = match request["email"].as_str().map(domain::Email::parse) {
+        Some(Ok(e)) => e,
+        _ => {
+            return json_response(
+                400,
+                serde_json::json!({"error": "invalid_request", "details": [{"field": "email", "rule": "required", "message": "a valid email is required"}]}).to_string(),
+            );
+        }
+    };
+    let client = match request["clientId"].as_str().map(domain::ClientId::parse) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            return json_response(
+                400,
+                serde_json::json!({"error": "invalid_request", "details": [{"field": "clientId", "rule": e.rule, "message": e.message}]}).to_string(),
+            );
+        }
+    };
+    match crate::privacy::erase_local(&app.store, &erasure.keyer, &email, client.as_ref(), "api")
+        .await
+    {
+        Ok(report) => {
+            erasure.privacy.invalidate();
+            json_response(200, serde_json::to_string(&report).unwrap_or_default())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "erasure failed");
+            let mut r = json_response(
+                503,
+                serde_json::json!({"error": "unavailable", "message": "the erasure could not be completed; retry"}).to_string(),
+            );
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            r
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Writes the demo credentials (pointing at the sandbox) into the secrets file, keeping

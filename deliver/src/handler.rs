@@ -114,6 +114,7 @@ pub struct DeliverHandler<D, T, S, Q, A, C> {
     clock: C,
     settings: DeliverSettings,
     breakers: Breakers,
+    privacy: domain::privacy::Privacy,
 }
 
 impl<D, T, S, Q, A, C> std::fmt::Debug for DeliverHandler<D, T, S, Q, A, C> {
@@ -158,8 +159,16 @@ where
             alerts,
             clock,
             breakers: Breakers::new(settings.breaker),
+            privacy: domain::privacy::Privacy::default(),
             settings,
         }
+    }
+
+    /// Drops the messages of suppressed emails (erased people) before any CRM call
+    /// (`privacy` may be shared with other handlers of the process: one cache).
+    pub fn with_privacy(mut self, privacy: domain::privacy::Privacy) -> Self {
+        self.privacy = privacy;
+        self
     }
 
     /// The token manager (shared with the token schedule in `connect serve`).
@@ -447,8 +456,31 @@ where
             .max(Duration::from_secs(1))
     }
 
-    /// Delivers one client's messages; one outcome per message, and the refreshes done.
+    /// Delivers one client's messages, except those of suppressed emails (acknowledged
+    /// as `suppressed`); one outcome per message, and the refreshes done.
     async fn deliver_client(
+        &self,
+        client_id: &ClientId,
+        messages: &[(usize, DeliveryMessage)],
+    ) -> (Vec<(usize, Outcome)>, u64) {
+        let mut decided = Vec::new();
+        let mut send = Vec::with_capacity(messages.len());
+        for (i, m) in messages {
+            match self.privacy.is_suppressed(client_id, &m.event.email).await {
+                Ok(true) => decided.push((*i, Outcome::skipped("suppressed"))),
+                Ok(false) => send.push((*i, m.clone())),
+                Err(e) => decided.push((*i, Outcome::retry("suppressions", e.to_string()))),
+            }
+        }
+        if send.is_empty() {
+            return (decided, 0);
+        }
+        let (mut outcomes, refreshes) = self.deliver_unsuppressed(client_id, &send).await;
+        outcomes.extend(decided);
+        (outcomes, refreshes)
+    }
+
+    async fn deliver_unsuppressed(
         &self,
         client_id: &ClientId,
         messages: &[(usize, DeliveryMessage)],

@@ -141,6 +141,9 @@ pub struct ClientPolicy {
     pub email_events_per_minute: u32,
     /// Which events may create a contact the CRM does not know yet.
     pub create_contacts: ContactCreation,
+    /// Keep only events whose `consent` is granted; others are answered 202, counted,
+    /// and not stored. Default false.
+    pub require_consent: bool,
     /// Name of the secret holding the signing key (default
     /// `/connect/signing/{clientId}`). The key itself is never in the clients table.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -155,6 +158,7 @@ impl Default for ClientPolicy {
             allowed_url_hosts: Vec::new(),
             email_events_per_minute: DEFAULT_EMAIL_EVENTS_PER_MINUTE,
             create_contacts: ContactCreation::Conversions,
+            require_consent: false,
             signing_secret_name: None,
         }
     }

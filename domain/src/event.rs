@@ -147,8 +147,9 @@ pub struct Email(String);
 string_newtype!(Email);
 
 impl fmt::Debug for Email {
+    /// Never the address: a debug print must not leak it into a log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Email({})", self.log_hash())
+        f.write_str("Email([redacted])")
     }
 }
 
@@ -191,13 +192,6 @@ impl Email {
             return Err(format());
         }
         Ok(Email(s))
-    }
-
-    /// A short stable hash of the address, safe to log (never log the address itself).
-    pub fn log_hash(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(self.0.as_bytes());
-        hex::encode(&digest[..8])
     }
 }
 
@@ -411,6 +405,10 @@ pub struct GtmEvent {
     /// The shop's signature (`sig` + `sigExp`), checked against the client's key once
     /// the client is known; never stored.
     pub signature: Option<EventSignature>,
+    /// The shopper's marketing consent as the shop knows it (`consent`: `granted` /
+    /// `denied`, or a boolean; GTM Consent Mode's `ad_user_data` fills it). `None`: not
+    /// sent.
+    pub consent: Option<bool>,
 }
 
 /// `sig` and `sigExp` of a signed event (see [`crate::signature`]).
@@ -426,7 +424,7 @@ pub struct EventSignature {
 pub const MAX_SIGNATURE_LEN: usize = 128;
 
 /// The fields with a meaning of their own; any other top-level field is a property.
-pub const KNOWN_FIELDS: [&str; 12] = [
+pub const KNOWN_FIELDS: [&str; 13] = [
     "clientId",
     "email",
     "eventType",
@@ -439,6 +437,7 @@ pub const KNOWN_FIELDS: [&str; 12] = [
     "eventId",
     "sig",
     "sigExp",
+    "consent",
 ];
 
 impl GtmEvent {
@@ -468,6 +467,7 @@ impl GtmEvent {
         let event_id = take("eventId");
         let sig = take("sig");
         let sig_exp = take("sigExp");
+        let consent = take("consent");
 
         let client_id = match client_id {
             None if crm.requires_client_id() => {
@@ -531,6 +531,29 @@ impl GtmEvent {
             product_url.and_then(|v| string_field(&mut errors, "productUrl", v, HttpUrl::parse));
 
         let signature = parse_signature(sig, sig_exp, &mut errors);
+        let consent = consent.and_then(|v| match &v {
+            Value::Bool(b) => Some(*b),
+            Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "granted" | "true" | "yes" | "1" => Some(true),
+                "denied" | "false" | "no" | "0" => Some(false),
+                _ => {
+                    errors.push(FieldError::new(
+                        "consent",
+                        "one_of",
+                        "must be granted or denied (or a boolean)",
+                    ));
+                    None
+                }
+            },
+            _ => {
+                errors.push(FieldError::new(
+                    "consent",
+                    "one_of",
+                    "must be granted or denied (or a boolean)",
+                ));
+                None
+            }
+        });
         let properties = parse_properties(obj, &mut errors);
 
         match (email, event_type) {
@@ -547,6 +570,7 @@ impl GtmEvent {
                 event_id,
                 properties,
                 signature,
+                consent,
             }),
             _ => Err(errors),
         }

@@ -21,6 +21,7 @@ pub mod delivery;
 pub mod emf;
 pub mod event;
 pub mod ports;
+pub mod privacy;
 pub mod record;
 pub mod redact;
 pub mod secret;

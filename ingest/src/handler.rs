@@ -198,6 +198,7 @@ struct RefusalWindow {
 /// (cached here) and a clock; optionally the secret store of the signing keys and an
 /// alert sink.
 pub struct IngestHandler<S, D, C> {
+    privacy: domain::privacy::Privacy,
     store: S,
     directory: CachedDirectory<D>,
     clock: C,
@@ -244,6 +245,7 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
     /// A handler over the given ports.
     pub fn new(store: S, directory: D, clock: C, settings: IngestSettings) -> Self {
         IngestHandler {
+            privacy: domain::privacy::Privacy::default(),
             store,
             directory: CachedDirectory::new(
                 directory,
@@ -267,6 +269,14 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
     /// be verified).
     pub fn with_signing_keys(mut self, secrets: Arc<dyn domain::SecretStore>) -> Self {
         self.signing = SigningKeys::new(Some(secrets));
+        self
+    }
+
+    /// Hashes emails with the installation key (logs, suppression keys) and drops
+    /// events of suppressed emails.
+    /// (`privacy` may be shared with other handlers of the process: one cache).
+    pub fn with_privacy(mut self, privacy: domain::privacy::Privacy) -> Self {
+        self.privacy = privacy;
         self
     }
 
@@ -498,7 +508,7 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
             Ok(event) => event,
             Err(details) => return (IngestResponse::invalid(details), None),
         };
-        *email_hash = Some(event.email.log_hash());
+        *email_hash = Some(self.privacy.keyer().log_id(&event.email));
         let event_type = event.event_type;
 
         let client = match self.resolve_client(crm, &event).await {
@@ -512,6 +522,33 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
         };
         if let Err(r) = self.guard(&client, &event, req).await {
             return (annotate(*r), Some(client));
+        }
+        // Consent and suppression: answered like a stored event (202), not kept.
+        let discard = if client.policy.require_consent && event.consent != Some(true) {
+            Some("consent_missing")
+        } else {
+            match self
+                .privacy
+                .is_suppressed(&client.client_id, &event.email)
+                .await
+            {
+                Ok(true) => Some("suppressed"),
+                Ok(false) => None,
+                Err(e) => return (annotate(IngestResponse::unavailable(&e)), Some(client)),
+            }
+        };
+        if let Some(reason) = discard {
+            let record_id = domain::record::record_id(
+                &client.client_id,
+                event.event_id.as_deref(),
+                self.clock.now_ms(),
+            );
+            let r = IngestResponse::new(
+                202,
+                json!({"recordId": record_id}),
+                Outcome::Discarded(reason),
+            );
+            return (annotate(r), Some(client));
         }
         let mut event = event;
         let dropped = keep_own_urls(&client, &mut event);

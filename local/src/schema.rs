@@ -85,6 +85,21 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (client_id, crm)
     ) WITHOUT ROWID;
     "#,
+    // 5: privacy: suppressed emails (keyed hash × scope: a client id or `*`) and the
+    // audit trail of erasures, unsuppressions and clear-email views.
+    r#"
+    CREATE TABLE suppressions (
+        email_key  TEXT NOT NULL,
+        scope      TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (email_key, scope)
+    ) WITHOUT ROWID;
+    CREATE TABLE audit_log (
+        seq  INTEGER PRIMARY KEY,
+        at   INTEGER NOT NULL,
+        item TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// A schema problem.

@@ -26,13 +26,18 @@ pub const FAILPOINT_AFTER_SEND: &str = "fanout-after-send";
 
 /// Decodes one local change as a stream record.
 pub fn change_record(change: &Change) -> ChangeRecord {
-    let image = match serde_json::from_str::<NavigationRecord>(&change.new_image) {
-        Ok(record) => Image::Record(Box::new(record)),
-        Err(e) => Image::Malformed {
-            crm: Some(change.crm),
-            record_id: Some(change.record_id.clone()),
-            error: e.to_string(),
-        },
+    let image = if change.new_image == local::privacy::ERASED_ITEM {
+        // An erased record whose row had to stay: not an event.
+        Image::Marker
+    } else {
+        match serde_json::from_str::<NavigationRecord>(&change.new_image) {
+            Ok(record) => Image::Record(Box::new(record)),
+            Err(e) => Image::Malformed {
+                crm: Some(change.crm),
+                record_id: Some(change.record_id.clone()),
+                error: e.to_string(),
+            },
+        }
     };
     ChangeRecord {
         sequence_number: change.seq.to_string(),

@@ -115,6 +115,11 @@ async fn main() -> Result<(), Error> {
         .load()
         .await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    let privacy = aws::privacy::from_env(
+        &dynamodb,
+        &SecretsManager::new(aws_sdk_secretsmanager::Client::new(&config)),
+    )
+    .await?;
     let queues = SqsQueues::new(aws_sdk_sqs::Client::new(&config))
         .with_queue(crm, QueueKind::Delivery, env::required(QUEUE_URL)?)
         .with_queue(crm, QueueKind::DeadLetter, env::required(DLQ_URL)?);
@@ -146,7 +151,8 @@ async fn main() -> Result<(), Error> {
         alerts,
         SystemClock,
         settings(crm)?,
-    );
+    )
+    .with_privacy(privacy);
     let handler = &handler;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         let outcome = handler.handle(&inbound(&event.payload)).await;

@@ -1,7 +1,8 @@
 //! The `ingest` Lambda: API Gateway (REST, AWS_PROXY) → [`ingest::IngestHandler`].
 //!
 //! Env: `NAVIGATION_TABLE`, `CLIENTS_TABLE`, `RDSTATION_CONFIG_TABLE`, `RECORD_TTL_HOURS`,
-//! `ALERT_TOPIC_ARN` (refusal alerts), `REFUSAL_ALERT_THRESHOLD` (default 500; 0: off).
+//! `ALERT_TOPIC_ARN` (refusal alerts), `REFUSAL_ALERT_THRESHOLD` (default 500; 0: off),
+//! `SUPPRESSION_TABLE` (LGPD suppressions; the installation key from Secrets Manager).
 //! Signing keys are read from Secrets Manager (`/connect/signing/{clientId}` by default).
 
 use aws::env::{self, ALERT_TOPIC_ARN, CLIENTS_TABLE, NAVIGATION_TABLE, RDSTATION_CONFIG_TABLE};
@@ -40,15 +41,16 @@ async fn main() -> Result<(), Error> {
         .load()
         .await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    let secrets = SecretsManager::new(aws_sdk_secretsmanager::Client::new(&config));
+    let privacy = aws::privacy::from_env(&dynamodb, &secrets).await?;
     let mut handler = IngestHandler::new(
         DynamoRecordStore::new(dynamodb.clone(), navigation),
         DynamoClientDirectory::new(dynamodb, clients, rdstation),
         SystemClock,
         settings,
     )
-    .with_signing_keys(Arc::new(SecretsManager::new(
-        aws_sdk_secretsmanager::Client::new(&config),
-    )));
+    .with_signing_keys(Arc::new(secrets))
+    .with_privacy(privacy);
     if let Ok(topic) = std::env::var(ALERT_TOPIC_ARN) {
         handler = handler.with_alerts(Arc::new(DedupAlerts::new(
             SnsAlerts::new(aws_sdk_sns::Client::new(&config), topic),

@@ -86,6 +86,8 @@ fn each_function_has_exactly_its_permissions_on_specific_resources() {
                 // The clients' event-signing keys, and refusal alerts.
                 "secretsmanager:GetSecretValue",
                 "sns:Publish",
+                // Suppressions (LGPD).
+                "dynamodb:Query",
             ]),
         ),
         (
@@ -111,24 +113,28 @@ fn each_function_has_exactly_its_permissions_on_specific_resources() {
             "dynamodb:PutItem",
             "secretsmanager:GetSecretValue",
             "sns:Publish",
+            // Suppressions (LGPD).
+            "dynamodb:Query",
         ];
         if crm == "rdstation" {
-            // An inline refresh may rotate the RD Station refresh token.
+            // An inline refresh may rotate the RD Station refresh token, under a lease.
             deliver.push("secretsmanager:PutSecretValue");
+            deliver.push("dynamodb:DeleteItem");
         }
         expected.push((format!("Deliver{cap}LambdaFunction"), set(&deliver)));
-        expected.push((
-            format!("Token{cap}LambdaFunction"),
-            set(&[
-                "secretsmanager:GetSecretValue",
-                "secretsmanager:PutSecretValue",
-                "dynamodb:GetItem",
-                "dynamodb:PutItem",
-                "dynamodb:Query",
-                "dynamodb:Scan",
-                "sns:Publish",
-            ]),
-        ));
+        let mut token = vec![
+            "secretsmanager:GetSecretValue",
+            "secretsmanager:PutSecretValue",
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:Query",
+            "dynamodb:Scan",
+            "sns:Publish",
+        ];
+        if crm == "rdstation" {
+            token.push("dynamodb:DeleteItem");
+        }
+        expected.push((format!("Token{cap}LambdaFunction"), set(&token)));
     }
     let mut roles = BTreeSet::new();
     for (function, actions) in &expected {
@@ -147,7 +153,12 @@ fn each_function_has_exactly_its_permissions_on_specific_resources() {
             for r in resources {
                 assert_ne!(r, "\"*\"", "{function}: Resource * for {acts:?}");
             }
-            if function == "IngestLambdaFunction"
+            let installation_key = resources
+                .iter()
+                .all(|r| r.contains("\"Ref\":\"InstallationKeySecret\""));
+            if installation_key {
+                assert_eq!(acts, &["secretsmanager:GetSecretValue"], "{function}");
+            } else if function == "IngestLambdaFunction"
                 && acts.iter().any(|a| a.starts_with("secretsmanager:"))
             {
                 assert_eq!(acts, &["secretsmanager:GetSecretValue"]);

@@ -1,0 +1,267 @@
+//! Privacy (LGPD): keyed hashes of emails, suppression entries, and audit records.
+//!
+//! An email never leaves the pipeline's data path in clear: logs carry a keyed hash
+//! ([`EmailKeyer::log_id`]), suppression entries are keyed by another keyed hash
+//! ([`EmailKeyer::key`]). The key is per installation (a secret generated once), so
+//! the hashes cannot be reversed against a list of emails without it.
+
+use crate::event::{ClientId, Email};
+use crate::ports::StoreError;
+use async_trait::async_trait;
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::collections::BTreeMap;
+
+/// Name of the installation's HMAC key in the secret store (the local secrets file, or
+/// Secrets Manager).
+pub const INSTALLATION_KEY_SECRET: &str = "/connect/installation/key";
+/// Scope of a suppression that applies to every client.
+pub const GLOBAL_SCOPE: &str = "*";
+/// Shortest installation key accepted, in bytes.
+pub const MIN_KEY_BYTES: usize = 16;
+
+/// Keyed hashes of emails (HMAC-SHA256 with the installation key).
+#[derive(Clone)]
+pub struct EmailKeyer {
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for EmailKeyer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EmailKeyer([redacted])")
+    }
+}
+
+impl EmailKeyer {
+    /// A keyer with `key` (the installation secret).
+    pub fn new(key: &[u8]) -> Self {
+        EmailKeyer { key: key.to_vec() }
+    }
+
+    /// A keyer with a random key of this process (hashes are not comparable across
+    /// processes: for a handler that was given no installation key).
+    pub fn ephemeral() -> Self {
+        let mut key = uuid::Uuid::new_v4().as_bytes().to_vec();
+        key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        EmailKeyer { key }
+    }
+
+    fn mac(&self, purpose: &str, email: &str) -> [u8; 32] {
+        let mut mac = match <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key) {
+            Ok(m) => m,
+            Err(_) => <Hmac<Sha256> as KeyInit>::new(&Default::default()),
+        };
+        mac.update(purpose.as_bytes());
+        mac.update(b":");
+        mac.update(email.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The suppression key of an email: 64 hex digits.
+    pub fn key(&self, email: &Email) -> String {
+        hex::encode(self.mac("suppress:v1", email.as_str()))
+    }
+
+    /// A short id of an email for logs: 16 hex digits (correlates log lines; reveals
+    /// nothing without the key).
+    pub fn log_id(&self, email: &Email) -> String {
+        hex::encode(&self.mac("log:v1", email.as_str())[..8])
+    }
+
+    /// Parses an installation secret: the key as hex (≥ 16 bytes), else its raw bytes.
+    pub fn from_secret(secret: &str) -> Result<Self, String> {
+        let text = secret.trim();
+        let bytes = hex::decode(text).unwrap_or_else(|_| text.as_bytes().to_vec());
+        if bytes.len() < MIN_KEY_BYTES {
+            return Err(format!(
+                "the installation key must have at least {MIN_KEY_BYTES} bytes"
+            ));
+        }
+        Ok(EmailKeyer::new(&bytes))
+    }
+
+    /// A new random installation secret (64 hex digits).
+    pub fn generate_secret() -> String {
+        let mut bytes = uuid::Uuid::new_v4().as_bytes().to_vec();
+        bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        hex::encode(bytes)
+    }
+}
+
+/// Who or what an audit record concerns, and what was done: never a clear email.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    /// When, epoch ms.
+    pub at_ms: i64,
+    /// Who (the operator's user name, or `api` for the erasure endpoint).
+    pub actor: String,
+    /// `erase`, `unsuppress`, `show_pii`.
+    pub action: String,
+    /// The client concerned, or `*`.
+    pub scope: String,
+    /// Counts by place (`navigation`, `queue:responsys`, `dlq:responsys`, …).
+    #[serde(default)]
+    pub counts: BTreeMap<String, u64>,
+}
+
+/// Suppressed emails (per client, or global) and the audit trail.
+#[async_trait]
+pub trait SuppressionStore: Send + Sync {
+    /// Whether `email_key` is suppressed for `client` (its own scope or the global one).
+    async fn is_suppressed(&self, client: &ClientId, email_key: &str) -> Result<bool, StoreError>;
+    /// Suppresses `email_key` in `scope` (a client id, or [`GLOBAL_SCOPE`]).
+    async fn suppress(&self, scope: &str, email_key: &str, at_ms: i64) -> Result<(), StoreError>;
+    /// Lifts a suppression; whether there was one.
+    async fn unsuppress(&self, scope: &str, email_key: &str) -> Result<bool, StoreError>;
+    /// Appends an audit record.
+    async fn audit(&self, record: &AuditRecord) -> Result<(), StoreError>;
+}
+
+#[async_trait]
+impl<T: SuppressionStore + ?Sized> SuppressionStore for std::sync::Arc<T> {
+    async fn is_suppressed(&self, client: &ClientId, email_key: &str) -> Result<bool, StoreError> {
+        (**self).is_suppressed(client, email_key).await
+    }
+    async fn suppress(&self, scope: &str, email_key: &str, at_ms: i64) -> Result<(), StoreError> {
+        (**self).suppress(scope, email_key, at_ms).await
+    }
+    async fn unsuppress(&self, scope: &str, email_key: &str) -> Result<bool, StoreError> {
+        (**self).unsuppress(scope, email_key).await
+    }
+    async fn audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        (**self).audit(record).await
+    }
+}
+
+// ---------------------------------------------------------------- cached checks
+
+use moka::Expiry;
+use moka::future::Cache;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a "suppressed" answer is reused.
+pub const SUPPRESSED_TTL: Duration = Duration::from_secs(300);
+/// How long a "not suppressed" answer is reused.
+pub const NOT_SUPPRESSED_TTL: Duration = Duration::from_secs(5);
+/// Most (client, email) answers cached.
+const MAX_ENTRIES: u64 = 100_000;
+
+struct ByAnswer;
+
+impl Expiry<(ClientId, String), bool> for ByAnswer {
+    fn expire_after_create(
+        &self,
+        _: &(ClientId, String),
+        v: &bool,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(if *v {
+            SUPPRESSED_TTL
+        } else {
+            NOT_SUPPRESSED_TTL
+        })
+    }
+}
+
+/// Keyed hashing and suppression checks.
+#[derive(Clone)]
+pub struct Privacy {
+    keyer: EmailKeyer,
+    store: Option<Arc<dyn SuppressionStore>>,
+    cache: Cache<(ClientId, String), bool>,
+}
+
+impl std::fmt::Debug for Privacy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Privacy")
+            .field("suppressions", &self.store.is_some())
+            .finish()
+    }
+}
+
+impl Default for Privacy {
+    /// A per-process key and no suppression list (handlers built without privacy).
+    fn default() -> Self {
+        Privacy::new(EmailKeyer::ephemeral(), None)
+    }
+}
+
+impl Privacy {
+    /// With the installation's keyer and suppression list.
+    pub fn new(keyer: EmailKeyer, store: Option<Arc<dyn SuppressionStore>>) -> Self {
+        Privacy {
+            keyer,
+            store,
+            cache: Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .expire_after(ByAnswer)
+                .build(),
+        }
+    }
+
+    /// The keyer.
+    pub fn keyer(&self) -> &EmailKeyer {
+        &self.keyer
+    }
+
+    /// Whether `email` is suppressed for `client` (errors are not cached).
+    pub async fn is_suppressed(
+        &self,
+        client: &ClientId,
+        email: &Email,
+    ) -> Result<bool, StoreError> {
+        let Some(store) = self.store.clone() else {
+            return Ok(false);
+        };
+        let key = self.keyer.key(email);
+        let (c, k) = (client.clone(), key.clone());
+        self.cache
+            .try_get_with((client.clone(), key), async move {
+                store.is_suppressed(&c, &k).await
+            })
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// Forgets every cached answer.
+    pub fn invalidate(&self) {
+        self.cache.invalidate_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_hashes() {
+        let a = EmailKeyer::new(b"0123456789abcdef");
+        let b = EmailKeyer::new(b"fedcba9876543210");
+        let ana = Email::parse(" Ana@Example.com ").expect("email");
+        assert_eq!(
+            a.key(&ana),
+            a.key(&Email::parse("ana@example.com").expect("email"))
+        );
+        assert_eq!(a.key(&ana).len(), 64);
+        assert_eq!(a.log_id(&ana).len(), 16);
+        assert_ne!(
+            a.key(&ana),
+            b.key(&ana),
+            "another installation, another key"
+        );
+        assert!(
+            !a.key(&ana).starts_with(&a.log_id(&ana)),
+            "log ids are not key prefixes"
+        );
+        assert!(EmailKeyer::from_secret("short").is_err());
+        let secret = EmailKeyer::generate_secret();
+        assert_eq!(
+            EmailKeyer::from_secret(&secret).expect("ok").key(&ana),
+            EmailKeyer::from_secret(&secret).expect("ok").key(&ana)
+        );
+        assert_eq!(format!("{a:?}"), "EmailKeyer([redacted])");
+    }
+}
