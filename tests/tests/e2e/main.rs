@@ -9,6 +9,7 @@ mod fanout;
 mod faults;
 mod ingest_http;
 mod lifecycle;
+mod privacy;
 mod replay;
 mod template;
 mod tokens;
