@@ -214,7 +214,7 @@ impl Default for Metrics {
         );
         registry.register(
             "delivery_skipped",
-            "Messages acknowledged without a CRM write, by reason: skipped_unknown_contact (update-only miss), skipped_event_type (EMF: DeliverySkipped)",
+            "Messages acknowledged without a CRM write, by reason: skipped_unknown_contact (update-only miss), skipped_event_type, skipped_update_only_unsupported, skipped_suppressed (erased email) (EMF: DeliverySkipped)",
             delivery_skipped.clone(),
         );
         Metrics {

@@ -30,7 +30,8 @@ pub enum Outcome {
     /// Nothing was written, on purpose, and nothing will be: acknowledge the message
     /// and count the reason (`skipped_unknown_contact`: an update-only event for a
     /// contact the CRM does not know; `skipped_event_type`: a type the target does not
-    /// take; `skipped_update_only_unsupported`: the CRM cannot update without creating).
+    /// take; `skipped_update_only_unsupported`: the CRM cannot update without creating;
+    /// `skipped_suppressed`: the email was erased and is suppressed).
     Skipped {
         /// Why (a metric label).
         reason: &'static str,

@@ -467,7 +467,7 @@ where
         let mut send = Vec::with_capacity(messages.len());
         for (i, m) in messages {
             match self.privacy.is_suppressed(client_id, &m.event.email).await {
-                Ok(true) => decided.push((*i, Outcome::skipped("suppressed"))),
+                Ok(true) => decided.push((*i, Outcome::skipped("skipped_suppressed"))),
                 Ok(false) => send.push((*i, m.clone())),
                 Err(e) => decided.push((*i, Outcome::retry("suppressions", e.to_string()))),
             }

@@ -1028,3 +1028,36 @@ async fn an_api_key_client_is_retried_not_dead_lettered_when_its_config_cannot_b
     let outcome = handler.handle(&batch).await;
     assert!(outcome.redeliver.is_empty(), "{outcome:?}");
 }
+
+#[tokio::test]
+async fn messages_of_a_suppressed_email_already_in_flight_are_dropped() {
+    use domain::privacy::{EmailKeyer, Privacy, SuppressionStore};
+    let env = env().await;
+    let keyer = EmailKeyer::new(b"an installation key of tests");
+    let erased = domain::Email::parse("u0@example.com").expect("email");
+    env.store
+        .suppress("*", &keyer.key(&erased), 0)
+        .await
+        .expect("suppress");
+    let handler = env.handler(Crm::Salesforce).with_privacy(Privacy::new(
+        keyer,
+        Some(Arc::new(env.store.clone()) as Arc<dyn SuppressionStore>),
+    ));
+    let batch = env.inbound(Crm::Salesforce, "shop-s", 3).await;
+    let outcome = handler.handle(&batch).await;
+    assert!(outcome.redeliver.is_empty(), "{outcome:?}");
+    assert_eq!(
+        outcome.counts.get(&("shop-s".to_owned(), "skipped_suppressed")),
+        Some(&1)
+    );
+    assert_eq!(
+        outcome.counts.get(&("shop-s".to_owned(), "delivered")),
+        Some(&2)
+    );
+    let records = env.records().await;
+    assert!(
+        records.iter().all(|r| r["email"] != "u0@example.com"),
+        "{records:?}"
+    );
+    assert!(env.dlq(Crm::Salesforce).await.is_empty());
+}

@@ -10,6 +10,7 @@ mod faults;
 mod ingest_http;
 mod lifecycle;
 mod privacy;
+mod privacy_aws;
 mod replay;
 mod template;
 mod tokens;
