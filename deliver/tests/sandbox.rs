@@ -1047,7 +1047,9 @@ async fn messages_of_a_suppressed_email_already_in_flight_are_dropped() {
     let outcome = handler.handle(&batch).await;
     assert!(outcome.redeliver.is_empty(), "{outcome:?}");
     assert_eq!(
-        outcome.counts.get(&("shop-s".to_owned(), "skipped_suppressed")),
+        outcome
+            .counts
+            .get(&("shop-s".to_owned(), "skipped_suppressed")),
         Some(&1)
     );
     assert_eq!(

@@ -155,6 +155,19 @@ async fn rejected_messages_are_listed_peeked_masked_and_redriven_once_the_crm_is
         &["dlq", "peek", "rdstation", "--show-pii"],
     ));
     assert!(pii.contains("maria0@example.com"));
+    // Emails shown in clear leave an audit record: who, how many — not which.
+    let audit: Vec<String> = open_db(&env.data)
+        .prepare("SELECT item FROM audit_log")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    let record: Value = serde_json::from_str(&audit[0]).expect("json");
+    assert_eq!(record["action"], "show_pii");
+    assert_eq!(record["counts"]["messages"], 4);
+    assert!(!audit[0].contains('@'));
     assert_eq!(
         count(&env.data, "rdstation-dlq"),
         4,
