@@ -116,26 +116,7 @@ async fn env() -> Env {
 
 impl Env {
     fn handler(&self, crm: Crm) -> Handler {
-        let http = crm::CrmHttp::new(&crm::HttpSettings::default()).expect("http");
-        DeliverHandler::new(
-            crm,
-            self.store.clone(),
-            std::sync::Arc::new(crm::TokenManager::new(
-                self.store.clone(),
-                self.secrets.clone(),
-                SystemClock,
-                http.clone(),
-            )),
-            http,
-            self.queues.clone(),
-            Arc::new(DedupAlerts::new(
-                Arc::clone(&self.alerts),
-                SystemClock,
-                300_000,
-            )),
-            SystemClock,
-            DeliverSettings::for_crm(crm),
-        )
+        self.handler_with(crm, DeliverSettings::for_crm(crm))
     }
 
     async fn fault(&self, body: Value) {

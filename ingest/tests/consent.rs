@@ -1,25 +1,16 @@
 //! `require_consent`: events without granted consent are answered 202, not stored,
 //! counted as `consent_missing`; a bad `consent` value is a 400 naming the field.
 
+mod support;
+
 use async_trait::async_trait;
 use domain::{
-    AllowedOrigins, ClientConfig, ClientDirectory, ClientId, ClientPolicy, Crm, NavigationRecord,
-    PutOutcome, RdStationConfig, RecordStore, StoreError, SystemClock,
+    AllowedOrigins, ClientConfig, ClientDirectory, ClientId, ClientPolicy, Crm, RdStationConfig,
+    StoreError, SystemClock,
 };
 use ingest::{IngestHandler, IngestRequest, IngestSettings, Outcome};
 use serde_json::json;
-use std::sync::Mutex;
-
-#[derive(Default)]
-struct Kept(Mutex<Vec<NavigationRecord>>);
-
-#[async_trait]
-impl RecordStore for Kept {
-    async fn put_if_absent(&self, record: &NavigationRecord) -> Result<PutOutcome, StoreError> {
-        self.0.lock().expect("lock").push(record.clone());
-        Ok(PutOutcome::Created)
-    }
-}
+use support::Kept;
 
 struct ConsentClient;
 

@@ -3,27 +3,17 @@
 //! never a panic, never a 5xx — and a 202 means a valid record was stored. The
 //! coverage-guided counterpart is `fuzz/` (see RELIABILITY.md).
 
+mod support;
+
 use async_trait::async_trait;
 use domain::{
-    AllowedOrigins, ClientConfig, ClientDirectory, ClientId, ClientPolicy, Crm, NavigationRecord,
-    PutOutcome, RdStationConfig, RecordStore, StoreError, SystemClock,
+    AllowedOrigins, ClientConfig, ClientDirectory, ClientId, ClientPolicy, Crm, RdStationConfig,
+    StoreError, SystemClock,
 };
 use ingest::{IngestHandler, IngestRequest, IngestSettings};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
-use std::sync::Mutex;
-
-/// Records kept in memory: this property is about the handler's decisions, not storage.
-#[derive(Default)]
-struct Kept(Mutex<Vec<NavigationRecord>>);
-
-#[async_trait]
-impl RecordStore for Kept {
-    async fn put_if_absent(&self, record: &NavigationRecord) -> Result<PutOutcome, StoreError> {
-        self.0.lock().expect("lock").push(record.clone());
-        Ok(PutOutcome::Created)
-    }
-}
+use support::Kept;
 
 struct OneClient;
 
