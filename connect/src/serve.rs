@@ -707,6 +707,7 @@ async fn ingest_route(
             path: uri.path(),
             headers: &headers,
             body: &bytes,
+            query: uri.query(),
             source_ip: Some(&source_ip),
             request_id: &request_id,
         })
@@ -718,7 +719,11 @@ async fn ingest_route(
         app.last_write_failure_ms
             .store(at, std::sync::atomic::Ordering::Relaxed);
     }
-    let mut out = Response::new(Body::from(response.body));
+    let mut out = Response::new(if response.pixel {
+        Body::from(&ingest::PIXEL_GIF[..])
+    } else {
+        Body::from(response.body)
+    });
     *out.status_mut() =
         StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     for (name, value) in response.headers {

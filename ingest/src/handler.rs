@@ -18,6 +18,15 @@ use std::time::{Duration, Instant};
 
 /// Largest request body accepted (GTM events are a few hundred bytes).
 pub const MAX_BODY_BYTES: usize = 32 * 1024;
+/// Longest pixel query accepted: the event, base64url-encoded, fits well below what
+/// browsers send in a URL (Chrome ~2 MB, but proxies and CDNs cut at 8–16 KB).
+pub const MAX_PIXEL_QUERY_BYTES: usize = 16 * 1024;
+/// The 1×1 transparent GIF the pixel route always answers (43 bytes).
+pub const PIXEL_GIF: [u8; 43] = [
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+];
 /// `Access-Control-Max-Age` of preflight answers, in seconds (browsers cap it at 2 h).
 pub const CORS_MAX_AGE_SECONDS: u32 = 7200;
 /// Seconds a client is told to wait after a store failure.
@@ -68,6 +77,8 @@ pub struct IngestRequest<'a> {
     pub headers: &'a HeaderMap,
     /// Raw body bytes (already base64-decoded).
     pub body: &'a [u8],
+    /// The query string, without `?` (the pixel route's `d=`). Never logged.
+    pub query: Option<&'a str>,
     /// Caller's address, for logs.
     pub source_ip: Option<&'a str>,
     /// Request id, for logs.
@@ -113,6 +124,9 @@ pub struct IngestResponse {
     pub event_type: Option<EventType>,
     /// URL fields dropped from the event because their host is not the client's.
     pub dropped_fields: Vec<&'static str>,
+    /// The answer is [`PIXEL_GIF`] (the pixel route): the shell sends those bytes instead
+    /// of `body`, which then only says what happened (for tests).
+    pub pixel: bool,
 }
 
 impl IngestResponse {
@@ -129,6 +143,7 @@ impl IngestResponse {
             client_id: None,
             event_type: None,
             dropped_fields: Vec::new(),
+            pixel: false,
         }
     }
 
@@ -332,6 +347,12 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
         req: IngestRequest<'_>,
         email_hash: &mut Option<String>,
     ) -> IngestResponse {
+        let trimmed = req.path.strip_suffix('/').unwrap_or(req.path);
+        if let Some(crm) = trimmed.strip_suffix("/p").and_then(Crm::from_route) {
+            let mut r = self.pixel(crm, req, email_hash).await;
+            r.crm = Some(crm);
+            return r;
+        }
         let Some(crm) = Crm::from_route(req.path) else {
             return IngestResponse::error(
                 404,
@@ -375,6 +396,7 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
             client_id: None,
             event_type: None,
             dropped_fields: Vec::new(),
+            pixel: false,
         };
         let allowed = match origin {
             Some(origin) => self.crm_allows(crm, origin).await,
@@ -394,6 +416,55 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
             r.headers
                 .push(("access-control-max-age", CORS_MAX_AGE_SECONDS.to_string()));
         }
+        r
+    }
+
+    /// `GET|HEAD /{route}/p?d=<base64url of the event JSON>`: the same validation,
+    /// client resolution, origin rules (from `Referer`: an image request carries no
+    /// `Origin`) and storage as the POST route, but always a 200 with a transparent GIF.
+    /// Refusals are counted and logged by reason, never shown to the page.
+    async fn pixel(
+        &self,
+        crm: Crm,
+        req: IngestRequest<'_>,
+        email_hash: &mut Option<String>,
+    ) -> IngestResponse {
+        let mut r = match req.method {
+            "GET" | "HEAD" => match decode_pixel_query(req.query) {
+                Ok(body) => {
+                    let mut headers = req.headers.clone();
+                    headers.remove("origin");
+                    headers.insert(
+                        "content-type",
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    let event_req = IngestRequest {
+                        method: "POST",
+                        body: &body,
+                        headers: &headers,
+                        query: None,
+                        ..req
+                    };
+                    self.accept(crm, event_req, email_hash).await.0
+                }
+                Err(r) => *r,
+            },
+            other => {
+                let mut r = IngestResponse::error(
+                    405,
+                    "method_not_allowed",
+                    format!("method {other} is not allowed on the pixel route; use GET"),
+                );
+                r.headers.push(("allow", "GET, HEAD".to_owned()));
+                return r;
+            }
+        };
+        r.status = 200;
+        r.pixel = true;
+        r.headers = vec![
+            ("content-type", "image/gif".to_owned()),
+            ("cache-control", "no-store".to_owned()),
+        ];
         r
     }
 
@@ -825,6 +896,65 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
         }
         Ok(client)
     }
+}
+
+/// The event JSON of a pixel query: `d` = base64url (or base64) of the JSON, bounded.
+fn decode_pixel_query(query: Option<&str>) -> Result<Vec<u8>, Box<IngestResponse>> {
+    use base64::Engine;
+    let query = query.unwrap_or("");
+    if query.len() > MAX_PIXEL_QUERY_BYTES {
+        return Err(Box::new(IngestResponse::error(
+            414,
+            "uri_too_long",
+            format!(
+                "the query has {} bytes; at most {MAX_PIXEL_QUERY_BYTES} are accepted",
+                query.len()
+            ),
+        )));
+    }
+    let d = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("d="))
+        .ok_or_else(|| {
+            Box::new(IngestResponse::invalid(vec![FieldError::new(
+                "d",
+                "required",
+                "the pixel needs d=<base64url of the event JSON>",
+            )]))
+        })?;
+    // Percent-encoded padding, and '+' turned into ' ' by a form decoder, are undone.
+    let d = d
+        .replace("%3D", "=")
+        .replace("%3d", "=")
+        .replace("%2B", "+")
+        .replace("%2b", "+")
+        .replace("%2F", "/")
+        .replace("%2f", "/")
+        .replace(' ', "+");
+    let d = d.trim_end_matches('=');
+    let engine = if d.contains(['+', '/']) {
+        base64::engine::general_purpose::STANDARD_NO_PAD
+    } else {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+    };
+    let body = engine.decode(d).map_err(|_| {
+        Box::new(IngestResponse::invalid(vec![FieldError::new(
+            "d",
+            "base64",
+            "must be the base64url encoding of the event JSON",
+        )]))
+    })?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(Box::new(IngestResponse::error(
+            413,
+            "payload_too_large",
+            format!(
+                "the event has {} bytes; at most {MAX_BODY_BYTES} are accepted",
+                body.len()
+            ),
+        )));
+    }
+    Ok(body)
 }
 
 /// Drops `productUrl` / `productImage` whose host is not the client's; returns the

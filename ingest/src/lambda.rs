@@ -40,9 +40,17 @@ pub async fn handle_apigw<S: RecordStore, D: ClientDirectory + 'static, C: Clock
     let path = event
         .resource
         .as_deref()
-        .filter(|r| domain::Crm::from_route(r).is_some())
+        .filter(|r| {
+            let r = r.strip_suffix("/p").unwrap_or(r);
+            domain::Crm::from_route(r).is_some()
+        })
         .or(event.path.as_deref())
         .unwrap_or("/");
+    // The pixel's `d` (API Gateway hands the query decoded; base64url needs no escaping).
+    let query = event
+        .query_string_parameters
+        .first("d")
+        .map(|d| format!("d={d}"));
     let request_id = event
         .request_context
         .request_id
@@ -54,11 +62,18 @@ pub async fn handle_apigw<S: RecordStore, D: ClientDirectory + 'static, C: Clock
             path,
             headers: &headers,
             body: &body,
+            query: query.as_deref(),
             source_ip: event.request_context.identity.source_ip.as_deref(),
             request_id,
         })
         .await;
     emit_metrics(&response);
+    if response.pixel {
+        let mut out = to_apigw(response.status, response.headers, String::new());
+        out.body = Some(Body::Binary(crate::PIXEL_GIF.to_vec()));
+        out.is_base64_encoded = true;
+        return out;
+    }
     to_apigw(response.status, response.headers, response.body)
 }
 

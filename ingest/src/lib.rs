@@ -12,6 +12,6 @@ pub mod limits;
 pub mod signing;
 
 pub use handler::{
-    IngestHandler, IngestRequest, IngestResponse, IngestSettings, MAX_BODY_BYTES, Outcome,
-    request_origin,
+    IngestHandler, IngestRequest, IngestResponse, IngestSettings, MAX_BODY_BYTES,
+    MAX_PIXEL_QUERY_BYTES, Outcome, PIXEL_GIF, request_origin,
 };

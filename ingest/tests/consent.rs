@@ -80,6 +80,7 @@ async fn only_granted_consent_is_kept() {
                 path: "/responsys",
                 headers: &headers,
                 body: body.as_bytes(),
+                query: None,
                 source_ip: None,
                 request_id: "r",
             })

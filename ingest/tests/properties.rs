@@ -131,6 +131,7 @@ fn check(body: &[u8], content_type: &str, origin: Option<&str>) -> Result<(), Te
         path: "/responsys",
         headers: &headers,
         body,
+        query: None,
         source_ip: Some("203.0.113.9"),
         request_id: "prop",
     }));

@@ -9,6 +9,7 @@ mod fanout;
 mod faults;
 mod ingest_http;
 mod lifecycle;
+mod pixel;
 mod privacy;
 mod privacy_aws;
 mod replay;
