@@ -323,3 +323,39 @@ async fn signed_events_are_verified_with_keys_from_secrets_manager() {
     assert_eq!(env.stored_count().await, 2);
     assert!(!env.prefix.is_empty());
 }
+
+#[tokio::test]
+async fn the_pixel_route_through_api_gateway_answers_a_binary_gif() {
+    use base64::Engine;
+    let Some(env) = setup().await else { return };
+    let event = json!({"clientId": "shop", "email": "pixel@example.com", "eventType": "page_view"});
+    let d = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(event.to_string());
+    let mut req: ApiGatewayProxyRequest = serde_json::from_str(
+        &json!({
+            "resource": "/responsys/p", "path": "/responsys/p", "httpMethod": "GET",
+            "isBase64Encoded": false, "headers": {}, "multiValueHeaders": {},
+            "queryStringParameters": {"d": d}, "multiValueQueryStringParameters": {"d": [d]},
+            "requestContext": {"requestId": "r", "httpMethod": "GET", "identity": {"sourceIp": "203.0.113.7"}},
+            "body": null,
+        })
+        .to_string(),
+    )
+    .expect("event");
+    let referer: http::HeaderValue = "https://www.loja-exemplo.com.br/p/1"
+        .parse()
+        .expect("referer");
+    req.headers.insert("referer", referer.clone());
+    req.multi_value_headers.insert("referer", referer);
+    let r = handle_apigw(&env.handler, req, "req").await;
+    assert_eq!(r.status_code, 200);
+    assert!(r.is_base64_encoded);
+    match &r.body {
+        Some(Body::Binary(b)) => assert_eq!(b.as_slice(), &ingest::PIXEL_GIF[..]),
+        other => panic!("expected the GIF, got {other:?}"),
+    }
+    assert_eq!(
+        r.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("image/gif")
+    );
+    assert_eq!(env.stored_count().await, 1);
+}

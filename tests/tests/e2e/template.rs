@@ -310,6 +310,28 @@ fn the_front_door_bounds_abuse_before_it_reaches_a_lambda() {
             .any(|r| r["Statement"]["RateBasedStatement"]["AggregateKeyType"] == "IP"),
         "per-IP rate rule"
     );
+    // The pixel routes (GET and HEAD) and GIF answers; no access log (the pixel's query
+    // holds an email).
+    for route in ["Responsys", "Salesforce", "Rdstation"] {
+        for method in ["Get", "Head"] {
+            let id = format!("ApiGatewayMethod{route}P{method}");
+            assert!(resources.contains_key(&id), "{id} missing");
+        }
+    }
+    let binary = &t["Resources"]["ApiGatewayRestApi"]["Properties"]["BinaryMediaTypes"];
+    assert!(
+        binary
+            .as_array()
+            .is_some_and(|b| b.iter().any(|m| m == "image/gif")),
+        "{binary}"
+    );
+    assert!(
+        resources
+            .values()
+            .all(|r| r["Type"] != "AWS::ApiGateway::Stage"
+                || r["Properties"].get("AccessLogSetting").is_none()),
+        "an access log would record pixel queries"
+    );
     // API Gateway stage throttling.
     let deployment = resources
         .values()
