@@ -7,6 +7,7 @@ mod dlq;
 mod dlq_aws;
 mod fanout;
 mod faults;
+mod gtm_browser;
 mod ingest_http;
 mod lifecycle;
 mod pixel;
