@@ -165,6 +165,11 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             .max(1),
     );
     let mut clients = file.client_configs()?;
+    // Every target is checked now, not at the first delivery.
+    for (i, client) in clients.iter().enumerate() {
+        crm::target::validate(client)
+            .map_err(|e| anyhow::anyhow!("clients[{i}].target ({}): {e}", client.client_id))?;
+    }
     let mut rdstation = file.rdstation_configs()?;
     if opts.demo {
         let (c, r) = config::demo_identities();
@@ -211,6 +216,22 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             .upsert_client(client)
             .await
             .with_context(|| format!("saving client {}", client.client_id))?;
+    }
+    // With a configuration file, it is the list of clients: one removed from it is
+    // deactivated (its events get 404, its queued messages are dead-lettered as
+    // inactive_client), not left running.
+    if opts.config.is_some() {
+        let configured: std::collections::HashSet<&domain::ClientId> =
+            clients.iter().map(|c| &c.client_id).collect();
+        for crm in domain::Crm::ALL {
+            for mut stale in domain::ClientDirectory::clients_of(&store, crm).await? {
+                if stale.active && !configured.contains(&stale.client_id) {
+                    tracing::warn!(clientId = %stale.client_id, "client no longer in the configuration: deactivated");
+                    stale.active = false;
+                    store.upsert_client(&stale).await?;
+                }
+            }
+        }
     }
     for rd in &rdstation {
         store

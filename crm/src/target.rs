@@ -41,6 +41,28 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(client: &ClientConfig) -> Resul
     }
 }
 
+/// Checks a client's `target` against its CRM's settings: unknown keys, the same
+/// setting given twice under two names (`profile_list` and `list_name`), values of the
+/// wrong type, and settings a kind needs. The message names the key.
+pub fn validate(client: &ClientConfig) -> Result<(), String> {
+    match client.crm {
+        domain::Crm::Responsys => ResponsysTarget::from_client(client).map(drop),
+        domain::Crm::Salesforce => {
+            let t = SfmcTarget::from_client(client)?;
+            if t.kind == SfmcKind::Journey
+                && t.event_definition_key.as_deref().is_none_or(str::is_empty)
+            {
+                return Err(format!(
+                    "client {} has an invalid target: kind = \"journey\" needs event_definition_key",
+                    client.client_id
+                ));
+            }
+            Ok(())
+        }
+        domain::Crm::RdStation => RdStationTarget::from_client(client).map(drop),
+    }
+}
+
 /// Responsys target kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -331,5 +353,21 @@ mod tests {
             s.journey_event_types,
             vec![domain::EventType::Purchase, domain::EventType::Lead]
         );
+        let mut journey = client(serde_json::json!({"kind": "journey"}));
+        journey.crm = Crm::Salesforce;
+        let err = validate(&journey).expect_err("no event definition key");
+        assert!(err.contains("event_definition_key"), "{err}");
+    }
+
+    #[test]
+    fn conflicting_and_unknown_keys_are_named() {
+        let err = validate(&client(
+            serde_json::json!({"profile_list": "A", "list_name": "B"}),
+        ))
+        .expect_err("conflict");
+        assert!(err.contains("list_name"), "{err}");
+        let err = validate(&client(serde_json::json!({"listname": "A"}))).expect_err("unknown");
+        assert!(err.contains("listname"), "{err}");
+        validate(&client(serde_json::json!({"kind": "pet", "pet_name": "E"}))).expect("valid");
     }
 }

@@ -64,3 +64,57 @@ fn bad_config_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("lisen"), "{stderr}");
 }
+
+#[test]
+fn a_target_with_a_conflicting_key_stops_the_start_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[[clients]]\nclient_id = \"shop\"\ncrm = \"responsys\"\nallowed_origins = [\"https://shop.example\"]\ntarget = { profile_list = \"A\", list_name = \"B\" }\n",
+    )
+    .expect("config");
+    let out = std::process::Command::new(tests::connect_bin())
+        .args(["--data"])
+        .arg(dir.path().join("data"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("clients[0].target (shop)") && err.contains("list_name"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_removed_from_the_file_is_deactivated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("c.toml");
+    let client = |id: &str| {
+        format!("[[clients]]\nclient_id = \"{id}\"\ncrm = \"responsys\"\nrequire_origin = false\n")
+    };
+    std::fs::write(&config, client("keep") + &client("gone")).expect("config");
+    let mut first = tests::Process::serve(&data, &["--config", config.to_str().expect("path")]);
+    assert!(first.terminate().success());
+    std::fs::write(&config, client("keep")).expect("config");
+    let second = tests::Process::serve(&data, &["--config", config.to_str().expect("path")]);
+    let http = reqwest::Client::new();
+    let post = |id: &str| {
+        http.post(second.url("/responsys"))
+            .header("content-type", "application/json")
+            .body(
+                serde_json::json!({"clientId": id, "email": "a@b.co", "eventType": "lead"})
+                    .to_string(),
+            )
+            .send()
+    };
+    assert_eq!(post("keep").await.expect("post").status(), 202);
+    let gone = post("gone").await.expect("post");
+    assert_eq!(gone.status(), 404);
+    let body: serde_json::Value = gone.json().await.expect("json");
+    assert_eq!(body["error"], "inactive_client");
+}
