@@ -24,8 +24,21 @@ struct Cli {
     /// Local store directory [default: ./data].
     #[arg(long, global = true, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Log format: `pretty` (one short line per event, colours on a terminal), `json`
+    /// (structured, for machines) [default: pretty on a terminal, json elsewhere].
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// JSON lines.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -250,20 +263,39 @@ enum BenchCommand {
     },
 }
 
-fn init_tracing(default_level: &str) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_tracing(
+    default_level: &str,
+    format: Option<LogFormat>,
+) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .init();
+    let terminal = std::io::stderr().is_terminal();
+    let format = format.unwrap_or(if terminal {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Json
+    });
+    match format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .init(),
+        LogFormat::Pretty => tracing_subscriber::fmt()
+            .compact()
+            .with_target(false)
+            .with_ansi(terminal)
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .init(),
+    }
     guard
 }
 
@@ -275,7 +307,7 @@ fn main() -> std::process::ExitCode {
     } else {
         "warn"
     };
-    let _guard = init_tracing(level);
+    let _guard = init_tracing(level, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

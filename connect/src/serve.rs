@@ -250,7 +250,12 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         write_demo_secrets(&secrets, url).await?;
     }
 
-    for client in clients.iter().filter(|c| c.allowed_origins.has_wildcard()) {
+    // The demo clients allow `*` on purpose (README); configured ones are warned about.
+    for client in file
+        .client_configs()?
+        .iter()
+        .filter(|c| c.allowed_origins.has_wildcard())
+    {
         tracing::warn!(
             clientId = %client.client_id,
             "allowed_origins contains \"*\": any web site may post events in this client's name; list the shop's origins"
@@ -482,6 +487,9 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     );
     // One line on stdout for people and scripts (tests read the port from it).
     println!("connect listening on http://{local_addr}");
+    if opts.demo {
+        print_demo_hints(local_addr, sandbox_url.as_deref());
+    }
 
     crate::http_server::serve(
         listener,
@@ -595,6 +603,25 @@ async fn erasure_route(State(app): State<Arc<App>>, headers: HeaderMap, body: Bo
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What to try next, for someone who just ran `connect serve --demo`.
+fn print_demo_hints(addr: SocketAddr, sandbox: Option<&str>) {
+    println!();
+    println!("Try it:");
+    println!("  # post an event (202 and its record id):");
+    println!(
+        "  curl -X POST http://{addr}/responsys -H 'content-type: application/json' \\\n    -d '{{\"clientId\":\"demo-responsys\",\"email\":\"ana@example.com\",\"eventType\":\"lead\"}}'"
+    );
+    if let Some(sandbox) = sandbox {
+        println!("  # what the sandbox CRMs received, within a second:");
+        println!("  curl {sandbox}/_sandbox/records");
+    }
+    println!("  # counters and latencies:");
+    println!("  curl http://{addr}/metrics");
+    println!("  # dead letters by CRM and reason (in another terminal):");
+    println!("  connect dlq list");
+    println!("Ctrl-C stops; nothing accepted is lost.");
 }
 
 /// Writes the demo credentials (pointing at the sandbox) into the secrets file, keeping

@@ -118,3 +118,25 @@ async fn a_client_removed_from_the_file_is_deactivated() {
     let body: serde_json::Value = gone.json().await.expect("json");
     assert_eq!(body["error"], "inactive_client");
 }
+
+#[test]
+fn logs_are_json_for_machines_and_lines_for_people() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut pretty =
+        tests::Process::serve(&dir.path().join("a"), &["--demo", "--log-format", "pretty"]);
+    assert!(pretty.terminate().success());
+    let logs = pretty.logs();
+    assert!(
+        logs.contains(" INFO ") && logs.contains("connect serve started"),
+        "{logs}"
+    );
+    assert!(!logs.contains("{\"timestamp\""), "{logs}");
+    // Not a terminal (a file, here): JSON by default.
+    let mut json = tests::Process::serve(&dir.path().join("b"), &["--demo"]);
+    assert!(json.terminate().success());
+    assert!(
+        json.logs().lines().all(|l| l.starts_with('{')),
+        "{}",
+        json.logs()
+    );
+}
