@@ -162,6 +162,20 @@ impl DynamoClientDirectory {
         self.put(&self.clients_table, client).await
     }
 
+    /// Deletes a client item; whether there was one.
+    pub async fn delete_client(&self, id: &ClientId) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.clients_table)
+            .key("clientId", AttributeValue::S(id.to_string()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(out.attributes().is_some_and(|a| !a.is_empty()))
+    }
+
     /// Creates or replaces an RD Station config item.
     pub async fn put_rdstation(&self, config: &RdStationConfig) -> Result<(), StoreError> {
         self.put(&self.rdstation_table, config).await

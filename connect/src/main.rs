@@ -2,6 +2,7 @@
 
 mod alerts;
 mod bench;
+mod clients;
 mod config;
 mod dlq;
 mod http_server;
@@ -117,6 +118,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Clients: list, show, put (validated), enable, disable, remove, validate, their
+    /// credentials secret, RD Station tid mappings.
+    Clients {
+        /// Use AWS (CLIENTS_TABLE, RDSTATION_CONFIG_TABLE, Secrets Manager).
+        #[arg(long, global = true)]
+        aws: bool,
+        /// JSON output.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
     /// LGPD: erase a person (by email) and keep them out, or lift that.
     Privacy {
         /// Use AWS: NAVIGATION_TABLE, SUPPRESSION_TABLE, QUEUE_URL_{CRM} / DLQ_URL_{CRM},
@@ -211,6 +224,82 @@ enum TokensCommand {
         /// Credentials file [default: DATA/secrets.json].
         #[arg(long, value_name = "FILE")]
         secrets: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientsCommand {
+    /// Every client.
+    List,
+    /// One client, as stored.
+    Show {
+        /// Client id.
+        id: String,
+    },
+    /// Create or replace the clients (and RD Station mappings) of a TOML file in the
+    /// format of connect.toml; refused, naming the key, when invalid.
+    Put {
+        /// The file.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Accept a client's events again.
+    Enable {
+        /// Client id.
+        id: String,
+    },
+    /// Refuse a client's events (404) without deleting it.
+    Disable {
+        /// Client id.
+        id: String,
+    },
+    /// Delete a client.
+    Remove {
+        /// Client id.
+        id: String,
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Check a file, or every stored client.
+    Validate {
+        /// A TOML file in the format of connect.toml.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// The client's credentials secret.
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
+    /// RD Station: which client a GA4 tid belongs to.
+    Rdstation {
+        #[command(subcommand)]
+        command: RdstationCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretCommand {
+    /// Store the credentials JSON of a file (never from the command line), checked
+    /// against the client's CRM.
+    Set {
+        /// Client id.
+        id: String,
+        /// The JSON file.
+        #[arg(long, value_name = "FILE")]
+        from_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RdstationCommand {
+    /// Map a GA4 client id (tid) to a client.
+    Map {
+        /// The tid.
+        tid: String,
+        /// Client id.
+        id: String,
     },
 }
 
@@ -401,6 +490,25 @@ fn main() -> std::process::ExitCode {
                     crm,
                 };
                 replay::run(&data, aws, selection, dry_run, json).await
+            }
+            Command::Clients { aws, json, command } => {
+                let data = cli.data.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR));
+                let action = match &command {
+                    ClientsCommand::List => clients::Action::List,
+                    ClientsCommand::Show { id } => clients::Action::Show(id),
+                    ClientsCommand::Put { file } => clients::Action::Put(file),
+                    ClientsCommand::Enable { id } => clients::Action::SetActive(id, true),
+                    ClientsCommand::Disable { id } => clients::Action::SetActive(id, false),
+                    ClientsCommand::Remove { id, yes } => clients::Action::Remove(id, *yes),
+                    ClientsCommand::Validate { file } => clients::Action::Validate(file.as_deref()),
+                    ClientsCommand::Secret { command: SecretCommand::Set { id, from_file } } => {
+                        clients::Action::SetSecret(id, from_file)
+                    }
+                    ClientsCommand::Rdstation { command: RdstationCommand::Map { tid, id } } => {
+                        clients::Action::MapTid(tid, id)
+                    }
+                };
+                clients::run(&data, aws, json, action).await
             }
             Command::Privacy { aws, secrets, json, command } => {
                 let data = cli.data.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR));

@@ -165,10 +165,10 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             .max(1),
     );
     let mut clients = file.client_configs()?;
-    // Every target is checked now, not at the first delivery.
+    // Every client is checked now (origins, limits, target), not at the first delivery.
     for (i, client) in clients.iter().enumerate() {
-        crm::target::validate(client)
-            .map_err(|e| anyhow::anyhow!("clients[{i}].target ({}): {e}", client.client_id))?;
+        crate::clients::validate(client)
+            .map_err(|e| anyhow::anyhow!("clients[{i}] ({}): {e:#}", client.client_id))?;
     }
     let mut rdstation = file.rdstation_configs()?;
     if opts.demo {

@@ -34,6 +34,33 @@ impl AllowedOrigins {
         })
     }
 
+    /// Checks every pattern: `https://shop.example[:port]`, `https://*.shop.example`,
+    /// `*` or `null`. The error names the first bad entry.
+    pub fn check(&self) -> Result<(), String> {
+        for (i, p) in self.0.iter().enumerate() {
+            let p = p.trim();
+            if p == "*" || p == "null" {
+                continue;
+            }
+            let ok = match p.split_once("://") {
+                Some(("http" | "https", host)) => {
+                    let host = host.strip_prefix("*.").unwrap_or(host);
+                    let host = strip_port(host);
+                    !host.is_empty()
+                        && !host.contains(['/', '?', '#', '@', '*', ' '])
+                        && host.split('.').all(|l| !l.is_empty())
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(format!(
+                    "allowed_origins[{i}]: {p:?} is not an origin (https://shop.example, https://*.shop.example, *, or null)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the list holds the `*` wildcard.
     pub fn has_wildcard(&self) -> bool {
         self.0.iter().any(|p| p.trim() == "*")
@@ -267,6 +294,28 @@ mod tests {
         assert!(AllowedOrigins(vec!["null".into()]).allows("null"));
         assert!(!o.allows("null"));
         assert!(!AllowedOrigins::default().allows("https://any.example"));
+    }
+
+    #[test]
+    fn origin_patterns_are_checked() {
+        let ok = AllowedOrigins(vec![
+            "https://www.shop.example".into(),
+            "http://localhost:8080".into(),
+            "https://*.shop.example".into(),
+            "*".into(),
+            "null".into(),
+        ]);
+        assert_eq!(ok.check(), Ok(()));
+        for bad in [
+            "www.shop.example",
+            "https://shop.example/path",
+            "ftp://x.example",
+            "https://",
+            "https://a..b",
+        ] {
+            let err = AllowedOrigins(vec![bad.into()]).check().expect_err(bad);
+            assert!(err.starts_with("allowed_origins[0]"), "{err}");
+        }
     }
 
     #[test]

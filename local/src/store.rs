@@ -342,6 +342,16 @@ impl SqliteStore {
         .await
     }
 
+    /// Deletes a client; whether there was one.
+    pub async fn delete_client(&self, id: &ClientId) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.write(move |conn| {
+            conn.execute("DELETE FROM clients WHERE client_id = ?1", params![id])
+                .map(|n| n > 0)
+        })
+        .await
+    }
+
     /// Creates or replaces a client.
     pub async fn upsert_client(&self, client: &ClientConfig) -> Result<(), StoreError> {
         let item = serde_json::to_string(client).map_err(|e| StoreError::Corrupt(e.to_string()))?;

@@ -84,7 +84,7 @@ fn a_target_with_a_conflicting_key_stops_the_start_naming_the_key() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("clients[0].target (shop)") && err.contains("list_name"),
+        err.contains("clients[0] (shop)") && err.contains("list_name"),
         "{err}"
     );
 }

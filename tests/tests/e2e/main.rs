@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `connect` binary over real HTTP, SQLite on disk.
 
 mod abuse;
+mod clients;
 mod crash;
 mod delivery;
 mod dlq;
