@@ -12,6 +12,7 @@ mod replay;
 mod runtime;
 mod serve;
 mod tokens;
+mod trace;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -112,6 +113,30 @@ enum Command {
         dry_run: bool,
         /// Use AWS: the table named by NAVIGATION_TABLE, the queues of QUEUE_URL_{CRM} /
         /// DLQ_URL_{CRM}.
+        #[arg(long)]
+        aws: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where one event is: stored, routed, each delivery attempt, its queue or DLQ, and
+    /// whether its email is suppressed.
+    Trace {
+        /// A record id (as answered by the 202).
+        record_id: Option<String>,
+        /// With --email: the client's records of that email.
+        #[arg(long, value_name = "ID")]
+        client: Option<String>,
+        /// With --client.
+        #[arg(long, value_name = "E")]
+        email: Option<String>,
+        /// Records received at or after [default: 48h].
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Show emails in clear (audited).
+        #[arg(long)]
+        show_pii: bool,
+        /// AWS: the navigation table and a Logs Insights query (RECORD_ID only).
         #[arg(long)]
         aws: bool,
         /// JSON output.
@@ -490,6 +515,30 @@ fn main() -> std::process::ExitCode {
                     crm,
                 };
                 replay::run(&data, aws, selection, dry_run, json).await
+            }
+            Command::Trace { record_id, client, email, since, show_pii, aws, json } => {
+                use domain::Clock;
+                let data = cli.data.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR));
+                if aws {
+                    let Some(id) = record_id else {
+                        anyhow::bail!("--aws traces a RECORD_ID");
+                    };
+                    return trace::run_aws(&id, json).await;
+                }
+                let now = domain::SystemClock.now_ms();
+                let since_ms = replay::parse_time(since.as_deref().unwrap_or("48h"), now).context("--since")?;
+                trace::run_local(
+                    &data,
+                    trace::Query {
+                        record_id: record_id.as_deref(),
+                        client: client.as_deref(),
+                        email: email.as_deref(),
+                        since_ms,
+                        show_pii,
+                        json,
+                    },
+                )
+                .await
             }
             Command::Clients { aws, json, command } => {
                 let data = cli.data.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR));

@@ -477,7 +477,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         }
     }
 
-    let sweeper = tokio::spawn(sweep_loop(store.clone(), sweep_every));
+    let sweeper = tokio::spawn(sweep_loop(store.clone(), sweep_every, ttl_hours));
     tracing::info!(
         listen = %local_addr,
         data = %data_dir.display(),
@@ -658,7 +658,7 @@ fn check_ttl_hours(hours: u32) -> anyhow::Result<u32> {
     }
 }
 
-async fn sweep_loop(store: SqliteStore, every: Duration) {
+async fn sweep_loop(store: SqliteStore, every: Duration, ttl_hours: u32) {
     let mut ticker = tokio::time::interval(every);
     loop {
         ticker.tick().await;
@@ -669,6 +669,11 @@ async fn sweep_loop(store: SqliteStore, every: Duration) {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "expired records swept"),
             Err(e) => tracing::warn!(error = %e, "TTL sweep failed"),
+        }
+        // The delivery log is kept as long as the records it traces.
+        let before_ms = (now_s - i64::from(ttl_hours) * 3600) * 1000;
+        if let Err(e) = store.sweep_delivery_log(before_ms).await {
+            tracing::warn!(error = %e, "delivery-log sweep failed");
         }
     }
 }

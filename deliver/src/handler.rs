@@ -85,6 +85,21 @@ pub struct DeliverOutcome {
     pub latencies_ms: Vec<(String, i64)>,
     /// Token refreshes forced by a rejected token.
     pub token_refreshes: u64,
+    /// What happened to each message: the delivery log of `connect trace`.
+    pub log: Vec<DeliveryLogEntry>,
+}
+
+/// One delivery attempt of one record (no email, no secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryLogEntry {
+    /// The record (`-` when the message could not be read).
+    pub record_id: String,
+    /// The client (`-` when unknown).
+    pub client_id: String,
+    /// `delivered`, `retried`, `throttled`, `dead_lettered`, `skipped_…`.
+    pub outcome: &'static str,
+    /// The CRM's status or reason, when there is one.
+    pub detail: String,
 }
 
 /// One client's outcomes: (client, (batch position, outcome)…, forced refreshes).
@@ -181,9 +196,11 @@ where
         let mut outcome = DeliverOutcome::default();
         let mut dispositions: Vec<Option<Disposition>> = (0..batch.len()).map(|_| None).collect();
         let mut by_client: BTreeMap<ClientId, Vec<(usize, DeliveryMessage)>> = BTreeMap::new();
+        let mut record_ids: Vec<Option<String>> = vec![None; batch.len()];
         for (i, m) in batch.iter().enumerate() {
             match serde_json::from_str::<DeliveryMessage>(&m.body) {
                 Ok(d) if d.crm == self.crm && d.v == domain::delivery::MESSAGE_VERSION => {
+                    record_ids[i] = Some(d.record_id.clone());
                     by_client
                         .entry(d.client_id.clone())
                         .or_default()
@@ -362,7 +379,8 @@ where
                 })
                 .await;
         }
-        self.apply(batch, dispositions, &mut outcome).await;
+        self.apply(batch, dispositions, &record_ids, &mut outcome)
+            .await;
         outcome
     }
 
@@ -642,6 +660,7 @@ where
         &self,
         batch: &[InboundMessage],
         dispositions: Vec<Option<Disposition>>,
+        record_ids: &[Option<String>],
         outcome: &mut DeliverOutcome,
     ) {
         let now = self.clock.now_ms();
@@ -653,8 +672,36 @@ where
                 .iter()
                 .find(|(k, _)| k == attr::CLIENT_ID)
                 .map_or_else(|| "-".to_owned(), |(_, v)| v.clone());
+            let record_id = record_ids
+                .get(i)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| "-".to_owned());
+            let detail = match &d {
+                Some(Disposition::DeadLetter { reason, status, .. }) => {
+                    format!("{reason}: {status}")
+                }
+                Some(Disposition::Hide(wait, _)) => format!("next attempt in {} s", wait.as_secs()),
+                _ => String::new(),
+            };
             let mut count = |kind: &'static str| {
-                *outcome.counts.entry((client.clone(), kind)).or_default() += 1
+                *outcome.counts.entry((client.clone(), kind)).or_default() += 1;
+                // One line per attempt: `connect trace` finds a record's attempts by
+                // recordId (CloudWatch Logs Insights on AWS, the delivery log locally).
+                tracing::info!(
+                    crm = self.crm.as_str(),
+                    recordId = %record_id,
+                    clientId = %client,
+                    outcome = kind,
+                    detail = %detail,
+                    "delivery"
+                );
+                outcome.log.push(DeliveryLogEntry {
+                    record_id: record_id.clone(),
+                    client_id: client.clone(),
+                    outcome: kind,
+                    detail: detail.clone(),
+                });
             };
             match d {
                 Some(Disposition::Done) => count("delivered"),

@@ -20,5 +20,6 @@ pub mod lambda;
 
 pub use breaker::BreakerSettings;
 pub use handler::{
-    DEFAULT_RETRY_WINDOW, DeliverHandler, DeliverOutcome, DeliverSettings, InboundMessage,
+    DEFAULT_RETRY_WINDOW, DeliverHandler, DeliverOutcome, DeliverSettings, DeliveryLogEntry,
+    InboundMessage,
 };

@@ -83,6 +83,11 @@ fn to_queue_error(e: StoreError) -> QueueError {
 }
 
 impl LocalQueues {
+    /// The store the queues live in.
+    pub fn store(&self) -> &SqliteStore {
+        &self.store
+    }
+
     /// Queues on `store`; a message moves to its DLQ on the receive after its
     /// `max_receive_count`-th.
     pub fn new(store: SqliteStore, clock: Arc<dyn Clock>, max_receive_count: u32) -> Self {

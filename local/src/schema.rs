@@ -100,6 +100,19 @@ pub const MIGRATIONS: &[&str] = &[
         item TEXT NOT NULL
     );
     "#,
+    // 6: the delivery log (`connect trace`): one row per delivery attempt, appended in
+    // time order, swept with the records. No index: trace is an operator's scan.
+    r#"
+    CREATE TABLE delivery_log (
+        seq       INTEGER PRIMARY KEY,
+        at        INTEGER NOT NULL,
+        record_id TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        crm       TEXT NOT NULL,
+        outcome   TEXT NOT NULL,
+        detail    TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// A schema problem.

@@ -342,6 +342,128 @@ impl SqliteStore {
         .await
     }
 
+    /// Appends delivery attempts of `crm` at `at_ms` (the delivery log).
+    pub async fn append_delivery_log(
+        &self,
+        crm: Crm,
+        at_ms: i64,
+        entries: Vec<(String, String, String, String)>,
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let crm = crm.as_str();
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO delivery_log (at, record_id, client_id, crm, outcome, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for (record, client, outcome, detail) in &entries {
+                    stmt.execute(params![at_ms, record, client, crm, outcome, detail])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// The delivery attempts of a record: (at ms, crm, outcome, detail), oldest first.
+    pub async fn delivery_log_of(
+        &self,
+        record_id: &str,
+    ) -> Result<Vec<(i64, String, String, String)>, StoreError> {
+        let record_id = record_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT at, crm, outcome, detail FROM delivery_log WHERE record_id = ?1 ORDER BY seq",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![record_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    /// Records with their feed position: the one with `record_id`, or those of `email`
+    /// (of `client`) received at or after `since_ms`. Oldest first.
+    pub async fn find_records(
+        &self,
+        record_id: Option<&str>,
+        email: Option<(&str, &str)>,
+        since_ms: i64,
+    ) -> Result<Vec<(i64, NavigationRecord)>, StoreError> {
+        let (record_id, email) = (
+            record_id.map(str::to_owned),
+            email.map(|(e, c)| (e.to_owned(), c.to_owned())),
+        );
+        self.read(move |conn| {
+            let (sql, args): (&str, Vec<String>) = match (&record_id, &email) {
+                (Some(id), _) => (
+                    "SELECT seq, item FROM navigation WHERE record_id = ?1 ORDER BY seq",
+                    vec![id.clone()],
+                ),
+                (None, Some((e, c))) => (
+                    "SELECT seq, item FROM navigation WHERE json_extract(item, '$.email') = ?1
+                       AND json_extract(item, '$.clientId') = ?2
+                       AND json_extract(item, '$.timestamp') >= CAST(?3 AS INTEGER) ORDER BY seq",
+                    vec![e.clone(), c.clone(), since_ms.to_string()],
+                ),
+                (None, None) => return Ok(Vec::new()),
+            };
+            let mut stmt = conn.prepare(sql).map_err(unavailable)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, item) = row.map_err(unavailable)?;
+                if let Ok(record) = serde_json::from_str::<NavigationRecord>(&item) {
+                    out.push((seq, record));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Where a record's messages are now: (queue, receives, visible at ms).
+    pub async fn queued_messages_of(
+        &self,
+        record_id: &str,
+    ) -> Result<Vec<(String, u32, i64)>, StoreError> {
+        let record_id = record_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT queue, receive_count, visible_at FROM queue_messages
+                     WHERE json_extract(body, '$.recordId') = ?1 ORDER BY seq",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![record_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    /// Deletes delivery-log rows older than `before_ms`.
+    pub async fn sweep_delivery_log(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.write(move |conn| {
+            conn.execute("DELETE FROM delivery_log WHERE at < ?1", params![before_ms])
+        })
+        .await
+    }
+
     /// Deletes a client; whether there was one.
     pub async fn delete_client(&self, id: &ClientId) -> Result<bool, StoreError> {
         let id = id.to_string();

@@ -109,6 +109,24 @@ pub async fn run<D, T, S, A, C>(
             .collect();
         let outcome = handler.handle(&batch).await;
         metrics.observe_delivery(crm, &outcome);
+        let entries = outcome
+            .log
+            .iter()
+            .map(|e| {
+                (
+                    e.record_id.clone(),
+                    e.client_id.clone(),
+                    e.outcome.to_owned(),
+                    e.detail.clone(),
+                )
+            })
+            .collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        if let Err(e) = queues.store().append_delivery_log(crm, now, entries).await {
+            tracing::warn!(crm = crm.as_str(), error = %e, "the delivery log could not be written");
+        }
         for m in &received {
             if !outcome.redeliver.contains(&m.message_id) {
                 match queues.delete(&queue, &m.receipt_handle).await {

@@ -17,6 +17,7 @@ mod privacy_aws;
 mod replay;
 mod template;
 mod tokens;
+mod trace;
 
 use std::path::Path;
 

@@ -1,0 +1,148 @@
+//! `connect trace`: an event retried then delivered, and one dead-lettered, as an
+//! operator sees them next to a running server.
+
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tests::Process;
+
+fn trace(data: &std::path::Path, args: &[&str]) -> Value {
+    let out = std::process::Command::new(tests::connect_bin())
+        .arg("--data")
+        .arg(data)
+        .arg("trace")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn stages(v: &Value) -> Vec<(String, String)> {
+    v[0]["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap_or("").to_owned(),
+                s["detail"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_retried_then_delivered_event_and_a_dead_lettered_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[delivery]\nretry_base_ms = 50\nretry_max_ms = 200\nbreaker_open_max_ms = 200\n",
+    )
+    .expect("config");
+    let data = dir.path().join("data");
+    let server = Process::serve(
+        &data,
+        &["--demo", "--config", config.to_str().expect("path")],
+    );
+    let sandbox = server.sandbox.clone().expect("sandbox");
+    let http = reqwest::Client::new();
+    let fault = |body: Value| {
+        let http = http.clone();
+        let url = format!("{sandbox}/_sandbox/faults");
+        async move { http.post(url).json(&body).send().await.expect("fault") }
+    };
+    let post = |email: &'static str| {
+        let http = http.clone();
+        let url = server.url("/salesforce");
+        async move {
+            let r: Value = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(
+                    json!({"clientId": "demo-salesforce", "email": email, "eventType": "lead"})
+                        .to_string(),
+                )
+                .send()
+                .await
+                .expect("post")
+                .json()
+                .await
+                .expect("json");
+            r["recordId"].as_str().expect("id").to_owned()
+        }
+    };
+    fault(json!({"crm": "salesforce", "mode": "unavailable", "rate": 1.0})).await;
+    let retried = post("retried@trace.example").await;
+    // Let it fail a few times, then recover.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stages(&trace(&data, &[&retried]))
+        .iter()
+        .any(|(s, d)| s == "delivery" && d.contains("retried"))
+    {
+        assert!(Instant::now() < deadline, "never retried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    http.delete(format!(
+        "{}/_sandbox/faults",
+        server.sandbox.clone().expect("sandbox")
+    ))
+    .send()
+    .await
+    .expect("clear");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let st = stages(&trace(&data, &[&retried]));
+        if st
+            .iter()
+            .any(|(s, d)| s == "delivery" && d.contains("delivered"))
+        {
+            assert_eq!(st[0].0, "stored");
+            assert!(
+                st[0].1.contains("r***@trace.example") || !st[0].1.contains("retried@"),
+                "masked: {st:?}"
+            );
+            assert!(
+                st.iter()
+                    .any(|(s, d)| s == "routed" && d.contains("salesforce")),
+                "{st:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never delivered: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fault(json!({"crm": "salesforce", "mode": "reject", "rate": 1.0})).await;
+    let dead = post("dead@trace.example").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = stages(&trace(
+            &data,
+            &[
+                "--client",
+                "demo-salesforce",
+                "--email",
+                "dead@trace.example",
+            ],
+        ));
+        if st.iter().any(|(s, _)| s == "dead-lettered") {
+            assert!(
+                st.iter()
+                    .any(|(s, d)| s == "delivery" && d.contains("dead_lettered")),
+                "{st:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never dead-lettered: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let by_id = trace(&data, &[&dead]);
+    assert_eq!(by_id[0]["recordId"], dead.as_str());
+    let shown = trace(&data, &[&dead, "--show-pii"]);
+    assert!(shown.to_string().contains("dead@trace.example"));
+}
