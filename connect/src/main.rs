@@ -11,6 +11,7 @@ mod privacy;
 mod replay;
 mod runtime;
 mod serve;
+mod status;
 mod tokens;
 mod trace;
 
@@ -115,6 +116,19 @@ enum Command {
         /// DLQ_URL_{CRM}.
         #[arg(long)]
         aws: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// How each client's traffic is doing: accepted, delivered, retried, dead-lettered,
+    /// last event, queue depth, token — flagged when it needs attention (local store).
+    Status {
+        /// Only this client.
+        #[arg(long, value_name = "ID")]
+        client: Option<String>,
+        /// The window [default: 1h].
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -515,6 +529,12 @@ fn main() -> std::process::ExitCode {
                     crm,
                 };
                 replay::run(&data, aws, selection, dry_run, json).await
+            }
+            Command::Status { client, since, json } => {
+                use domain::Clock;
+                let data = cli.data.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR));
+                let since_ms = replay::parse_time(since.as_deref().unwrap_or("1h"), domain::SystemClock.now_ms()).context("--since")?;
+                status::run(&data, client.as_deref(), since_ms, json).await
             }
             Command::Trace { record_id, client, email, since, show_pii, aws, json } => {
                 use domain::Clock;

@@ -456,6 +456,48 @@ impl SqliteStore {
         .await
     }
 
+    /// Per client since `since_ms`: (client, events stored, last event at ms).
+    pub async fn accepted_since(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(String, u64, i64)>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT json_extract(item, '$.clientId') AS c, COUNT(*),
+                            MAX(json_extract(item, '$.timestamp'))
+                     FROM navigation WHERE record_id != 'erased'
+                       AND json_extract(item, '$.timestamp') >= ?1 GROUP BY c",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![since_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    /// Per (client, outcome) since `since_ms`: delivery attempts from the delivery log.
+    pub async fn outcomes_since(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(String, String, u64)>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT client_id, outcome, COUNT(*) FROM delivery_log WHERE at >= ?1
+                     GROUP BY client_id, outcome",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![since_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
     /// Deletes delivery-log rows older than `before_ms`.
     pub async fn sweep_delivery_log(&self, before_ms: i64) -> Result<usize, StoreError> {
         self.write(move |conn| {

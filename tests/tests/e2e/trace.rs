@@ -145,4 +145,41 @@ async fn a_retried_then_delivered_event_and_a_dead_lettered_one() {
     assert_eq!(by_id[0]["recordId"], dead.as_str());
     let shown = trace(&data, &[&dead, "--show-pii"]);
     assert!(shown.to_string().contains("dead@trace.example"));
+
+    // connect status: the same story per client, with what needs attention.
+    let out = std::process::Command::new(tests::connect_bin())
+        .arg("--data")
+        .arg(&data)
+        .args(["status", "--json"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let row = |id: &str| {
+        rows.as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["clientId"] == id)
+            .cloned()
+            .expect("client")
+    };
+    let sf = row("demo-salesforce");
+    assert_eq!(sf["accepted"], 2, "{sf}");
+    assert!(sf["delivered"].as_u64() >= Some(1), "{sf}");
+    assert!(sf["retried"].as_u64() >= Some(1), "{sf}");
+    assert_eq!(sf["deadLettered"], 1, "{sf}");
+    assert_eq!(sf["dlqDepth"], 1, "{sf}");
+    assert!(
+        sf["attention"].to_string().contains("dead-lettered"),
+        "{sf}"
+    );
+    let quiet = row("demo-responsys");
+    assert!(
+        quiet["attention"].to_string().contains("no events"),
+        "{quiet}"
+    );
 }
