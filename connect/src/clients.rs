@@ -18,7 +18,15 @@ trait Backend: Send + Sync {
     async fn delete(&self, id: &ClientId) -> anyhow::Result<bool>;
     async fn map_tid(&self, config: &RdStationConfig) -> anyhow::Result<()>;
     async fn put_secret(&self, name: &str, value: &str) -> anyhow::Result<()>;
+    /// Authenticates with the client's CRM (a forced token refresh: nothing is written
+    /// to the CRM).
+    async fn authenticate(&self, client: &ClientConfig) -> Result<(), crm::TokenError>;
     async fn close(&self) {}
+}
+
+fn http() -> Result<crm::CrmHttp, crm::TokenError> {
+    crm::CrmHttp::new(&crm::HttpSettings::default())
+        .map_err(|e| crm::TokenError::Transient(e.to_string()))
 }
 
 async fn every_crm<D: ClientDirectory>(d: &D) -> anyhow::Result<Vec<ClientConfig>> {
@@ -58,6 +66,17 @@ impl Backend for Local {
             .put_secret(name, &Secret::new(value.to_owned()))
             .await?)
     }
+    async fn authenticate(&self, client: &ClientConfig) -> Result<(), crm::TokenError> {
+        crm::TokenManager::new(
+            self.store.clone(),
+            self.secrets.clone(),
+            domain::SystemClock,
+            http()?,
+        )
+        .refresh(client, true, None)
+        .await
+        .map(drop)
+    }
     async fn close(&self) {
         self.store.shutdown().await;
     }
@@ -66,6 +85,7 @@ impl Backend for Local {
 struct Aws {
     directory: aws::DynamoClientDirectory,
     secrets: aws_sdk_secretsmanager::Client,
+    tokens: Option<aws::DynamoTokens>,
 }
 
 #[async_trait]
@@ -117,6 +137,21 @@ impl Backend for Aws {
             Err(e) => bail!("{}", aws_sdk_secretsmanager::error::DisplayErrorContext(&e)),
         }
     }
+    async fn authenticate(&self, client: &ClientConfig) -> Result<(), crm::TokenError> {
+        let tokens = self
+            .tokens
+            .clone()
+            .ok_or_else(|| crm::TokenError::Transient("set TOKENS_TABLE".into()))?;
+        crm::TokenManager::new(
+            tokens,
+            aws::SecretsManager::new(self.secrets.clone()),
+            domain::SystemClock,
+            http()?,
+        )
+        .refresh(client, true, None)
+        .await
+        .map(drop)
+    }
 }
 
 async fn backend(data: &Path, aws: bool) -> anyhow::Result<Box<dyn Backend>> {
@@ -127,12 +162,12 @@ async fn backend(data: &Path, aws: bool) -> anyhow::Result<Box<dyn Backend>> {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .load()
             .await;
+        let dynamodb = aws_sdk_dynamodb::Client::new(&config);
         return Ok(Box::new(Aws {
-            directory: aws::DynamoClientDirectory::new(
-                aws_sdk_dynamodb::Client::new(&config),
-                clients,
-                rdstation,
-            ),
+            tokens: std::env::var(aws::env::TOKENS_TABLE)
+                .ok()
+                .map(|t| aws::DynamoTokens::new(dynamodb.clone(), t)),
+            directory: aws::DynamoClientDirectory::new(dynamodb, clients, rdstation),
             secrets: aws_sdk_secretsmanager::Client::new(&config),
         }));
     }
@@ -210,6 +245,8 @@ pub enum Action<'a> {
     SetSecret(&'a str, &'a Path),
     /// `rdstation map TID ID`.
     MapTid(&'a str, &'a str),
+    /// `test ID`.
+    Test(&'a str),
 }
 
 /// Runs a `connect clients` command.
@@ -341,6 +378,45 @@ async fn run_on(b: &dyn Backend, json: bool, action: Action<'_>) -> anyhow::Resu
             b.put_secret(&name, value.trim()).await?;
             println!("secret {name} of client {id} saved");
             Ok(())
+        }
+        Action::Test(id) => {
+            let id = parse_id(id)?;
+            let Some(c) = b.get(&id).await? else {
+                bail!("no client {id}")
+            };
+            validate(&c)?;
+            if c.secret_name.is_none() {
+                if c.crm == Crm::RdStation {
+                    println!(
+                        "client {id}: RD Station with an API key only; it is checked by the first conversion (nothing to authenticate)"
+                    );
+                    return Ok(());
+                }
+                bail!(
+                    "client {id} has no secret_name: set one (clients put) and store its credentials (clients secret set)"
+                );
+            }
+            match b.authenticate(&c).await {
+                Ok(()) => {
+                    println!(
+                        "client {id}: OK — {} accepted the credentials; the target is valid",
+                        c.crm
+                    );
+                    Ok(())
+                }
+                Err(crm::TokenError::Rejected(m)) => bail!(
+                    "client {id}: {} refused the credentials ({m}); fix them with: connect clients secret set {id} --from-file creds.json",
+                    c.crm
+                ),
+                Err(crm::TokenError::NoCredentials(_)) => bail!(
+                    "client {id}: its secret {} does not exist; create it with: connect clients secret set {id} --from-file creds.json",
+                    c.secret_name.as_deref().unwrap_or("")
+                ),
+                Err(e) => bail!(
+                    "client {id}: {} could not be reached or answered unexpectedly: {e}; try again",
+                    c.crm
+                ),
+            }
         }
         Action::MapTid(tid, id) => {
             let id = parse_id(id)?;

@@ -300,6 +300,12 @@ enum ClientsCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Authenticate with the client's CRM (real or sandbox) without writing anything,
+    /// and check its settings; prints OK or what to fix.
+    Test {
+        /// Client id.
+        id: String,
+    },
     /// Check a file, or every stored client.
     Validate {
         /// A TOML file in the format of connect.toml.
@@ -570,6 +576,7 @@ fn main() -> std::process::ExitCode {
                     ClientsCommand::Disable { id } => clients::Action::SetActive(id, false),
                     ClientsCommand::Remove { id, yes } => clients::Action::Remove(id, *yes),
                     ClientsCommand::Validate { file } => clients::Action::Validate(file.as_deref()),
+                    ClientsCommand::Test { id } => clients::Action::Test(id),
                     ClientsCommand::Secret { command: SecretCommand::Set { id, from_file } } => {
                         clients::Action::SetSecret(id, from_file)
                     }

@@ -221,3 +221,61 @@ async fn clients_on_aws() {
     let value: Value = serde_json::from_str(secret.secret_string().expect("string")).expect("json");
     assert_eq!(value["clientSecret"], json!("s3cr3t-value"));
 }
+
+#[tokio::test]
+async fn test_authenticates_against_the_sandbox_and_says_what_to_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Process::serve(&data, &["--demo"]);
+    let sandbox = server.sandbox.clone().expect("sandbox");
+    let data_s = data.to_str().expect("path");
+    let run = |args: &[&str]| {
+        let mut all = vec!["--data", data_s];
+        all.extend_from_slice(args);
+        connect(&all, &[])
+    };
+    let out = run(&["clients", "test", "demo-responsys"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("OK"), "{}", text(&out));
+    // A client whose credentials the CRM refuses, and one whose secret is missing.
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        "[[clients]]\nclient_id = \"bad-creds\"\ncrm = \"responsys\"\nsecret_name = \"/connect/responsys/bad-creds/credentials\"\n\n[[clients]]\nclient_id = \"no-secret\"\ncrm = \"salesforce\"\nsecret_name = \"/connect/salesforce/no-secret/credentials\"\n",
+    )
+    .expect("write");
+    assert!(
+        run(&["clients", "put", "--file", file.to_str().expect("path")])
+            .status
+            .success()
+    );
+    let creds = dir.path().join("creds.json");
+    std::fs::write(
+        &creds,
+        json!({"username": "bad-creds", "password": "wrong", "loginUrl": format!("{sandbox}/responsys")}).to_string(),
+    )
+    .expect("write");
+    assert!(
+        run(&[
+            "clients",
+            "secret",
+            "set",
+            "bad-creds",
+            "--from-file",
+            creds.to_str().expect("path")
+        ])
+        .status
+        .success()
+    );
+    let out = run(&["clients", "test", "bad-creds"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("refused the credentials")
+            && text(&out).contains("clients secret set bad-creds"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&["clients", "test", "no-secret"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("does not exist"), "{}", text(&out));
+}
