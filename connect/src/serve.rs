@@ -619,7 +619,9 @@ fn print_demo_hints(addr: SocketAddr, sandbox: Option<&str>) {
     }
     println!("  # counters and latencies:");
     println!("  curl http://{addr}/metrics");
-    println!("  # dead letters by CRM and reason (in another terminal):");
+    println!("  # per client: accepted, delivered, retried, dead-lettered (in another terminal):");
+    println!("  connect status");
+    println!("  # dead letters by CRM and reason:");
     println!("  connect dlq list");
     println!("Ctrl-C stops; nothing accepted is lost.");
 }
