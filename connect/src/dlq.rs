@@ -486,6 +486,30 @@ pub async fn list(targets: Vec<(Crm, Backend)>, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
+/// The DLQ entry of a record, if it is among the messages looked at (every one locally;
+/// up to [`LIST_SAMPLE_LIMIT`] on SQS): its failure attributes.
+pub async fn dead_letter_of(
+    backend: &Backend,
+    crm: Crm,
+    record_id: &str,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let messages = backend.snapshot(crm, LIST_SAMPLE_LIMIT).await?;
+    Ok(messages
+        .iter()
+        .find(|m| {
+            serde_json::from_str::<serde_json::Value>(&m.body)
+                .is_ok_and(|v| v["recordId"].as_str() == Some(record_id))
+        })
+        .map(|m| {
+            serde_json::json!({
+                "failureReason": m.attr(attr::FAILURE_REASON),
+                "failureStatus": m.attr(attr::FAILURE_STATUS),
+                "failedAt": m.attr(attr::FAILED_AT),
+                "attempts": m.attr(attr::ATTEMPTS),
+            })
+        }))
+}
+
 /// `dlq peek`.
 pub async fn peek(
     backend: Backend,

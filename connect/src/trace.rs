@@ -175,6 +175,23 @@ pub async fn run_aws(record_id: &str, json: bool) -> anyhow::Result<()> {
     let insights = format!(
         "fields @timestamp, crm, outcome, detail | filter msg = \"delivery\" or message = \"delivery\" | filter recordId = \"{record_id}\" | sort @timestamp asc"
     );
+    // The DLQ of the record's CRM (or of every CRM with a DLQ_URL_{CRM} when the record
+    // is gone from the table).
+    let crms: Vec<domain::Crm> = match records.first() {
+        Some(r) => vec![r.crm],
+        None => domain::Crm::ALL.to_vec(),
+    };
+    let mut dead = None;
+    for crm in crms {
+        if std::env::var(aws::env::dlq_url_var(crm)).is_err() {
+            continue;
+        }
+        let backend = crate::dlq::Backend::aws(crm, None, None).await?;
+        if let Some(entry) = crate::dlq::dead_letter_of(&backend, crm, record_id).await? {
+            dead = Some(serde_json::json!({"crm": crm, "entry": entry}));
+            break;
+        }
+    }
     if json {
         let stored: Vec<serde_json::Value> = records
             .iter()
@@ -182,9 +199,9 @@ pub async fn run_aws(record_id: &str, json: bool) -> anyhow::Result<()> {
             .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"recordId": record_id, "stored": stored, "logsInsightsQuery": insights})
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "recordId": record_id, "stored": stored, "deadLetter": dead, "logsInsightsQuery": insights
+            }))?
         );
         return Ok(());
     }
@@ -199,6 +216,15 @@ pub async fn run_aws(record_id: &str, json: bool) -> anyhow::Result<()> {
         None => println!(
             "{record_id}\n  not in the navigation table (expired, erased, or never stored)"
         ),
+    }
+    if let Some(d) = &dead {
+        println!(
+            "  dead-lettered  {:<26} on the {} DLQ: {} {}",
+            d["entry"]["failedAt"].as_str().unwrap_or("-"),
+            d["crm"].as_str().unwrap_or(""),
+            d["entry"]["failureReason"].as_str().unwrap_or(""),
+            d["entry"]["failureStatus"].as_str().unwrap_or("")
+        );
     }
     println!(
         "Delivery attempts: CloudWatch Logs Insights on the deliver functions' log groups:\n  {insights}"

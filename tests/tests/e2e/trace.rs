@@ -183,3 +183,81 @@ async fn a_retried_then_delivered_event_and_a_dead_lettered_one() {
         "{quiet}"
     );
 }
+
+#[tokio::test]
+async fn trace_on_aws_shows_the_record_and_its_dead_letter() {
+    let Some(config) = aws::testing::emulator_config().await else {
+        return;
+    };
+    let ddb = aws_sdk_dynamodb::Client::new(&config);
+    let names = aws::provision::TableNames::with_prefix(&aws::testing::unique("trace"));
+    aws::provision::create_tables(&ddb, &names)
+        .await
+        .expect("tables");
+    let event = domain::GtmEvent::parse(
+        domain::Crm::Responsys,
+        json!({"clientId": "shop-a", "email": "ana@example.com", "eventType": "lead", "eventId": "t-1"}),
+    )
+    .expect("event");
+    let record = domain::NavigationRecord::new(
+        event,
+        domain::ClientId::parse("shop-a").expect("id"),
+        domain::Crm::Responsys,
+        1_764_000_000_000,
+        48,
+    );
+    domain::RecordStore::put_if_absent(
+        &aws::DynamoRecordStore::new(ddb, &names.navigation),
+        &record,
+    )
+    .await
+    .expect("put");
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let dlq = sqs
+        .create_queue()
+        .queue_name(aws::testing::unique("trace-dlq"))
+        .send()
+        .await
+        .expect("queue")
+        .queue_url
+        .expect("url");
+    let attr = |v: &str| {
+        aws_sdk_sqs::types::MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(v)
+            .build()
+            .expect("attr")
+    };
+    sqs.send_message()
+        .queue_url(&dlq)
+        .message_body(
+            json!({"v": 1, "recordId": record.record_id, "clientId": "shop-a", "crm": "responsys"})
+                .to_string(),
+        )
+        .message_attributes("failureReason", attr("rejected_by_crm"))
+        .message_attributes("failureStatus", attr("MERGEFAILED"))
+        .message_attributes("failedAt", attr("2026-12-01T00:00:00Z"))
+        .send()
+        .await
+        .expect("send");
+    let out = std::process::Command::new(tests::connect_bin())
+        .args(["trace", "--aws", &record.record_id, "--json"])
+        .env("NAVIGATION_TABLE", &names.navigation)
+        .env("DLQ_URL_RESPONSYS", &dlq)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["stored"][0]["clientId"], "shop-a");
+    assert_eq!(v["deadLetter"]["entry"]["failureReason"], "rejected_by_crm");
+    assert!(
+        v["logsInsightsQuery"]
+            .as_str()
+            .expect("query")
+            .contains(&record.record_id)
+    );
+}
