@@ -76,6 +76,27 @@ type Handler = IngestHandler<ServeStore, SqliteStore, SystemClock>;
 /// How long a `/health` answer is reused: the probe writes to the store, so it runs
 /// at most this often however often `/health` is called.
 pub const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the refusal counts reach the store (`connect status`).
+const REFUSALS_FLUSH_EVERY: Duration = Duration::from_secs(2);
+
+/// Writes the refusal counts of the current minute to the store.
+async fn flush_refusals(app: &App) {
+    let counts: Vec<(String, String, u64)> = match app.refusals.lock() {
+        Ok(mut m) => m.drain().map(|((c, r), n)| (c, r.to_owned(), n)).collect(),
+        Err(_) => return,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    if let Err(e) = app
+        .store
+        .add_refusals(now - now.rem_euclid(60_000), counts)
+        .await
+    {
+        tracing::warn!(error = %e, "refusal counts could not be saved");
+    }
+}
+
 /// How often idle per-IP limiter state is dropped.
 const IP_LIMITER_RETAIN_EVERY: Duration = Duration::from_secs(60);
 
@@ -134,6 +155,9 @@ struct App {
     health: tokio::sync::Mutex<Option<(Instant, bool)>>,
     /// When an event could last not be stored (ms since `started`), or -1.
     last_write_failure_ms: std::sync::atomic::AtomicI64,
+    /// Refused requests of known clients by (client, reason), flushed to the store for
+    /// `connect status`.
+    refusals: std::sync::Mutex<std::collections::HashMap<(String, &'static str), u64>>,
     started: Instant,
 }
 
@@ -329,6 +353,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         ),
         health: tokio::sync::Mutex::new(None),
         last_write_failure_ms: std::sync::atomic::AtomicI64::new(-1),
+        refusals: std::sync::Mutex::default(),
         started: Instant::now(),
     });
 
@@ -397,6 +422,14 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let flush_app = Arc::clone(&app);
+    let refusal_flusher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REFUSALS_FLUSH_EVERY);
+        loop {
+            tick.tick().await;
+            flush_refusals(&flush_app).await;
+        }
+    });
     let retain_app = Arc::clone(&app);
     let ip_retainer = tokio::spawn(async move {
         let mut tick = tokio::time::interval(IP_LIMITER_RETAIN_EVERY);
@@ -511,6 +544,8 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     )
     .await;
     ip_retainer.abort();
+    refusal_flusher.abort();
+    flush_refusals(&app).await;
     if let Some(m) = metrics_server {
         m.abort();
     }
@@ -769,6 +804,12 @@ async fn ingest_route(
         .await;
     app.metrics
         .observe(&response, started.elapsed().as_secs_f64());
+    if let (ingest::Outcome::Refused(reason) | ingest::Outcome::Discarded(reason), Some(client)) =
+        (response.outcome, &response.client_id)
+        && let Ok(mut counts) = app.refusals.lock()
+    {
+        *counts.entry((client.clone(), reason)).or_default() += 1;
+    }
     if response.outcome == ingest::Outcome::Unavailable {
         let at = i64::try_from(app.started.elapsed().as_millis()).unwrap_or(i64::MAX);
         app.last_write_failure_ms

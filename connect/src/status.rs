@@ -1,7 +1,8 @@
 //! `connect status [--client ID] [--since 1h]`: how each client's traffic is doing now —
 //! events accepted, deliveries by outcome, last event, its CRM queue's depth and oldest
-//! message, its token — with what needs attention flagged. Reads the local store (refused
-//! requests are in the server's `/metrics`, `connect_ingest_refused_total`).
+//! message, its token, requests refused by reason — with what needs attention flagged.
+//! Reads the local store (refusals are flushed there by the server every 2 s; those
+//! refused before a client is known, like the per-IP limit, are only in `/metrics`).
 
 use domain::{ClientDirectory, Clock, Crm, SystemClock, TokenStore};
 use std::collections::BTreeMap;
@@ -50,6 +51,10 @@ async fn report(
     for (c, o, n) in store.outcomes_since(since_ms).await? {
         outcomes.entry(c).or_default().insert(o, n);
     }
+    let mut refused: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for (c, r, n) in store.refusals_since(since_ms).await? {
+        refused.entry(c).or_default().insert(r, n);
+    }
     let mut depth = BTreeMap::new();
     for crm in Crm::ALL {
         let q = queues
@@ -76,6 +81,10 @@ async fn report(
             if c.active && n == 0 {
                 attention.push("no events in the window".to_owned());
             }
+            let refused_n: u64 = refused.get(&id).map_or(0, |r| r.values().sum());
+            if refused_n > n {
+                attention.push(format!("{refused_n} requests refused (more than accepted)"));
+            }
             if o.get("dead_lettered").copied().unwrap_or(0) > 0 {
                 attention.push(format!("{} dead-lettered", o["dead_lettered"]));
             }
@@ -88,6 +97,7 @@ async fn report(
             rows.push(serde_json::json!({
                 "clientId": id, "crm": crm, "active": c.active,
                 "accepted": n,
+                "refused": refused.get(&id).cloned().unwrap_or_default(),
                 "lastEventAt": (last > 0).then(|| domain::delivery::rfc3339(last)),
                 "delivered": o.get("delivered").copied().unwrap_or(0),
                 "retried": o.get("retried").copied().unwrap_or(0) + o.get("throttled").copied().unwrap_or(0),
@@ -109,15 +119,19 @@ async fn report(
         return Ok(());
     }
     println!(
-        "{:<20} {:<11} {:>8} {:>9} {:>7} {:>6} {:>7} {:>6}  ATTENTION",
-        "CLIENT", "CRM", "ACCEPTED", "DELIVERED", "RETRIED", "DEAD", "QUEUED", "DLQ"
+        "{:<20} {:<11} {:>8} {:>7} {:>9} {:>7} {:>6} {:>7} {:>6}  ATTENTION",
+        "CLIENT", "CRM", "ACCEPTED", "REFUSED", "DELIVERED", "RETRIED", "DEAD", "QUEUED", "DLQ"
     );
     for r in rows {
         println!(
-            "{:<20} {:<11} {:>8} {:>9} {:>7} {:>6} {:>7} {:>6}  {}",
+            "{:<20} {:<11} {:>8} {:>7} {:>9} {:>7} {:>6} {:>7} {:>6}  {}",
             r["clientId"].as_str().unwrap_or(""),
             r["crm"].as_str().unwrap_or(""),
             r["accepted"],
+            r["refused"].as_object().map_or(0, |m| m
+                .values()
+                .filter_map(serde_json::Value::as_u64)
+                .sum::<u64>()),
             r["delivered"],
             r["retried"],
             r["deadLettered"],

@@ -113,6 +113,16 @@ pub const MIGRATIONS: &[&str] = &[
         detail    TEXT NOT NULL
     );
     "#,
+    // 7: refused requests per (minute, client, reason), for `connect status`.
+    r#"
+    CREATE TABLE ingest_refusals (
+        minute    INTEGER NOT NULL,
+        client_id TEXT NOT NULL,
+        reason    TEXT NOT NULL,
+        count     INTEGER NOT NULL,
+        PRIMARY KEY (minute, client_id, reason)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// A schema problem.

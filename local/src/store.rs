@@ -498,10 +498,60 @@ impl SqliteStore {
         .await
     }
 
+    /// Adds refused requests counted in the minute starting at `minute_ms`.
+    pub async fn add_refusals(
+        &self,
+        minute_ms: i64,
+        counts: Vec<(String, String, u64)>,
+    ) -> Result<(), StoreError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO ingest_refusals (minute, client_id, reason, count) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (minute, client_id, reason) DO UPDATE SET count = count + excluded.count",
+                )?;
+                for (client, reason, n) in &counts {
+                    stmt.execute(params![minute_ms, client, reason, i64::try_from(*n).unwrap_or(i64::MAX)])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Refused requests per (client, reason) since `since_ms`.
+    pub async fn refusals_since(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(String, String, u64)>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT client_id, reason, SUM(count) FROM ingest_refusals
+                     WHERE minute >= ?1 - 59999 GROUP BY client_id, reason",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![since_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
     /// Deletes delivery-log rows older than `before_ms`.
     pub async fn sweep_delivery_log(&self, before_ms: i64) -> Result<usize, StoreError> {
         self.write(move |conn| {
-            conn.execute("DELETE FROM delivery_log WHERE at < ?1", params![before_ms])
+            let n = conn.execute("DELETE FROM delivery_log WHERE at < ?1", params![before_ms])?;
+            conn.execute(
+                "DELETE FROM ingest_refusals WHERE minute < ?1",
+                params![before_ms],
+            )?;
+            Ok(n)
         })
         .await
     }

@@ -261,3 +261,52 @@ async fn trace_on_aws_shows_the_record_and_its_dead_letter() {
             .contains(&record.record_id)
     );
 }
+
+#[tokio::test]
+async fn status_counts_refused_requests_by_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[[clients]]\nclient_id = \"shop-st\"\ncrm = \"responsys\"\nallowed_origins = [\"https://www.shop-st.example\"]\n",
+    )
+    .expect("config");
+    let data = dir.path().join("data");
+    let mut server = Process::serve(&data, &["--config", config.to_str().expect("path")]);
+    let http = reqwest::Client::new();
+    for origin in [
+        "https://evil.example",
+        "https://evil.example",
+        "https://www.shop-st.example",
+    ] {
+        http.post(server.url("/responsys"))
+            .header("content-type", "application/json")
+            .header("origin", origin)
+            .body(
+                json!({"clientId": "shop-st", "email": "a@b.co", "eventType": "lead"}).to_string(),
+            )
+            .send()
+            .await
+            .expect("post");
+    }
+    // A clean stop flushes the counts.
+    assert!(server.terminate().success());
+    let out = std::process::Command::new(tests::connect_bin())
+        .arg("--data")
+        .arg(&data)
+        .args(["status", "--client", "shop-st", "--json"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(rows[0]["accepted"], 1, "{rows}");
+    assert_eq!(rows[0]["refused"]["origin_not_allowed"], 2, "{rows}");
+    assert!(
+        rows[0]["attention"].to_string().contains("refused"),
+        "{rows}"
+    );
+}
