@@ -120,8 +120,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// How each client's traffic is doing: accepted, delivered, retried, dead-lettered,
-    /// last event, queue depth, token — flagged when it needs attention (local store).
+    /// How each client's traffic is doing: accepted, refused, delivered, retried,
+    /// dead-lettered, last event, queue depth, token — flagged when it needs attention.
     Status {
         /// Only this client.
         #[arg(long, value_name = "ID")]
@@ -129,6 +129,10 @@ enum Command {
         /// The window [default: 1h].
         #[arg(long, value_name = "T")]
         since: Option<String>,
+        /// AWS: CloudWatch metrics, the queues' attributes and the tokens table
+        /// (CLIENTS_TABLE, RDSTATION_CONFIG_TABLE, TOKENS_TABLE, QUEUE_URL_{CRM}, DLQ_URL_{CRM}).
+        #[arg(long)]
+        aws: bool,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -536,11 +540,15 @@ fn main() -> std::process::ExitCode {
                 };
                 replay::run(&data, aws, selection, dry_run, json).await
             }
-            Command::Status { client, since, json } => {
+            Command::Status { client, since, aws, json } => {
                 use domain::Clock;
                 let data = cli.data.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA_DIR));
                 let since_ms = replay::parse_time(since.as_deref().unwrap_or("1h"), domain::SystemClock.now_ms()).context("--since")?;
-                status::run(&data, client.as_deref(), since_ms, json).await
+                if aws {
+                    status::run_aws(client.as_deref(), since_ms, json).await
+                } else {
+                    status::run(&data, client.as_deref(), since_ms, json).await
+                }
             }
             Command::Trace { record_id, client, email, since, show_pii, aws, json } => {
                 use domain::Clock;

@@ -149,3 +149,242 @@ async fn report(
     }
     Ok(())
 }
+
+/// Refusal reasons (the `reason` dimension of `IngestRefused`).
+const REFUSAL_REASONS: [&str; 10] = [
+    "origin_not_allowed",
+    "origin_required",
+    "signature_invalid",
+    "signature_expired",
+    "rate_limited",
+    "email_rate_limited",
+    "bot",
+    "suppressed",
+    "consent_missing",
+    "ip_rate_limited",
+];
+/// Delivery metrics of the deliver Lambdas (dimensions crm + clientId).
+const DELIVERY_METRICS: [&str; 5] = [
+    "Accepted",
+    "Delivered",
+    "Retried",
+    "Throttled",
+    "DeadLettered",
+];
+/// Most queries in one GetMetricData call.
+const MAX_QUERIES: usize = 500;
+
+/// `connect status --aws`: the same figures from CloudWatch (the Lambdas' EMF metrics),
+/// the queues' attributes and the tokens table. Env: CLIENTS_TABLE,
+/// RDSTATION_CONFIG_TABLE, and optionally TOKENS_TABLE, QUEUE_URL_{CRM}, DLQ_URL_{CRM}.
+pub async fn run_aws(only: Option<&str>, since_ms: i64, json: bool) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use aws_sdk_cloudwatch::primitives::DateTime;
+    use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
+    let clients_table = std::env::var(aws::env::CLIENTS_TABLE).context("set CLIENTS_TABLE")?;
+    let rd_table =
+        std::env::var(aws::env::RDSTATION_CONFIG_TABLE).context("set RDSTATION_CONFIG_TABLE")?;
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    let directory = aws::DynamoClientDirectory::new(dynamodb.clone(), clients_table, rd_table);
+    let tokens = std::env::var(aws::env::TOKENS_TABLE)
+        .ok()
+        .map(|t| aws::DynamoTokens::new(dynamodb.clone(), t));
+    let cw = aws_sdk_cloudwatch::Client::new(&config);
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let now = SystemClock.now_ms();
+    let mut clients = Vec::new();
+    for crm in Crm::ALL {
+        clients.extend(
+            directory
+                .clients_of(crm)
+                .await?
+                .into_iter()
+                .filter(|c| only.is_none_or(|o| o == c.client_id.as_str())),
+        );
+    }
+    if only.is_some() && clients.is_empty() {
+        anyhow::bail!("no client {}", only.unwrap_or_default());
+    }
+    // One query per (client, metric): 1-minute sums, added up here (the last non-zero
+    // minute of Accepted is the last event).
+    let mut queries = Vec::new();
+    let mut keys = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let metric = |name: &str, dims: Vec<(&str, String)>| {
+            Metric::builder()
+                .namespace(domain::emf::NAMESPACE)
+                .metric_name(name)
+                .set_dimensions(Some(
+                    dims.into_iter()
+                        .map(|(k, v)| Dimension::builder().name(k).value(v).build())
+                        .collect(),
+                ))
+                .build()
+        };
+        let mut push = |j: usize, label: String, m: Metric| {
+            queries.push(
+                MetricDataQuery::builder()
+                    .id(format!("q{i}x{j}"))
+                    .metric_stat(
+                        MetricStat::builder()
+                            .metric(m)
+                            .period(60)
+                            .stat("Sum")
+                            .build(),
+                    )
+                    .return_data(true)
+                    .build(),
+            );
+            keys.push((c.client_id.to_string(), label));
+        };
+        for (j, name) in DELIVERY_METRICS.iter().enumerate() {
+            push(
+                j,
+                (*name).to_owned(),
+                metric(
+                    name,
+                    vec![
+                        ("crm", c.crm.as_str().to_owned()),
+                        ("clientId", c.client_id.to_string()),
+                    ],
+                ),
+            );
+        }
+        for (j, reason) in REFUSAL_REASONS.iter().enumerate() {
+            push(
+                DELIVERY_METRICS.len() + j,
+                format!("refused:{reason}"),
+                metric(
+                    "IngestRefused",
+                    vec![
+                        ("clientId", c.client_id.to_string()),
+                        ("reason", (*reason).to_owned()),
+                    ],
+                ),
+            );
+        }
+    }
+    let mut sums: BTreeMap<(String, String), (f64, i64)> = BTreeMap::new();
+    for (chunk, key_chunk) in queries.chunks(MAX_QUERIES).zip(keys.chunks(MAX_QUERIES)) {
+        let out = cw
+            .get_metric_data()
+            .set_metric_data_queries(Some(chunk.to_vec()))
+            .start_time(DateTime::from_millis(since_ms))
+            .end_time(DateTime::from_millis(now + 60_000))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", aws_sdk_cloudwatch::error::DisplayErrorContext(&e)))
+            .context("reading CloudWatch metrics")?;
+        for r in out.metric_data_results() {
+            let Some(idx) = chunk.iter().position(|q| q.id() == r.id()) else {
+                continue;
+            };
+            let total: f64 = r.values().iter().sum();
+            let last = r
+                .timestamps()
+                .iter()
+                .zip(r.values())
+                .filter(|(_, v)| **v > 0.0)
+                .map(|(t, _)| t.to_millis().unwrap_or(0))
+                .max()
+                .unwrap_or(0);
+            sums.insert(key_chunk[idx].clone(), (total, last));
+        }
+    }
+    let get = |id: &str, label: &str| {
+        sums.get(&(id.to_owned(), label.to_owned()))
+            .copied()
+            .unwrap_or((0.0, 0))
+    };
+    let depth = |url: Option<String>| {
+        let sqs = sqs.clone();
+        async move {
+            let Some(url) = url else { return None };
+            use aws_sdk_sqs::types::QueueAttributeName as A;
+            let out = sqs
+                .get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(A::ApproximateNumberOfMessages)
+                .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+                .send()
+                .await
+                .ok()?;
+            let n = |a: A| {
+                out.attributes()
+                    .and_then(|m| m.get(&a))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            Some(n(A::ApproximateNumberOfMessages) + n(A::ApproximateNumberOfMessagesNotVisible))
+        }
+    };
+    let mut rows = Vec::new();
+    for c in &clients {
+        let id = c.client_id.to_string();
+        let (accepted, last) = get(&id, "Accepted");
+        let delivered = get(&id, "Delivered").0;
+        let retried = get(&id, "Retried").0 + get(&id, "Throttled").0;
+        let dead = get(&id, "DeadLettered").0;
+        let refused: BTreeMap<&str, u64> = REFUSAL_REASONS
+            .iter()
+            .map(|r| (*r, get(&id, &format!("refused:{r}")).0 as u64))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let token = match &tokens {
+            Some(t) => t.get_token(&c.client_id, c.crm).await?,
+            None => None,
+        };
+        let queue = depth(std::env::var(aws::env::queue_url_var(c.crm)).ok()).await;
+        let dlq = depth(std::env::var(aws::env::dlq_url_var(c.crm)).ok()).await;
+        let mut attention = Vec::new();
+        if c.active && accepted == 0.0 {
+            attention.push("no events in the window".to_owned());
+        }
+        if dead > 0.0 {
+            attention.push(format!("{dead} dead-lettered"));
+        }
+        let refused_n: u64 = refused.values().sum();
+        if refused_n as f64 > accepted {
+            attention.push(format!("{refused_n} requests refused (more than accepted)"));
+        }
+        if token.as_ref().is_some_and(|t| t.expires_at < now) {
+            attention.push("token expired".to_owned());
+        }
+        rows.push(serde_json::json!({
+            "clientId": id, "crm": c.crm, "active": c.active,
+            "accepted": accepted as u64, "refused": refused,
+            "lastEventAt": (last > 0).then(|| domain::delivery::rfc3339(last)),
+            "delivered": delivered as u64, "retried": retried as u64, "deadLettered": dead as u64,
+            "queueDepth": queue, "dlqDepth": dlq,
+            "tokenExpiresInSeconds": token.as_ref().map(|t| (t.expires_at - now) / 1000),
+            "attention": attention,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    for r in rows {
+        println!(
+            "{:<20} {:<11} accepted {} delivered {} retried {} dead {}  {}",
+            r["clientId"].as_str().unwrap_or(""),
+            r["crm"].as_str().unwrap_or(""),
+            r["accepted"],
+            r["delivered"],
+            r["retried"],
+            r["deadLettered"],
+            r["attention"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}

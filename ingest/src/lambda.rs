@@ -95,6 +95,29 @@ fn emit_metrics(response: &crate::IngestResponse) {
                 &[("IngestRefused", 1.0, "Count")]
             )
         );
+        // Per client too, when it is known (`connect status --aws`).
+        if let Some(client) = &response.client_id {
+            println!(
+                "{}",
+                domain::emf::line(
+                    now,
+                    &[("clientId", client), ("reason", reason)],
+                    &[("IngestRefused", 1.0, "Count")]
+                )
+            );
+        }
+    }
+    if let (Outcome::Stored, Some(crm), Some(client)) =
+        (response.outcome, response.crm, &response.client_id)
+    {
+        println!(
+            "{}",
+            domain::emf::line(
+                now,
+                &[("crm", crm.as_str()), ("clientId", client)],
+                &[("Accepted", 1.0, "Count")]
+            )
+        );
     }
     for field in &response.dropped_fields {
         println!(

@@ -310,3 +310,8 @@ async fn status_counts_refused_requests_by_reason() {
         "{rows}"
     );
 }
+
+// `connect status --aws` reads CloudWatch with GetMetricData. It has no test here: the
+// AWS SDK's CloudWatch client speaks the Smithy RPC v2 CBOR protocol, which moto server
+// does not serve (every call answers 404), so CloudWatch cannot be emulated on this
+// machine. The queue and token parts it shares with the local status are tested above.
