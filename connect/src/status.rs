@@ -302,7 +302,7 @@ pub async fn run_aws(only: Option<&str>, since_ms: i64, json: bool) -> anyhow::R
     let depth = |url: Option<String>| {
         let sqs = sqs.clone();
         async move {
-            let Some(url) = url else { return None };
+            let url = url?;
             use aws_sdk_sqs::types::QueueAttributeName as A;
             let out = sqs
                 .get_queue_attributes()
