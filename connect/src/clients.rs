@@ -20,7 +20,10 @@ trait Backend: Send + Sync {
     async fn put_secret(&self, name: &str, value: &str) -> anyhow::Result<()>;
     /// Authenticates with the client's CRM (a forced token refresh: nothing is written
     /// to the CRM).
-    async fn authenticate(&self, client: &ClientConfig) -> Result<(), crm::TokenError>;
+    async fn authenticate(
+        &self,
+        client: &ClientConfig,
+    ) -> Result<domain::StoredToken, crm::TokenError>;
     async fn close(&self) {}
 }
 
@@ -66,7 +69,10 @@ impl Backend for Local {
             .put_secret(name, &Secret::new(value.to_owned()))
             .await?)
     }
-    async fn authenticate(&self, client: &ClientConfig) -> Result<(), crm::TokenError> {
+    async fn authenticate(
+        &self,
+        client: &ClientConfig,
+    ) -> Result<domain::StoredToken, crm::TokenError> {
         crm::TokenManager::new(
             self.store.clone(),
             self.secrets.clone(),
@@ -75,7 +81,7 @@ impl Backend for Local {
         )
         .refresh(client, true, None)
         .await
-        .map(drop)
+        .map(|(t, _)| t)
     }
     async fn close(&self) {
         self.store.shutdown().await;
@@ -137,7 +143,10 @@ impl Backend for Aws {
             Err(e) => bail!("{}", aws_sdk_secretsmanager::error::DisplayErrorContext(&e)),
         }
     }
-    async fn authenticate(&self, client: &ClientConfig) -> Result<(), crm::TokenError> {
+    async fn authenticate(
+        &self,
+        client: &ClientConfig,
+    ) -> Result<domain::StoredToken, crm::TokenError> {
         let tokens = self
             .tokens
             .clone()
@@ -150,8 +159,39 @@ impl Backend for Aws {
         )
         .refresh(client, true, None)
         .await
-        .map(drop)
+        .map(|(t, _)| t)
     }
+}
+
+/// A read-only check that the client's target exists in the CRM, where the CRM has a
+/// read API for it (Responsys profile lists; the others are checked by the first
+/// delivery, whose refusal names the missing key or field).
+async fn check_target_exists(
+    client: &ClientConfig,
+    token: &domain::StoredToken,
+) -> anyhow::Result<()> {
+    if client.crm != Crm::Responsys {
+        return Ok(());
+    }
+    let target = crm::target::ResponsysTarget::from_client(client)
+        .map_err(|e| anyhow::anyhow!("client {}: {e}", client.client_id))?;
+    let names = crm::responsys::list_names(&http()?, token)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "client {}: Responsys accepted the credentials but its profile lists could not be read: {e}",
+                client.client_id
+            )
+        })?;
+    if !names.iter().any(|n| n == &target.list_name) {
+        bail!(
+            "client {}: the profile list {} does not exist in Responsys (it has: {}); fix target.list_name with: connect clients put",
+            client.client_id,
+            target.list_name,
+            names.join(", ")
+        );
+    }
+    Ok(())
 }
 
 async fn backend(data: &Path, aws: bool) -> anyhow::Result<Box<dyn Backend>> {
@@ -397,7 +437,8 @@ async fn run_on(b: &dyn Backend, json: bool, action: Action<'_>) -> anyhow::Resu
                 );
             }
             match b.authenticate(&c).await {
-                Ok(()) => {
+                Ok(token) => {
+                    check_target_exists(&c, &token).await?;
                     println!(
                         "client {id}: OK — {} accepted the credentials; the target is valid",
                         c.crm

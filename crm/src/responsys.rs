@@ -133,6 +133,32 @@ async fn login_answer(
     }
 }
 
+/// The names of the account's profile lists (`GET /rest/api/v1.3/lists`, "Fetch All
+/// Profile Lists"): a read-only check of a target.
+pub async fn list_names(http: &CrmHttp, token: &StoredToken) -> Result<Vec<String>, String> {
+    let res = http
+        .client
+        .get(format!("{}/rest/api/v1.3/lists", token.api_endpoint))
+        .header("Authorization", token.access_token.expose())
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let Answer { status, body, .. } = answer(res, &[]).await;
+    if !(200..300).contains(&status) {
+        let (code, detail) = error_code(&body);
+        return Err(format!("{status} {code}: {detail}"));
+    }
+    Ok(body
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 /// Escapes every non-ASCII character as `\uXXXX` (Responsys refuses raw accented
 /// characters in custom event data).
 pub fn ascii_json(v: &Value) -> String {

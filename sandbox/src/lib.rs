@@ -203,6 +203,10 @@ impl Sandbox {
             .route("/_sandbox/stats", axum::routing::get(stats))
             .route("/responsys/rest/api/v1.3/auth/token", post(responsys_login))
             .route(
+                "/responsys/rest/api/v1.3/lists",
+                axum::routing::get(responsys_lists),
+            )
+            .route(
                 "/responsys/rest/api/v1.3/lists/{list}/members",
                 post(responsys_merge),
             )
@@ -479,6 +483,25 @@ async fn responsys_guard(s: &Sandbox, headers: &HeaderMap) -> Result<String, Res
         ));
     }
     Ok(client)
+}
+
+/// The sandbox account's profile lists: `CONTACTS_LIST` (the default target) and
+/// `DemoProfileList`.
+pub const SANDBOX_PROFILE_LISTS: [&str; 2] = ["CONTACTS_LIST", "DemoProfileList"];
+
+async fn responsys_lists(State(s): State<Sandbox>, headers: HeaderMap) -> Response {
+    if let Err(r) = responsys_guard(&s, &headers).await {
+        return r;
+    }
+    let lists: Vec<Value> = SANDBOX_PROFILE_LISTS
+        .iter()
+        .map(|n| {
+            json!({"name": n, "folderName": "!MageData", "fields": [
+            {"fieldName": "RIID_", "fieldType": "INTEGER"},
+            {"fieldName": "EMAIL_ADDRESS_", "fieldType": "STR500"}]})
+        })
+        .collect();
+    json_response(StatusCode::OK, Value::Array(lists))
 }
 
 async fn responsys_merge(

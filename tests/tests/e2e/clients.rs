@@ -278,4 +278,32 @@ async fn test_authenticates_against_the_sandbox_and_says_what_to_fix() {
     let out = run(&["clients", "test", "no-secret"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("does not exist"), "{}", text(&out));
+    // Good credentials, but a profile list the account does not have: refused by a
+    // read-only check, naming the list and the ones that exist.
+    std::fs::write(
+        &file,
+        "[[clients]]\nclient_id = \"wrong-list\"\ncrm = \"responsys\"\nsecret_name = \"/connect/responsys/wrong-list/credentials\"\ntarget = { list_name = \"MISSING_LIST\" }\n",
+    )
+    .expect("write");
+    assert!(
+        run(&["clients", "put", "--file", file.to_str().expect("path")])
+            .status
+            .success()
+    );
+    std::fs::write(
+        &creds,
+        json!({"username": "wrong-list", "password": "secret", "loginUrl": format!("{sandbox}/responsys")}).to_string(),
+    )
+    .expect("write");
+    let set = ["clients", "secret", "set", "wrong-list", "--from-file"];
+    let mut args = set.to_vec();
+    args.push(creds.to_str().expect("path"));
+    assert!(run(&args).status.success());
+    let out = run(&["clients", "test", "wrong-list"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("MISSING_LIST does not exist") && text(&out).contains("CONTACTS_LIST"),
+        "{}",
+        text(&out)
+    );
 }
