@@ -267,17 +267,28 @@ pub async fn run_aws(only: Option<&str>, since_ms: i64, json: bool) -> anyhow::R
             );
         }
     }
+    // When CloudWatch cannot be read (no permission, no network), the queues and
+    // tokens are still shown, the metrics as unknown (null), and the reason flagged.
     let mut sums: BTreeMap<(String, String), (f64, i64)> = BTreeMap::new();
+    let mut metrics_error = None;
     for (chunk, key_chunk) in queries.chunks(MAX_QUERIES).zip(keys.chunks(MAX_QUERIES)) {
-        let out = cw
+        let out = match cw
             .get_metric_data()
             .set_metric_data_queries(Some(chunk.to_vec()))
             .start_time(DateTime::from_millis(since_ms))
             .end_time(DateTime::from_millis(now + 60_000))
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("{}", aws_sdk_cloudwatch::error::DisplayErrorContext(&e)))
-            .context("reading CloudWatch metrics")?;
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let e = aws_sdk_cloudwatch::error::DisplayErrorContext(&e).to_string();
+                eprintln!("warning: CloudWatch metrics could not be read: {e}");
+                metrics_error = Some(e);
+                sums.clear();
+                break;
+            }
+        };
         for r in out.metric_data_results() {
             let Some(idx) = chunk.iter().position(|q| q.id() == r.id()) else {
                 continue;
@@ -340,24 +351,33 @@ pub async fn run_aws(only: Option<&str>, since_ms: i64, json: bool) -> anyhow::R
         let queue = depth(std::env::var(aws::env::queue_url_var(c.crm)).ok()).await;
         let dlq = depth(std::env::var(aws::env::dlq_url_var(c.crm)).ok()).await;
         let mut attention = Vec::new();
-        if c.active && accepted == 0.0 {
-            attention.push("no events in the window".to_owned());
+        if let Some(e) = &metrics_error {
+            attention.push(format!("CloudWatch metrics unreadable: {e}"));
+        } else {
+            if c.active && accepted == 0.0 {
+                attention.push("no events in the window".to_owned());
+            }
+            if dead > 0.0 {
+                attention.push(format!("{dead} dead-lettered"));
+            }
+            let refused_n: u64 = refused.values().sum();
+            if refused_n as f64 > accepted {
+                attention.push(format!("{refused_n} requests refused (more than accepted)"));
+            }
         }
-        if dead > 0.0 {
-            attention.push(format!("{dead} dead-lettered"));
-        }
-        let refused_n: u64 = refused.values().sum();
-        if refused_n as f64 > accepted {
-            attention.push(format!("{refused_n} requests refused (more than accepted)"));
+        if let Some(n) = dlq.filter(|n| *n > 0) {
+            attention.push(format!("{n} in the {} DLQ", c.crm));
         }
         if token.as_ref().is_some_and(|t| t.expires_at < now) {
             attention.push("token expired".to_owned());
         }
+        let known = |v: f64| metrics_error.is_none().then_some(v as u64);
         rows.push(serde_json::json!({
             "clientId": id, "crm": c.crm, "active": c.active,
-            "accepted": accepted as u64, "refused": refused,
+            "accepted": known(accepted),
+            "refused": metrics_error.is_none().then_some(&refused),
             "lastEventAt": (last > 0).then(|| domain::delivery::rfc3339(last)),
-            "delivered": delivered as u64, "retried": retried as u64, "deadLettered": dead as u64,
+            "delivered": known(delivered), "retried": known(retried), "deadLettered": known(dead),
             "queueDepth": queue, "dlqDepth": dlq,
             "tokenExpiresInSeconds": token.as_ref().map(|t| (t.expires_at - now) / 1000),
             "attention": attention,
@@ -367,15 +387,24 @@ pub async fn run_aws(only: Option<&str>, since_ms: i64, json: bool) -> anyhow::R
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
+    let n = |v: &serde_json::Value| {
+        if v.is_null() {
+            "?".to_owned()
+        } else {
+            v.to_string()
+        }
+    };
     for r in rows {
         println!(
-            "{:<20} {:<11} accepted {} delivered {} retried {} dead {}  {}",
+            "{:<20} {:<11} accepted {} delivered {} retried {} dead {} queued {} dlq {}  {}",
             r["clientId"].as_str().unwrap_or(""),
             r["crm"].as_str().unwrap_or(""),
-            r["accepted"],
-            r["delivered"],
-            r["retried"],
-            r["deadLettered"],
+            n(&r["accepted"]),
+            n(&r["delivered"]),
+            n(&r["retried"]),
+            n(&r["deadLettered"]),
+            n(&r["queueDepth"]),
+            n(&r["dlqDepth"]),
             r["attention"]
                 .as_array()
                 .map(|a| a

@@ -311,7 +311,102 @@ async fn status_counts_refused_requests_by_reason() {
     );
 }
 
-// `connect status --aws` reads CloudWatch with GetMetricData. It has no test here: the
-// AWS SDK's CloudWatch client speaks the Smithy RPC v2 CBOR protocol, which moto server
-// does not serve (every call answers 404), so CloudWatch cannot be emulated on this
-// machine. The queue and token parts it shares with the local status are tested above.
+// `connect status --aws` reads CloudWatch with GetMetricData: the AWS SDK's CloudWatch
+// client speaks the Smithy RPC v2 CBOR protocol, which moto server does not serve (every
+// call answers 404), so the metric figures cannot be checked on this machine. What is
+// checked: the rest of the report (queues, DLQ, token) from the emulated tables and
+// queues, and that metrics it cannot read show as unknown and flagged, never as zeros.
+#[tokio::test]
+async fn status_on_aws_reports_queues_dlq_and_token_and_flags_unreadable_metrics() {
+    let Some(config) = aws::testing::emulator_config().await else {
+        return;
+    };
+    let ddb = aws_sdk_dynamodb::Client::new(&config);
+    let names = aws::provision::TableNames::with_prefix(&aws::testing::unique("status"));
+    aws::provision::create_tables(&ddb, &names)
+        .await
+        .expect("tables");
+    let client = domain::ClientId::parse("shop-s").expect("id");
+    aws::DynamoClientDirectory::new(ddb.clone(), &names.clients, &names.rdstation)
+        .put_client(&domain::ClientConfig {
+            client_id: client.clone(),
+            crm: domain::Crm::Responsys,
+            active: true,
+            allowed_origins: domain::AllowedOrigins(vec!["https://www.shop-s.example".into()]),
+            target: None,
+            secret_name: Some("/connect/responsys/shop-s/credentials".into()),
+            rate_limit_per_second: None,
+            policy: domain::ClientPolicy::default(),
+        })
+        .await
+        .expect("client");
+    let now = 1_764_000_000_000;
+    domain::TokenStore::put_token_if_newer(
+        &aws::DynamoTokens::new(ddb.clone(), &names.tokens),
+        &domain::StoredToken {
+            client_id: client.clone(),
+            crm: domain::Crm::Responsys,
+            access_token: domain::Secret::new("t".into()),
+            api_endpoint: "https://api.example".into(),
+            issued_at: now - 7_200_000,
+            expires_at: now,
+            updated_at: now,
+        },
+    )
+    .await
+    .expect("token");
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let mut urls = Vec::new();
+    for q in ["status-q", "status-dlq"] {
+        urls.push(
+            sqs.create_queue()
+                .queue_name(aws::testing::unique(q))
+                .send()
+                .await
+                .expect("queue")
+                .queue_url
+                .expect("url"),
+        );
+    }
+    for body in ["a", "b"] {
+        sqs.send_message()
+            .queue_url(&urls[1])
+            .message_body(body)
+            .send()
+            .await
+            .expect("send");
+    }
+    let out = std::process::Command::new(tests::connect_bin())
+        .args(["status", "--aws", "--client", "shop-s", "--json"])
+        .env("CLIENTS_TABLE", &names.clients)
+        .env("RDSTATION_CONFIG_TABLE", &names.rdstation)
+        .env("TOKENS_TABLE", &names.tokens)
+        .env("QUEUE_URL_RESPONSYS", &urls[0])
+        .env("DLQ_URL_RESPONSYS", &urls[1])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    let row = &rows[0];
+    assert_eq!(row["clientId"], "shop-s");
+    assert_eq!(row["queueDepth"], 0, "{row}");
+    assert_eq!(row["dlqDepth"], 2, "{row}");
+    assert!(
+        row["tokenExpiresInSeconds"].as_i64().expect("expiry") < 0,
+        "{row}"
+    );
+    let attention = row["attention"].to_string();
+    assert!(attention.contains("2 in the responsys DLQ"), "{row}");
+    assert!(attention.contains("token expired"), "{row}");
+    // Unknown metrics are null and flagged; read ones are numbers.
+    assert_eq!(
+        row["accepted"].is_null(),
+        attention.contains("CloudWatch metrics unreadable"),
+        "{row}"
+    );
+}
