@@ -184,16 +184,40 @@ async fn a_retried_then_delivered_event_and_a_dead_lettered_one() {
     );
 }
 
-#[tokio::test]
-async fn trace_on_aws_shows_the_record_and_its_dead_letter() {
-    let Some(config) = aws::testing::emulator_config().await else {
-        return;
-    };
+/// SQS and DynamoDB clients of the emulator and a fresh set of tables, or `None` (the
+/// test is skipped) without an emulator.
+async fn emulated_tables(
+    prefix: &str,
+) -> Option<(
+    aws_sdk_sqs::Client,
+    aws_sdk_dynamodb::Client,
+    aws::provision::TableNames,
+)> {
+    let config = aws::testing::emulator_config().await?;
     let ddb = aws_sdk_dynamodb::Client::new(&config);
-    let names = aws::provision::TableNames::with_prefix(&aws::testing::unique("trace"));
+    let names = aws::provision::TableNames::with_prefix(&aws::testing::unique(prefix));
     aws::provision::create_tables(&ddb, &names)
         .await
         .expect("tables");
+    Some((aws_sdk_sqs::Client::new(&config), ddb, names))
+}
+
+/// A fresh queue's URL.
+async fn new_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> String {
+    sqs.create_queue()
+        .queue_name(aws::testing::unique(prefix))
+        .send()
+        .await
+        .expect("queue")
+        .queue_url
+        .expect("url")
+}
+
+#[tokio::test]
+async fn trace_on_aws_shows_the_record_and_its_dead_letter() {
+    let Some((sqs, ddb, names)) = emulated_tables("trace").await else {
+        return;
+    };
     let event = domain::GtmEvent::parse(
         domain::Crm::Responsys,
         json!({"clientId": "shop-a", "email": "ana@example.com", "eventType": "lead", "eventId": "t-1"}),
@@ -212,15 +236,7 @@ async fn trace_on_aws_shows_the_record_and_its_dead_letter() {
     )
     .await
     .expect("put");
-    let sqs = aws_sdk_sqs::Client::new(&config);
-    let dlq = sqs
-        .create_queue()
-        .queue_name(aws::testing::unique("trace-dlq"))
-        .send()
-        .await
-        .expect("queue")
-        .queue_url
-        .expect("url");
+    let dlq = new_queue(&sqs, "trace-dlq").await;
     let attr = |v: &str| {
         aws_sdk_sqs::types::MessageAttributeValue::builder()
             .data_type("String")
@@ -318,14 +334,9 @@ async fn status_counts_refused_requests_by_reason() {
 // queues, and that metrics it cannot read show as unknown and flagged, never as zeros.
 #[tokio::test]
 async fn status_on_aws_reports_queues_dlq_and_token_and_flags_unreadable_metrics() {
-    let Some(config) = aws::testing::emulator_config().await else {
+    let Some((sqs, ddb, names)) = emulated_tables("status").await else {
         return;
     };
-    let ddb = aws_sdk_dynamodb::Client::new(&config);
-    let names = aws::provision::TableNames::with_prefix(&aws::testing::unique("status"));
-    aws::provision::create_tables(&ddb, &names)
-        .await
-        .expect("tables");
     let client = domain::ClientId::parse("shop-s").expect("id");
     aws::DynamoClientDirectory::new(ddb.clone(), &names.clients, &names.rdstation)
         .put_client(&domain::ClientConfig {
@@ -355,19 +366,10 @@ async fn status_on_aws_reports_queues_dlq_and_token_and_flags_unreadable_metrics
     )
     .await
     .expect("token");
-    let sqs = aws_sdk_sqs::Client::new(&config);
-    let mut urls = Vec::new();
-    for q in ["status-q", "status-dlq"] {
-        urls.push(
-            sqs.create_queue()
-                .queue_name(aws::testing::unique(q))
-                .send()
-                .await
-                .expect("queue")
-                .queue_url
-                .expect("url"),
-        );
-    }
+    let urls = [
+        new_queue(&sqs, "status-q").await,
+        new_queue(&sqs, "status-dlq").await,
+    ];
     for body in ["a", "b"] {
         sqs.send_message()
             .queue_url(&urls[1])
