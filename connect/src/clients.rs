@@ -211,18 +211,7 @@ async fn backend(data: &Path, aws: bool) -> anyhow::Result<Box<dyn Backend>> {
             secrets: aws_sdk_secretsmanager::Client::new(&config),
         }));
     }
-    anyhow::ensure!(
-        data.join(local::store::DB_FILE).exists(),
-        "no store in {} (run connect serve once, pass --data DIR, or --aws)",
-        data.display()
-    );
-    let store = local::SqliteStore::open(
-        data,
-        local::StoreOptions {
-            tool: true,
-            ..local::StoreOptions::default()
-        },
-    )?;
+    let store = crate::open_tool_store(data)?;
     Ok(Box::new(Local {
         store,
         secrets: local::FileSecrets::open(&data.join("secrets.json")),

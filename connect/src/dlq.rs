@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use domain::delivery::{attr, rfc3339};
 use domain::{Clock, Crm, QueueKind, SystemClock};
 use indicatif::{ProgressBar, ProgressStyle};
-use local::{LocalQueues, SqliteStore, StoreOptions, queue_name};
+use local::{LocalQueues, SqliteStore, queue_name};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -88,18 +88,7 @@ fn sqs_error<E: std::error::Error + 'static, R: std::fmt::Debug>(
 impl Backend {
     /// The local store in `data`.
     pub fn local(data: &Path) -> anyhow::Result<Backend> {
-        anyhow::ensure!(
-            data.join(local::store::DB_FILE).exists(),
-            "no store in {} (pass --data DIR, or --aws)",
-            data.display()
-        );
-        let store = SqliteStore::open(
-            data,
-            StoreOptions {
-                tool: true,
-                ..StoreOptions::default()
-            },
-        )?;
+        let store = crate::open_tool_store(data)?;
         let queues = LocalQueues::new(
             store.clone(),
             Arc::new(SystemClock),
@@ -787,7 +776,7 @@ mod tests {
     #[tokio::test]
     async fn a_stale_receipt_does_not_count_as_deleted() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
+        let store = SqliteStore::open(dir.path(), local::StoreOptions::default()).expect("open");
         let queues = LocalQueues::new(store.clone(), Arc::new(SystemClock), 1000);
         let dlq = local::queue_name(Crm::Responsys, domain::QueueKind::DeadLetter);
         queues

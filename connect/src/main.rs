@@ -437,6 +437,24 @@ fn init_tracing(
     guard
 }
 
+/// The local store in `data`, opened as a tool (next to a running server), or a one-line
+/// error when there is none.
+pub(crate) fn open_tool_store(data: &std::path::Path) -> anyhow::Result<local::SqliteStore> {
+    anyhow::ensure!(
+        data.join(local::store::DB_FILE).exists(),
+        "no store in {} (start `connect serve --data {}` first, pass --data DIR, or --aws)",
+        data.display(),
+        data.display()
+    );
+    Ok(local::SqliteStore::open(
+        data,
+        local::StoreOptions {
+            tool: true,
+            ..local::StoreOptions::default()
+        },
+    )?)
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The server logs every request; operator commands only say what went wrong.

@@ -67,9 +67,20 @@ pub async fn erase_local(
     let now = SystemClock.now_ms();
     store.suppress(&scope, &keyer.key(email), now).await?;
     let removed = store.erase(email, client).await?;
+    audited_erasure(store, now, actor, scope, removed).await
+}
+
+/// Writes the audit record of an erasure and returns its report.
+async fn audited_erasure(
+    store: &impl SuppressionStore,
+    at_ms: i64,
+    actor: &str,
+    scope: String,
+    removed: BTreeMap<String, u64>,
+) -> anyhow::Result<Report> {
     store
         .audit(&AuditRecord {
-            at_ms: now,
+            at_ms,
             actor: actor.to_owned(),
             action: "erase".into(),
             scope: scope.clone(),
@@ -217,19 +228,7 @@ impl AwsPrivacy {
             let n = self.purge_email(url, email, client, progress, name).await?;
             removed.insert(format!("queue:{name}"), n);
         }
-        self.suppressions
-            .audit(&AuditRecord {
-                at_ms: now,
-                actor: actor.to_owned(),
-                action: "erase".into(),
-                scope: scope.clone(),
-                counts: removed.clone(),
-            })
-            .await?;
-        Ok(Report {
-            removed,
-            suppressed_in: scope,
-        })
+        audited_erasure(&self.suppressions, now, actor, scope, removed).await
     }
 
     async fn purge_email(
@@ -395,18 +394,7 @@ pub async fn run(cmd: Command<'_>) -> anyhow::Result<()> {
         bar.finish_and_clear();
         return unsuppress(p.suppressions(), p.keyer(), &email, client.as_ref(), &actor).await;
     }
-    anyhow::ensure!(
-        data.join(local::store::DB_FILE).exists(),
-        "no store in {} (pass --data DIR, or --aws)",
-        data.display()
-    );
-    let store = local::SqliteStore::open(
-        data,
-        local::StoreOptions {
-            tool: true,
-            ..local::StoreOptions::default()
-        },
-    )?;
+    let store = crate::open_tool_store(data)?;
     let secrets = local::FileSecrets::open(
         &secrets.map_or_else(|| data.join("secrets.json"), Path::to_path_buf),
     );

@@ -142,18 +142,7 @@ pub async fn run(
             queues,
         }
     } else {
-        anyhow::ensure!(
-            data.join(local::store::DB_FILE).exists(),
-            "no store in {} (pass --data DIR, or --aws)",
-            data.display()
-        );
-        let store = local::SqliteStore::open(
-            data,
-            local::StoreOptions {
-                tool: true,
-                ..local::StoreOptions::default()
-            },
-        )?;
+        let store = crate::open_tool_store(data)?;
         let queues = local::LocalQueues::new(
             store.clone(),
             Arc::new(SystemClock),

@@ -16,18 +16,7 @@ pub async fn run(
     since_ms: i64,
     json: bool,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        data.join(local::store::DB_FILE).exists(),
-        "no store in {} (pass --data DIR)",
-        data.display()
-    );
-    let store = local::SqliteStore::open(
-        data,
-        local::StoreOptions {
-            tool: true,
-            ..local::StoreOptions::default()
-        },
-    )?;
+    let store = crate::open_tool_store(data)?;
     let result = report(&store, client, since_ms, json).await;
     store.shutdown().await;
     result
@@ -114,37 +103,53 @@ async fn report(
     if only.is_some() && rows.is_empty() {
         anyhow::bail!("no client {}", only.unwrap_or_default());
     }
+    print(&rows, json)
+}
+
+/// Prints the rows as JSON, or as a table for people (`?` where a figure is unknown).
+fn print(rows: &[serde_json::Value], json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{}", serde_json::to_string_pretty(rows)?);
         return Ok(());
     }
+    let n = |v: &serde_json::Value| {
+        if v.is_null() {
+            "?".to_owned()
+        } else {
+            v.to_string()
+        }
+    };
     println!(
         "{:<20} {:<11} {:>8} {:>7} {:>9} {:>7} {:>6} {:>7} {:>6}  ATTENTION",
         "CLIENT", "CRM", "ACCEPTED", "REFUSED", "DELIVERED", "RETRIED", "DEAD", "QUEUED", "DLQ"
     );
     for r in rows {
+        let refused = r["refused"].as_object().map_or_else(
+            || "?".to_owned(),
+            |m| {
+                m.values()
+                    .filter_map(serde_json::Value::as_u64)
+                    .sum::<u64>()
+                    .to_string()
+            },
+        );
+        let attention = r["attention"].as_array().map_or_else(String::new, |a| {
+            a.iter()
+                .filter_map(serde_json::Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
         println!(
-            "{:<20} {:<11} {:>8} {:>7} {:>9} {:>7} {:>6} {:>7} {:>6}  {}",
+            "{:<20} {:<11} {:>8} {:>7} {:>9} {:>7} {:>6} {:>7} {:>6}  {attention}",
             r["clientId"].as_str().unwrap_or(""),
             r["crm"].as_str().unwrap_or(""),
-            r["accepted"],
-            r["refused"].as_object().map_or(0, |m| m
-                .values()
-                .filter_map(serde_json::Value::as_u64)
-                .sum::<u64>()),
-            r["delivered"],
-            r["retried"],
-            r["deadLettered"],
-            r["queueDepth"],
-            r["dlqDepth"],
-            r["attention"]
-                .as_array()
-                .map(|a| a
-                    .iter()
-                    .filter_map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; "))
-                .unwrap_or_default()
+            n(&r["accepted"]),
+            refused,
+            n(&r["delivered"]),
+            n(&r["retried"]),
+            n(&r["deadLettered"]),
+            n(&r["queueDepth"]),
+            n(&r["dlqDepth"]),
         );
     }
     Ok(())
@@ -383,37 +388,5 @@ pub async fn run_aws(only: Option<&str>, since_ms: i64, json: bool) -> anyhow::R
             "attention": attention,
         }));
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    let n = |v: &serde_json::Value| {
-        if v.is_null() {
-            "?".to_owned()
-        } else {
-            v.to_string()
-        }
-    };
-    for r in rows {
-        println!(
-            "{:<20} {:<11} accepted {} delivered {} retried {} dead {} queued {} dlq {}  {}",
-            r["clientId"].as_str().unwrap_or(""),
-            r["crm"].as_str().unwrap_or(""),
-            n(&r["accepted"]),
-            n(&r["delivered"]),
-            n(&r["retried"]),
-            n(&r["deadLettered"]),
-            n(&r["queueDepth"]),
-            n(&r["dlqDepth"]),
-            r["attention"]
-                .as_array()
-                .map(|a| a
-                    .iter()
-                    .filter_map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; "))
-                .unwrap_or_default()
-        );
-    }
-    Ok(())
+    print(&rows, json)
 }

@@ -3,25 +3,9 @@
 
 use anyhow::Context;
 use domain::{ClientDirectory, ClientId, Clock, Crm, SystemClock, TokenStore};
-use local::{FileSecrets, SqliteStore, StoreOptions};
+use local::FileSecrets;
 use std::path::Path;
 use std::sync::Arc;
-
-fn open(data: &Path) -> anyhow::Result<SqliteStore> {
-    anyhow::ensure!(
-        data.join(local::store::DB_FILE).exists(),
-        "no store in {} (start `connect serve --data {}` first, or pass --data)",
-        data.display(),
-        data.display()
-    );
-    Ok(SqliteStore::open(
-        data,
-        StoreOptions {
-            tool: true,
-            ..StoreOptions::default()
-        },
-    )?)
-}
 
 fn age(ms: i64) -> String {
     let s = ms.abs() / 1000;
@@ -37,7 +21,7 @@ fn age(ms: i64) -> String {
 
 /// Lists tokens.
 pub async fn list(data: &Path, json: bool) -> anyhow::Result<()> {
-    let store = open(data)?;
+    let store = crate::open_tool_store(data)?;
     let now = SystemClock.now_ms();
     let mut rows = Vec::new();
     for crm in Crm::ALL {
@@ -97,7 +81,7 @@ pub async fn refresh(
         .map(ClientId::parse)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--client: {e}"))?;
-    let store = open(data)?;
+    let store = crate::open_tool_store(data)?;
     let secrets =
         FileSecrets::open(&secrets.map_or_else(|| data.join("secrets.json"), Path::to_path_buf));
     let http = crm::CrmHttp::new(&crm::HttpSettings::default()).context("HTTP client")?;

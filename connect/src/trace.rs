@@ -31,11 +31,6 @@ pub struct Query<'a> {
 
 /// Runs a trace on the local store.
 pub async fn run_local(data: &Path, q: Query<'_>) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        data.join(local::store::DB_FILE).exists(),
-        "no store in {} (pass --data DIR, or --aws)",
-        data.display()
-    );
     let email_and_client = match (q.record_id, q.client, q.email) {
         (Some(_), _, _) => None,
         (None, Some(c), Some(e)) => {
@@ -45,13 +40,7 @@ pub async fn run_local(data: &Path, q: Query<'_>) -> anyhow::Result<()> {
         }
         _ => bail!("trace a RECORD_ID, or --client ID --email E"),
     };
-    let store = local::SqliteStore::open(
-        data,
-        local::StoreOptions {
-            tool: true,
-            ..local::StoreOptions::default()
-        },
-    )?;
+    let store = crate::open_tool_store(data)?;
     let result = trace(&store, data, &q, email_and_client.as_ref()).await;
     store.shutdown().await;
     result

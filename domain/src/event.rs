@@ -531,28 +531,24 @@ impl GtmEvent {
             product_url.and_then(|v| string_field(&mut errors, "productUrl", v, HttpUrl::parse));
 
         let signature = parse_signature(sig, sig_exp, &mut errors);
-        let consent = consent.and_then(|v| match &v {
-            Value::Bool(b) => Some(*b),
-            Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
-                "granted" | "true" | "yes" | "1" => Some(true),
-                "denied" | "false" | "no" | "0" => Some(false),
-                _ => {
-                    errors.push(FieldError::new(
-                        "consent",
-                        "one_of",
-                        "must be granted or denied (or a boolean)",
-                    ));
-                    None
-                }
-            },
-            _ => {
+        let consent = consent.and_then(|v| {
+            let parsed = match &v {
+                Value::Bool(b) => Some(*b),
+                Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+                    "granted" | "true" | "yes" | "1" => Some(true),
+                    "denied" | "false" | "no" | "0" => Some(false),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if parsed.is_none() {
                 errors.push(FieldError::new(
                     "consent",
                     "one_of",
                     "must be granted or denied (or a boolean)",
                 ));
-                None
             }
+            parsed
         });
         let properties = parse_properties(obj, &mut errors);
 

@@ -961,21 +961,17 @@ fn decode_pixel_query(query: Option<&str>) -> Result<Vec<u8>, Box<IngestResponse
 /// names of the fields dropped.
 fn keep_own_urls(client: &ClientConfig, event: &mut GtmEvent) -> Vec<&'static str> {
     let mut dropped = Vec::new();
-    if event
-        .product_url
-        .as_ref()
-        .is_some_and(|u| !client.owns_url_host(u.as_str()))
-    {
-        event.product_url = None;
-        dropped.push("productUrl");
-    }
-    if event
-        .product_image
-        .as_ref()
-        .is_some_and(|u| !client.owns_url_host(u.as_str()))
-    {
-        event.product_image = None;
-        dropped.push("productImage");
+    for (url, name) in [
+        (&mut event.product_url, "productUrl"),
+        (&mut event.product_image, "productImage"),
+    ] {
+        if url
+            .as_ref()
+            .is_some_and(|u| !client.owns_url_host(u.as_str()))
+        {
+            *url = None;
+            dropped.push(name);
+        }
     }
     dropped
 }

@@ -328,6 +328,23 @@ impl SqliteStore {
         .await
     }
 
+    /// The rows `sql` selects with `args`, each mapped by `row`.
+    async fn read_rows<T: Send + 'static>(
+        &self,
+        sql: &'static str,
+        args: Vec<rusqlite::types::Value>,
+        row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(sql).map_err(unavailable)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), row)
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
     /// Proves the store is writable: a write transaction through the writer.
     pub async fn health(&self) -> Result<(), StoreError> {
         self.write(|conn| {
@@ -374,18 +391,11 @@ impl SqliteStore {
         &self,
         record_id: &str,
     ) -> Result<Vec<(i64, String, String, String)>, StoreError> {
-        let record_id = record_id.to_owned();
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT at, crm, outcome, detail FROM delivery_log WHERE record_id = ?1 ORDER BY seq",
-                )
-                .map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params![record_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                .map_err(unavailable)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
-        })
+        self.read_rows(
+            "SELECT at, crm, outcome, detail FROM delivery_log WHERE record_id = ?1 ORDER BY seq",
+            vec![record_id.to_owned().into()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
         .await
     }
 
@@ -438,21 +448,12 @@ impl SqliteStore {
         &self,
         record_id: &str,
     ) -> Result<Vec<(String, u32, i64)>, StoreError> {
-        let record_id = record_id.to_owned();
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT queue, receive_count, visible_at FROM queue_messages
-                     WHERE json_extract(body, '$.recordId') = ?1 ORDER BY seq",
-                )
-                .map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params![record_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .map_err(unavailable)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
-        })
+        self.read_rows(
+            "SELECT queue, receive_count, visible_at FROM queue_messages
+             WHERE json_extract(body, '$.recordId') = ?1 ORDER BY seq",
+            vec![record_id.to_owned().into()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .await
     }
 
@@ -461,20 +462,14 @@ impl SqliteStore {
         &self,
         since_ms: i64,
     ) -> Result<Vec<(String, u64, i64)>, StoreError> {
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT json_extract(item, '$.clientId') AS c, COUNT(*),
-                            MAX(json_extract(item, '$.timestamp'))
-                     FROM navigation WHERE record_id != 'erased'
-                       AND json_extract(item, '$.timestamp') >= ?1 GROUP BY c",
-                )
-                .map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params![since_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .map_err(unavailable)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
-        })
+        self.read_rows(
+            "SELECT json_extract(item, '$.clientId') AS c, COUNT(*),
+                    MAX(json_extract(item, '$.timestamp'))
+             FROM navigation WHERE record_id != 'erased'
+               AND json_extract(item, '$.timestamp') >= ?1 GROUP BY c",
+            vec![since_ms.into()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .await
     }
 
@@ -483,18 +478,12 @@ impl SqliteStore {
         &self,
         since_ms: i64,
     ) -> Result<Vec<(String, String, u64)>, StoreError> {
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT client_id, outcome, COUNT(*) FROM delivery_log WHERE at >= ?1
-                     GROUP BY client_id, outcome",
-                )
-                .map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params![since_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .map_err(unavailable)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
-        })
+        self.read_rows(
+            "SELECT client_id, outcome, COUNT(*) FROM delivery_log WHERE at >= ?1
+             GROUP BY client_id, outcome",
+            vec![since_ms.into()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .await
     }
 
@@ -528,18 +517,12 @@ impl SqliteStore {
         &self,
         since_ms: i64,
     ) -> Result<Vec<(String, String, u64)>, StoreError> {
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT client_id, reason, SUM(count) FROM ingest_refusals
-                     WHERE minute >= ?1 - 59999 GROUP BY client_id, reason",
-                )
-                .map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params![since_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .map_err(unavailable)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
-        })
+        self.read_rows(
+            "SELECT client_id, reason, SUM(count) FROM ingest_refusals
+             WHERE minute >= ?1 - 59999 GROUP BY client_id, reason",
+            vec![since_ms.into()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .await
     }
 

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -219,4 +219,34 @@ pub fn stored_record(db: &rusqlite::Connection, record_id: &str) -> Option<serde
         )
         .ok();
     item.map(|s| serde_json::from_str(&s).expect("record json"))
+}
+
+/// Runs `connect` with `args` and extra environment variables, to completion.
+pub fn connect(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(connect_bin());
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run connect")
+}
+
+/// What a finished command printed: stdout, then stderr.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Every record the sandbox CRMs received so far.
+pub async fn sandbox_records(http: &reqwest::Client, sandbox: &str) -> Vec<serde_json::Value> {
+    http.get(format!("{sandbox}/_sandbox/records"))
+        .send()
+        .await
+        .expect("records")
+        .json()
+        .await
+        .expect("json")
 }

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tests::sandbox_records;
 use tests::{Process, open_db};
 
 const SHOP: &str = "https://www.shop.example";
@@ -114,16 +115,6 @@ fn now_s() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs() as i64
-}
-
-async fn sandbox_records(http: &reqwest::Client, sandbox: &str) -> Vec<Value> {
-    http.get(format!("{sandbox}/_sandbox/records"))
-        .send()
-        .await
-        .expect("records")
-        .json()
-        .await
-        .expect("json")
 }
 
 /// Messages still on the delivery queues (not yet delivered, skipped or dead-lettered).

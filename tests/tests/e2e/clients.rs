@@ -6,23 +6,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Output;
 use tests::Process;
-
-fn connect(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = std::process::Command::new(tests::connect_bin());
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run connect")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use tests::{connect, output_text as text};
 
 const GOOD: &str = r#"
 [[clients]]

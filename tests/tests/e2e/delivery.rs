@@ -2,17 +2,8 @@
 
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
+use tests::sandbox_records as records;
 use tests::{Process, open_db};
-
-async fn records(http: &reqwest::Client, sandbox: &str) -> Vec<Value> {
-    http.get(format!("{sandbox}/_sandbox/records"))
-        .send()
-        .await
-        .expect("records")
-        .json()
-        .await
-        .expect("json")
-}
 
 #[tokio::test]
 async fn each_route_reaches_its_sandbox_crm_within_a_second() {

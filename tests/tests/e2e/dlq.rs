@@ -4,6 +4,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
+use tests::output_text as text;
 use tests::{Process, open_db};
 
 fn connect(data: &Path, args: &[&str]) -> Output {
@@ -13,14 +14,6 @@ fn connect(data: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run connect")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn count(data: &Path, queue: &str) -> i64 {
@@ -85,14 +78,7 @@ impl Env {
         assert_eq!(r.status(), 202);
     }
     async fn records(&self) -> Vec<Value> {
-        self.http
-            .get(format!("{}/_sandbox/records", self.sandbox))
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json")
+        tests::sandbox_records(&self.http, &self.sandbox).await
     }
     async fn wait_dlq(&self, queue: &str, n: i64) {
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -4,20 +4,13 @@ use aws::testing::{emulator_config, unique};
 use aws_sdk_sqs::types::MessageAttributeValue;
 use std::collections::HashMap;
 use std::process::Output;
+use tests::output_text as text;
 
 fn connect(args: &[&str]) -> Output {
     std::process::Command::new(tests::connect_bin())
         .args(args)
         .output()
         .expect("run connect")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn attr(v: &str) -> MessageAttributeValue {

@@ -84,15 +84,7 @@ impl Rig {
 
     /// Emails the sandbox accepted, with how many times each.
     async fn delivered(&self) -> HashMap<String, usize> {
-        let records: Vec<Value> = self
-            .http
-            .get(format!("{}/_sandbox/records", self.sandbox.base))
-            .send()
-            .await
-            .expect("records")
-            .json()
-            .await
-            .expect("json");
+        let records = tests::sandbox_records(&self.http, &self.sandbox.base).await;
         let mut out = HashMap::new();
         for r in records {
             *out.entry(r["email"].as_str().unwrap_or("").to_owned())

@@ -2,7 +2,7 @@
 //! client's allowed origin that loads the pixel URL the template builds (computed by the
 //! Node harness from gtm/template.tpl), and the event reaches the sandbox CRM.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tests::Process;
@@ -140,14 +140,7 @@ async fn a_page_firing_the_template_pixel_delivers_the_event() {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let records: Vec<Value> = http
-            .get(format!("{}/_sandbox/records", sandbox.base))
-            .send()
-            .await
-            .expect("records")
-            .json()
-            .await
-            .expect("json");
+        let records = tests::sandbox_records(&http, &sandbox.base).await;
         if let Some(r) = records
             .iter()
             .find(|r| r["email"] == "browser.shopper@example.com")

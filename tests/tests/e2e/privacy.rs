@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tests::sandbox_records as delivered;
 use tests::{Process, open_db};
 
 const TOKEN: &str = "operator-token-0123456789";
@@ -33,16 +34,6 @@ fn messages_of(data: &Path, email: &str) -> i64 {
         "SELECT COUNT(*) FROM queue_messages WHERE json_extract(body, '$.event.email') = ?1",
         email,
     )
-}
-
-async fn delivered(http: &reqwest::Client, sandbox: &str) -> Vec<Value> {
-    http.get(format!("{sandbox}/_sandbox/records"))
-        .send()
-        .await
-        .expect("records")
-        .json()
-        .await
-        .expect("json")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,36 +3,9 @@
 
 use aws::testing::{emulator_config, unique};
 use serde_json::{Value, json};
-use std::process::Output;
 use std::time::{Duration, Instant};
 use tests::Process;
-
-fn connect(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = std::process::Command::new(tests::connect_bin());
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run connect")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-async fn records(http: &reqwest::Client, sandbox: &str) -> Vec<Value> {
-    http.get(format!("{sandbox}/_sandbox/records"))
-        .send()
-        .await
-        .expect("records")
-        .json()
-        .await
-        .expect("json")
-}
+use tests::{connect, output_text as text, sandbox_records as records};
 
 #[tokio::test]
 async fn stored_records_are_delivered_again_by_client_and_window() {

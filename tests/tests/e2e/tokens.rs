@@ -97,14 +97,7 @@ async fn with_four_second_tokens_a_minute_of_deliveries_never_fails() {
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let records: Vec<Value> = http
-            .get(format!("{sandbox}/_sandbox/records"))
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        let records = tests::sandbox_records(&http, &sandbox).await;
         if records.len() >= posted {
             assert_eq!(records.len(), posted);
             break;
