@@ -296,9 +296,13 @@ async fn replay_local(
             match serde_json::from_str::<NavigationRecord>(&change.new_image) {
                 Ok(r) if selection.matches(&r) => batch.push(r),
                 Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(recordId = %change.record_id, error = %e, "skipped an unreadable record")
-                }
+                // Not the decoder's message: it can quote a value, and values hold emails.
+                Err(e) => tracing::warn!(
+                    recordId = %change.record_id,
+                    line = e.line(),
+                    column = e.column(),
+                    "skipped an unreadable record"
+                ),
             }
             if batch.len() >= REPLAY_BATCH {
                 flush(fanout, &mut batch, dry_run, counts).await;
@@ -348,7 +352,14 @@ async fn replay_aws(
             match serde_dynamo::from_item::<_, NavigationRecord>(item.clone()) {
                 Ok(r) if selection.matches(&r) => batch.push(r),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "skipped an unreadable item"),
+                // Not the decoder's message: it can quote a value, and values hold emails.
+                Err(_) => tracing::warn!(
+                    recordId = item
+                        .get("recordId")
+                        .and_then(|v| v.as_s().ok())
+                        .map_or("?", String::as_str),
+                    "skipped an unreadable item"
+                ),
             }
             if batch.len() >= REPLAY_BATCH {
                 flush(fanout, &mut batch, dry_run, counts).await;

@@ -85,9 +85,7 @@ async fn flush_refusals(app: &App) {
         Ok(mut m) => m.drain().map(|((c, r), n)| (c, r.to_owned(), n)).collect(),
         Err(_) => return,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let now = domain::Clock::now_ms(&domain::SystemClock);
     if let Err(e) = app
         .store
         .add_refusals(now - now.rem_euclid(60_000), counts)

@@ -83,9 +83,7 @@ pub async fn handle_apigw<S: RecordStore, D: ClientDirectory + 'static, C: Clock
 /// as the Prometheus metrics of `connect serve`.
 fn emit_metrics(response: &crate::IngestResponse) {
     use crate::Outcome;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let now = domain::Clock::now_ms(&domain::SystemClock);
     if let Outcome::Refused(reason) | Outcome::Discarded(reason) = response.outcome {
         println!(
             "{}",

@@ -3,50 +3,19 @@
 
 mod support;
 
-use async_trait::async_trait;
-use domain::{
-    AllowedOrigins, ClientConfig, ClientDirectory, ClientId, ClientPolicy, Crm, RdStationConfig,
-    StoreError, SystemClock,
-};
+use domain::{ClientPolicy, SystemClock};
 use ingest::{IngestHandler, IngestRequest, IngestSettings, Outcome};
 use serde_json::json;
-use support::Kept;
-
-struct ConsentClient;
-
-#[async_trait]
-impl ClientDirectory for ConsentClient {
-    async fn client(&self, id: &ClientId) -> Result<Option<ClientConfig>, StoreError> {
-        Ok(Some(ClientConfig {
-            client_id: id.clone(),
-            crm: Crm::Responsys,
-            active: true,
-            allowed_origins: AllowedOrigins(vec!["https://www.shop.example".into()]),
-            target: None,
-            secret_name: None,
-            rate_limit_per_second: None,
-            policy: ClientPolicy {
-                require_consent: true,
-                ..ClientPolicy::default()
-            },
-        }))
-    }
-    async fn rdstation_by_tid(&self, _: &str) -> Result<Option<RdStationConfig>, StoreError> {
-        Ok(None)
-    }
-    async fn origins_for(&self, _: Crm) -> Result<Vec<String>, StoreError> {
-        Ok(Vec::new())
-    }
-    async fn clients_of(&self, _: Crm) -> Result<Vec<ClientConfig>, StoreError> {
-        Ok(Vec::new())
-    }
-}
+use support::{Kept, OneClient};
 
 #[tokio::test]
 async fn only_granted_consent_is_kept() {
     let h = IngestHandler::new(
         Kept::default(),
-        ConsentClient,
+        OneClient(ClientPolicy {
+            require_consent: true,
+            ..ClientPolicy::default()
+        }),
         SystemClock,
         IngestSettings::default(),
     );

@@ -5,45 +5,11 @@
 
 mod support;
 
-use async_trait::async_trait;
-use domain::{
-    AllowedOrigins, ClientConfig, ClientDirectory, ClientId, ClientPolicy, Crm, RdStationConfig,
-    StoreError, SystemClock,
-};
+use domain::{ClientPolicy, SystemClock};
 use ingest::{IngestHandler, IngestRequest, IngestSettings};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
-use support::Kept;
-
-struct OneClient;
-
-#[async_trait]
-impl ClientDirectory for OneClient {
-    async fn client(&self, id: &ClientId) -> Result<Option<ClientConfig>, StoreError> {
-        Ok((id.as_str() == "shop").then(|| ClientConfig {
-            client_id: id.clone(),
-            crm: Crm::Responsys,
-            active: true,
-            allowed_origins: AllowedOrigins(vec!["https://www.shop.example".into()]),
-            target: None,
-            secret_name: None,
-            rate_limit_per_second: None,
-            policy: ClientPolicy {
-                email_events_per_minute: 0,
-                ..ClientPolicy::default()
-            },
-        }))
-    }
-    async fn rdstation_by_tid(&self, _: &str) -> Result<Option<RdStationConfig>, StoreError> {
-        Ok(None)
-    }
-    async fn origins_for(&self, _: Crm) -> Result<Vec<String>, StoreError> {
-        Ok(vec!["https://www.shop.example".into()])
-    }
-    async fn clients_of(&self, _: Crm) -> Result<Vec<ClientConfig>, StoreError> {
-        Ok(Vec::new())
-    }
-}
+use support::{Kept, OneClient};
 
 /// JSON values of any shape, small enough to be many.
 fn json_value() -> impl Strategy<Value = Value> {
@@ -108,7 +74,10 @@ fn event_like() -> impl Strategy<Value = Value> {
 fn handler() -> IngestHandler<Kept, OneClient, SystemClock> {
     IngestHandler::new(
         Kept::default(),
-        OneClient,
+        OneClient(ClientPolicy {
+            email_events_per_minute: 0,
+            ..ClientPolicy::default()
+        }),
         SystemClock,
         IngestSettings::default(),
     )

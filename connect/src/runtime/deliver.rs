@@ -78,9 +78,7 @@ pub async fn run<D, T, S, A, C>(
             }
         };
         if received.is_empty() {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let now = domain::Clock::now_ms(&domain::SystemClock);
             let wait = match queues.next_visible_at(&queue).await {
                 Ok(Some(at)) if at > now => {
                     Duration::from_millis(u64::try_from(at - now).unwrap_or(0))
@@ -121,9 +119,7 @@ pub async fn run<D, T, S, A, C>(
                 )
             })
             .collect();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let now = domain::Clock::now_ms(&domain::SystemClock);
         if let Err(e) = queues.store().append_delivery_log(crm, now, entries).await {
             tracing::warn!(crm = crm.as_str(), error = %e, "the delivery log could not be written");
         }
