@@ -250,3 +250,10 @@ pub async fn sandbox_records(http: &reqwest::Client, sandbox: &str) -> Vec<serde
         .await
         .expect("json")
 }
+
+/// Runs `connect` (which must succeed) and parses what it printed as JSON.
+pub fn connect_json(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let out = connect(args, env);
+    assert!(out.status.success(), "{}", output_text(&out));
+    serde_json::from_slice(&out.stdout).expect("json on stdout")
+}

@@ -115,8 +115,8 @@ async fn an_erased_person_is_gone_from_everything_and_stays_out() {
     assert_eq!(records_of(&data, ANA), 3);
 
     // Erase Ana, next to the running server.
-    let out = std::process::Command::new(tests::connect_bin())
-        .args([
+    let report = tests::connect_json(
+        &[
             "--data",
             data.to_str().expect("path"),
             "privacy",
@@ -126,15 +126,9 @@ async fn an_erased_person_is_gone_from_everything_and_stays_out() {
             "--actor",
             "dpo",
             "--json",
-        ])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &[],
     );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["removed"]["navigation"], 3, "{report}");
     assert_eq!(report["removed"]["queue:responsys-dlq"], 1, "{report}");
     assert_eq!(report["removed"]["queue:responsys"], 2, "{report}");

@@ -6,18 +6,11 @@ use std::time::{Duration, Instant};
 use tests::Process;
 
 fn tokens_json(data: &std::path::Path) -> Vec<Value> {
-    let out = std::process::Command::new(tests::connect_bin())
-        .arg("--data")
-        .arg(data)
-        .args(["tokens", "--json"])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
+    serde_json::from_value(tests::connect_json(
+        &["--data", data.to_str().expect("path"), "tokens", "--json"],
+        &[],
+    ))
+    .expect("rows")
 }
 
 #[tokio::test]

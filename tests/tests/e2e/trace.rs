@@ -6,20 +6,10 @@ use std::time::{Duration, Instant};
 use tests::Process;
 
 fn trace(data: &std::path::Path, args: &[&str]) -> Value {
-    let out = std::process::Command::new(tests::connect_bin())
-        .arg("--data")
-        .arg(data)
-        .arg("trace")
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
+    let mut all = vec!["--data", data.to_str().expect("path"), "trace"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    tests::connect_json(&all, &[])
 }
 
 fn stages(v: &Value) -> Vec<(String, String)> {
@@ -147,18 +137,10 @@ async fn a_retried_then_delivered_event_and_a_dead_lettered_one() {
     assert!(shown.to_string().contains("dead@trace.example"));
 
     // connect status: the same story per client, with what needs attention.
-    let out = std::process::Command::new(tests::connect_bin())
-        .arg("--data")
-        .arg(&data)
-        .args(["status", "--json"])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let rows = tests::connect_json(
+        &["--data", data.to_str().expect("path"), "status", "--json"],
+        &[],
     );
-    let rows: Value = serde_json::from_slice(&out.stdout).expect("json");
     let row = |id: &str| {
         rows.as_array()
             .expect("rows")
@@ -256,18 +238,13 @@ async fn trace_on_aws_shows_the_record_and_its_dead_letter() {
         .send()
         .await
         .expect("send");
-    let out = std::process::Command::new(tests::connect_bin())
-        .args(["trace", "--aws", &record.record_id, "--json"])
-        .env("NAVIGATION_TABLE", &names.navigation)
-        .env("DLQ_URL_RESPONSYS", &dlq)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = tests::connect_json(
+        &["trace", "--aws", &record.record_id, "--json"],
+        &[
+            ("NAVIGATION_TABLE", &names.navigation),
+            ("DLQ_URL_RESPONSYS", &dlq),
+        ],
     );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["stored"][0]["clientId"], "shop-a");
     assert_eq!(v["deadLetter"]["entry"]["failureReason"], "rejected_by_crm");
     assert!(
@@ -307,18 +284,17 @@ async fn status_counts_refused_requests_by_reason() {
     }
     // A clean stop flushes the counts.
     assert!(server.terminate().success());
-    let out = std::process::Command::new(tests::connect_bin())
-        .arg("--data")
-        .arg(&data)
-        .args(["status", "--client", "shop-st", "--json"])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let rows = tests::connect_json(
+        &[
+            "--data",
+            data.to_str().expect("path"),
+            "status",
+            "--client",
+            "shop-st",
+            "--json",
+        ],
+        &[],
     );
-    let rows: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(rows[0]["accepted"], 1, "{rows}");
     assert_eq!(rows[0]["refused"]["origin_not_allowed"], 2, "{rows}");
     assert!(
@@ -378,21 +354,16 @@ async fn status_on_aws_reports_queues_dlq_and_token_and_flags_unreadable_metrics
             .await
             .expect("send");
     }
-    let out = std::process::Command::new(tests::connect_bin())
-        .args(["status", "--aws", "--client", "shop-s", "--json"])
-        .env("CLIENTS_TABLE", &names.clients)
-        .env("RDSTATION_CONFIG_TABLE", &names.rdstation)
-        .env("TOKENS_TABLE", &names.tokens)
-        .env("QUEUE_URL_RESPONSYS", &urls[0])
-        .env("DLQ_URL_RESPONSYS", &urls[1])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let rows = tests::connect_json(
+        &["status", "--aws", "--client", "shop-s", "--json"],
+        &[
+            ("CLIENTS_TABLE", &names.clients),
+            ("RDSTATION_CONFIG_TABLE", &names.rdstation),
+            ("TOKENS_TABLE", &names.tokens),
+            ("QUEUE_URL_RESPONSYS", &urls[0]),
+            ("DLQ_URL_RESPONSYS", &urls[1]),
+        ],
     );
-    let rows: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
     let row = &rows[0];
     assert_eq!(row["clientId"], "shop-s");
