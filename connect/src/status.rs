@@ -337,6 +337,15 @@ pub async fn run_aws(only: Option<&str>, since_ms: i64, json: bool) -> anyhow::R
             Some(n(A::ApproximateNumberOfMessages) + n(A::ApproximateNumberOfMessagesNotVisible))
         }
     };
+    // Queues are per CRM: each is read once, whatever the number of clients.
+    let mut depths = BTreeMap::new();
+    for crm in Crm::ALL {
+        if clients.iter().any(|c| c.crm == crm) {
+            let queue = depth(std::env::var(aws::env::queue_url_var(crm)).ok()).await;
+            let dlq = depth(std::env::var(aws::env::dlq_url_var(crm)).ok()).await;
+            depths.insert(crm, (queue, dlq));
+        }
+    }
     let mut rows = Vec::new();
     for c in &clients {
         let id = c.client_id.to_string();
@@ -353,8 +362,7 @@ pub async fn run_aws(only: Option<&str>, since_ms: i64, json: bool) -> anyhow::R
             Some(t) => t.get_token(&c.client_id, c.crm).await?,
             None => None,
         };
-        let queue = depth(std::env::var(aws::env::queue_url_var(c.crm)).ok()).await;
-        let dlq = depth(std::env::var(aws::env::dlq_url_var(c.crm)).ok()).await;
+        let (queue, dlq) = depths.get(&c.crm).copied().unwrap_or((None, None));
         let mut attention = Vec::new();
         if let Some(e) = &metrics_error {
             attention.push(format!("CloudWatch metrics unreadable: {e}"));
