@@ -793,16 +793,16 @@ async fn a_long_outage_costs_a_bounded_number_of_calls() {
     assert!(env.dlq(Crm::Salesforce).await.is_empty());
 }
 
-#[tokio::test]
-async fn api_key_rd_clients_send_every_event_as_a_conversion() {
-    let env = env().await;
+/// An RD Station client `rd-key` with an API key only (tid `GA4.1.2`, the sandbox's
+/// endpoint), which creates contacts for every event.
+async fn api_key_rd_client(env: &Env, target: Option<serde_json::Value>) {
     env.store
         .upsert_client(&ClientConfig {
             client_id: ClientId::parse("rd-key").expect("id"),
             crm: Crm::RdStation,
             active: true,
             allowed_origins: AllowedOrigins::default(),
-            target: Some(json!({"conversion_identifiers": {"purchase": "compra-site"}})),
+            target,
             secret_name: None,
             rate_limit_per_second: None,
             policy: domain::ClientPolicy {
@@ -821,6 +821,16 @@ async fn api_key_rd_clients_send_every_event_as_a_conversion() {
         })
         .await
         .expect("rd config");
+}
+
+#[tokio::test]
+async fn api_key_rd_clients_send_every_event_as_a_conversion() {
+    let env = env().await;
+    api_key_rd_client(
+        &env,
+        Some(json!({"conversion_identifiers": {"purchase": "compra-site"}})),
+    )
+    .await;
     let batch = inbound_events(
         &env,
         Crm::RdStation,
@@ -941,31 +951,7 @@ impl domain::ClientDirectory for FlakyTids {
 async fn an_api_key_client_is_retried_not_dead_lettered_when_its_config_cannot_be_read() {
     use domain::ClientDirectory as _;
     let env = env().await;
-    env.store
-        .upsert_client(&ClientConfig {
-            client_id: ClientId::parse("rd-key").expect("id"),
-            crm: Crm::RdStation,
-            active: true,
-            allowed_origins: AllowedOrigins::default(),
-            target: None,
-            secret_name: None,
-            rate_limit_per_second: None,
-            policy: domain::ClientPolicy {
-                create_contacts: domain::ContactCreation::All,
-                ..Default::default()
-            },
-        })
-        .await
-        .expect("client");
-    env.store
-        .upsert_rdstation(&domain::RdStationConfig {
-            tid: "GA4.1.2".into(),
-            client_id: ClientId::parse("rd-key").expect("id"),
-            endpoint: Some(format!("{}/rdstation", env.sandbox)),
-            token: Some(domain::Secret::new("the-api-key".into())),
-        })
-        .await
-        .expect("rd config");
+    api_key_rd_client(&env, None).await;
     assert!(
         env.store
             .rdstation_by_tid("GA4.1.2")
