@@ -20,8 +20,8 @@ fn record(event_id: Option<&str>, now_ms: i64) -> NavigationRecord {
     if let Some(e) = event_id {
         body["eventId"] = json!(e);
     }
-    let event = GtmEvent::parse(Crm::Responsys, body).expect("valid");
-    NavigationRecord::new(event, cid("shop-a"), Crm::Responsys, now_ms, 48)
+    let event = GtmEvent::parse(Crm::RESPONSYS, body).expect("valid");
+    NavigationRecord::new(event, cid("shop-a"), Crm::RESPONSYS, now_ms, 48)
 }
 
 async fn setup() -> Option<(aws_sdk_dynamodb::Client, TableNames)> {
@@ -102,7 +102,7 @@ async fn client_directory_reads_clients_tids_and_origins() {
     let dir = DynamoClientDirectory::new(client, &names.clients, &names.rdstation);
     let a = ClientConfig {
         client_id: cid("shop-a"),
-        crm: Crm::Responsys,
+        crm: Crm::RESPONSYS,
         active: true,
         allowed_origins: AllowedOrigins(vec!["https://a.example".into()]),
         target: Some(json!({"profileList": "CONTACTS", "fields": {"email": "EMAIL_ADDRESS_"}})),
@@ -116,7 +116,7 @@ async fn client_directory_reads_clients_tids_and_origins() {
     inactive.allowed_origins = AllowedOrigins(vec!["https://b.example".into()]);
     let mut sf = a.clone();
     sf.client_id = cid("shop-c");
-    sf.crm = Crm::Salesforce;
+    sf.crm = Crm::SFMC;
     sf.allowed_origins = AllowedOrigins(vec!["https://c.example".into()]);
     for c in [&a, &inactive, &sf] {
         dir.put_client(c).await.expect("put");
@@ -124,7 +124,7 @@ async fn client_directory_reads_clients_tids_and_origins() {
     assert_eq!(dir.client(&cid("shop-a")).await, Ok(Some(a)));
     assert_eq!(dir.client(&cid("nobody")).await, Ok(None));
     assert_eq!(
-        dir.origins_for(Crm::Responsys).await,
+        dir.origins_for(Crm::RESPONSYS).await,
         Ok(vec!["https://a.example".to_string()])
     );
     let rd = RdStationConfig {
@@ -151,61 +151,61 @@ async fn one_refresh_lease_at_a_time_across_processes() {
     let c = cid("shop-rd");
     assert!(
         tokens
-            .acquire_refresh_lease(&c, Crm::RdStation, "a", 10_000, 0)
+            .acquire_refresh_lease(&c, Crm::RDSTATION, "a", 10_000, 0)
             .await
             .expect("a")
     );
     // Another holder waits while the lease runs…
     assert!(
         !tokens
-            .acquire_refresh_lease(&c, Crm::RdStation, "b", 20_000, 5_000)
+            .acquire_refresh_lease(&c, Crm::RDSTATION, "b", 20_000, 5_000)
             .await
             .expect("b")
     );
     // …other clients and CRMs are not affected…
     assert!(
         tokens
-            .acquire_refresh_lease(&cid("other"), Crm::RdStation, "b", 20_000, 5_000)
+            .acquire_refresh_lease(&cid("other"), Crm::RDSTATION, "b", 20_000, 5_000)
             .await
             .expect("other")
     );
     assert!(
         tokens
-            .acquire_refresh_lease(&c, Crm::Salesforce, "b", 20_000, 5_000)
+            .acquire_refresh_lease(&c, Crm::SFMC, "b", 20_000, 5_000)
             .await
             .expect("crm")
     );
     // …a stranger cannot release it, the holder can; an expired one is taken over.
     tokens
-        .release_refresh_lease(&c, Crm::RdStation, "b")
+        .release_refresh_lease(&c, Crm::RDSTATION, "b")
         .await
         .expect("no-op");
     assert!(
         !tokens
-            .acquire_refresh_lease(&c, Crm::RdStation, "b", 20_000, 5_000)
+            .acquire_refresh_lease(&c, Crm::RDSTATION, "b", 20_000, 5_000)
             .await
             .expect("b")
     );
     tokens
-        .release_refresh_lease(&c, Crm::RdStation, "a")
+        .release_refresh_lease(&c, Crm::RDSTATION, "a")
         .await
         .expect("release");
     assert!(
         tokens
-            .acquire_refresh_lease(&c, Crm::RdStation, "b", 20_000, 5_000)
+            .acquire_refresh_lease(&c, Crm::RDSTATION, "b", 20_000, 5_000)
             .await
             .expect("b")
     );
     assert!(
         tokens
-            .acquire_refresh_lease(&c, Crm::RdStation, "c", 40_000, 20_001)
+            .acquire_refresh_lease(&c, Crm::RDSTATION, "c", 40_000, 20_001)
             .await
             .expect("expired")
     );
     // The lease items do not disturb the token itself.
     assert!(
         tokens
-            .get_token(&c, Crm::RdStation)
+            .get_token(&c, Crm::RDSTATION)
             .await
             .expect("get")
             .is_none()

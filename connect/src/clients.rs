@@ -20,10 +20,8 @@ trait Backend: Send + Sync {
     async fn put_secret(&self, name: &str, value: &str) -> anyhow::Result<()>;
     /// Authenticates with the client's CRM (a forced token refresh: nothing is written
     /// to the CRM).
-    async fn authenticate(
-        &self,
-        client: &ClientConfig,
-    ) -> Result<domain::StoredToken, crm::TokenError>;
+    async fn authenticate(&self, client: &ClientConfig)
+    -> Result<crm::Credential, crm::TokenError>;
     async fn close(&self) {}
 }
 
@@ -34,7 +32,7 @@ fn http() -> Result<crm::CrmHttp, crm::TokenError> {
 
 async fn every_crm<D: ClientDirectory>(d: &D) -> anyhow::Result<Vec<ClientConfig>> {
     let mut all = Vec::new();
-    for crm in Crm::ALL {
+    for crm in Crm::all() {
         all.extend(d.clients_of(crm).await?);
     }
     all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
@@ -72,16 +70,15 @@ impl Backend for Local {
     async fn authenticate(
         &self,
         client: &ClientConfig,
-    ) -> Result<domain::StoredToken, crm::TokenError> {
+    ) -> Result<crm::Credential, crm::TokenError> {
         crm::TokenManager::new(
             self.store.clone(),
             self.secrets.clone(),
             domain::SystemClock,
             http()?,
         )
-        .refresh(client, true, None)
+        .authenticate_now(client)
         .await
-        .map(|(t, _)| t)
     }
     async fn close(&self) {
         self.store.shutdown().await;
@@ -146,7 +143,7 @@ impl Backend for Aws {
     async fn authenticate(
         &self,
         client: &ClientConfig,
-    ) -> Result<domain::StoredToken, crm::TokenError> {
+    ) -> Result<crm::Credential, crm::TokenError> {
         let tokens = self
             .tokens
             .clone()
@@ -157,41 +154,27 @@ impl Backend for Aws {
             domain::SystemClock,
             http()?,
         )
-        .refresh(client, true, None)
+        .authenticate_now(client)
         .await
-        .map(|(t, _)| t)
     }
 }
 
-/// A read-only check that the client's target exists in the CRM, where the CRM has a
-/// read API for it (Responsys profile lists; the others are checked by the first
-/// delivery, whose refusal names the missing key or field).
+/// A check that the client's target exists, where the destination has a call for it
+/// that writes nothing (Responsys profile lists; a signed ping to a webhook; the others
+/// are checked by the first delivery, whose refusal names the missing key or field).
 async fn check_target_exists(
     client: &ClientConfig,
-    token: &domain::StoredToken,
-) -> anyhow::Result<()> {
-    if client.crm != Crm::Responsys {
-        return Ok(());
-    }
-    let target = crm::target::ResponsysTarget::from_client(client)
-        .map_err(|e| anyhow::anyhow!("client {}: {e}", client.client_id))?;
-    let names = crm::responsys::list_names(&http()?, token)
+    credential: &crm::Credential,
+) -> anyhow::Result<Option<String>> {
+    let http = http()?;
+    match crm::destination(client.crm)
+        .check_target(&http, client, credential.auth())
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "client {}: Responsys accepted the credentials but its profile lists could not be read: {e}",
-                client.client_id
-            )
-        })?;
-    if !names.iter().any(|n| n == &target.list_name) {
-        bail!(
-            "client {}: the profile list {} does not exist in Responsys (it has: {}); fix target.list_name with: connect clients put",
-            client.client_id,
-            target.list_name,
-            names.join(", ")
-        );
+    {
+        None => Ok(None),
+        Some(Ok(found)) => Ok(Some(found)),
+        Some(Err(e)) => bail!("client {}: {e}", client.client_id),
     }
-    Ok(())
 }
 
 async fn backend(data: &Path, aws: bool) -> anyhow::Result<Box<dyn Backend>> {
@@ -403,7 +386,9 @@ async fn run_on(b: &dyn Backend, json: bool, action: Action<'_>) -> anyhow::Resu
             let value = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             // The secret's shape is checked before it is stored (never echoed).
-            crm::Credentials::parse(c.crm, value.trim()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            crm::destination(c.crm)
+                .validate_credentials(value.trim())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             b.put_secret(&name, value.trim()).await?;
             println!("secret {name} of client {id} saved");
             Ok(())
@@ -415,7 +400,7 @@ async fn run_on(b: &dyn Backend, json: bool, action: Action<'_>) -> anyhow::Resu
             };
             validate(&c)?;
             if c.secret_name.is_none() {
-                if c.crm == Crm::RdStation {
+                if c.crm == Crm::RDSTATION {
                     println!(
                         "client {id}: RD Station with an API key only; it is checked by the first conversion (nothing to authenticate)"
                     );
@@ -426,11 +411,12 @@ async fn run_on(b: &dyn Backend, json: bool, action: Action<'_>) -> anyhow::Resu
                 );
             }
             match b.authenticate(&c).await {
-                Ok(token) => {
-                    check_target_exists(&c, &token).await?;
+                Ok(credential) => {
+                    let found = check_target_exists(&c, &credential).await?;
                     println!(
-                        "client {id}: OK — {} accepted the credentials; the target is valid",
-                        c.crm
+                        "client {id}: OK — {} accepted the credentials; the target is valid{}",
+                        c.crm,
+                        found.map(|f| format!(" ({f})")).unwrap_or_default()
                     );
                     Ok(())
                 }
@@ -453,7 +439,7 @@ async fn run_on(b: &dyn Backend, json: bool, action: Action<'_>) -> anyhow::Resu
             let Some(c) = b.get(&id).await? else {
                 bail!("no client {id}")
             };
-            if c.crm != Crm::RdStation {
+            if c.crm != Crm::RDSTATION {
                 bail!("client {id} delivers to {}, not RD Station", c.crm);
             }
             anyhow::ensure!(!tid.trim().is_empty(), "the tid must not be empty");

@@ -389,43 +389,39 @@ impl FileConfig {
     }
 }
 
-/// The demo credentials, pointing at the sandbox at `sandbox`: (secret name, JSON).
-/// `rd_refresh` is the RD Station refresh token to keep (it rotates on every refresh).
-pub fn demo_secrets(sandbox: &str, rd_refresh: Option<String>) -> Vec<(String, serde_json::Value)> {
+/// The demo credentials, pointing at the sandbox at `sandbox`: (secret name, JSON), one
+/// per destination (from its [`crm::Destination::demo`]).
+pub fn demo_secrets(sandbox: &str) -> Vec<(String, serde_json::Value)> {
     let base = sandbox.trim_end_matches('/');
-    vec![
-        (
-            "/connect/responsys/demo-responsys/credentials".into(),
-            serde_json::json!({"username": "demo-responsys", "password": "demo", "loginUrl": format!("{base}/responsys")}),
-        ),
-        (
-            "/connect/salesforce/demo-salesforce/credentials".into(),
-            serde_json::json!({"clientId": "demo-salesforce", "clientSecret": "demo", "subdomain": "demo", "authUrl": format!("{base}/sfmc")}),
-        ),
-        (
-            "/connect/rdstation/demo-rdstation/credentials".into(),
-            serde_json::json!({"clientId": "demo-rdstation", "clientSecret": "demo",
-                "refreshToken": rd_refresh.unwrap_or_else(|| "demo-refresh-token".into()),
-                "authUrl": format!("{base}/rdstation"), "apiUrl": format!("{base}/rdstation")}),
-        ),
-    ]
+    Crm::all()
+        .map(|crm| {
+            (
+                demo_secret_name(crm),
+                crm::destination(crm).demo(base).credentials,
+            )
+        })
+        .collect()
 }
 
-/// The demo identities of DESIGN.md: one client per CRM, every origin allowed, and the
-/// RD Station tid `GA4.100000000.200000000` → `demo-rdstation`.
-pub fn demo_identities() -> (Vec<ClientConfig>, Vec<RdStationConfig>) {
-    let clients = Crm::ALL
-        .into_iter()
+fn demo_secret_name(crm: Crm) -> String {
+    format!("/connect/{crm}/demo-{crm}/credentials")
+}
+
+/// The demo identities of DESIGN.md: one client per destination (`demo-{name}`), every
+/// origin allowed, targets from each destination's [`crm::Destination::demo`] against
+/// the sandbox at `sandbox`; and the RD Station tid `GA4.100000000.200000000` →
+/// `demo-rdstation`.
+pub fn demo_identities(sandbox: &str) -> (Vec<ClientConfig>, Vec<RdStationConfig>) {
+    let base = sandbox.trim_end_matches('/');
+    let clients = Crm::all()
         .filter_map(|crm| {
             Some(ClientConfig {
                 client_id: ClientId::parse(&format!("demo-{crm}")).ok()?,
                 crm,
                 active: true,
                 allowed_origins: AllowedOrigins(vec!["*".into()]),
-                // Responsys: events go to a PET, so product data shows up.
-                target: (crm == Crm::Responsys)
-                    .then(|| serde_json::json!({"kind": "pet", "pet_name": "CONNECT_EVENTS"})),
-                secret_name: Some(format!("/connect/{crm}/demo-{crm}/credentials")),
+                target: crm::destination(crm).demo(base).target,
+                secret_name: Some(demo_secret_name(crm)),
                 rate_limit_per_second: None,
                 // The README's curl examples send no Origin, post the same address many
                 // times, and expect product views to reach the sandbox: the demo clients
@@ -489,9 +485,17 @@ mod tests {
 
     #[test]
     fn demo_identities_match_the_design() {
-        let (clients, rd) = demo_identities();
+        let (clients, rd) = demo_identities("http://127.0.0.1:3900");
         let ids: Vec<&str> = clients.iter().map(|c| c.client_id.as_str()).collect();
-        assert_eq!(ids, ["demo-responsys", "demo-salesforce", "demo-rdstation"]);
+        assert_eq!(
+            ids,
+            [
+                "demo-responsys",
+                "demo-salesforce",
+                "demo-rdstation",
+                "demo-webhook"
+            ]
+        );
         assert!(
             clients
                 .iter()

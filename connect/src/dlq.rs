@@ -778,7 +778,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(dir.path(), local::StoreOptions::default()).expect("open");
         let queues = LocalQueues::new(store.clone(), Arc::new(SystemClock), 1000);
-        let dlq = local::queue_name(Crm::Responsys, domain::QueueKind::DeadLetter);
+        let dlq = local::queue_name(Crm::RESPONSYS, domain::QueueKind::DeadLetter);
         queues
             .send(&dlq, vec![("{}".to_owned(), Vec::new())], Duration::ZERO)
             .await
@@ -788,24 +788,24 @@ mod tests {
             queues: queues.clone(),
         };
         let first = backend
-            .receive(Crm::Responsys, 1, Duration::ZERO)
+            .receive(Crm::RESPONSYS, 1, Duration::ZERO)
             .await
             .expect("receive");
         // Someone else receives it meanwhile: the first receipt is stale.
         let second = backend
-            .receive(Crm::Responsys, 1, Duration::from_secs(60))
+            .receive(Crm::RESPONSYS, 1, Duration::from_secs(60))
             .await
             .expect("receive");
         assert_eq!(first.len(), 1);
         assert_eq!(second.len(), 1);
         let err = backend
-            .delete(Crm::Responsys, &first[0].receipt)
+            .delete(Crm::RESPONSYS, &first[0].receipt)
             .await
             .expect_err("stale");
         assert!(err.to_string().contains("stale"), "{err}");
         assert_eq!(queues.peek(&dlq, 10).await.expect("peek").len(), 1);
         backend
-            .delete(Crm::Responsys, &second[0].receipt)
+            .delete(Crm::RESPONSYS, &second[0].receipt)
             .await
             .expect("the current receipt deletes");
         assert!(queues.peek(&dlq, 10).await.expect("peek").is_empty());

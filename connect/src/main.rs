@@ -439,6 +439,11 @@ fn init_tracing(
 
 /// The local store in `data`, opened as a tool (next to a running server), or a one-line
 /// error when there is none.
+/// The destinations that keep tokens (the others sign with their secret).
+pub(crate) fn token_destinations() -> impl Iterator<Item = domain::Crm> {
+    domain::Crm::all().filter(|c| crm::destination(*c).auth_policy().token().is_some())
+}
+
 pub(crate) fn open_tool_store(data: &std::path::Path) -> anyhow::Result<local::SqliteStore> {
     anyhow::ensure!(
         data.join(local::store::DB_FILE).exists(),
@@ -516,13 +521,12 @@ fn main() -> std::process::ExitCode {
                         let crms: Vec<domain::Crm> = match (crm, aws, &dlq_url) {
                             (Some(c), _, _) => vec![c],
                             (None, true, Some(_)) => anyhow::bail!("pass the CRM: connect dlq list CRM --aws --dlq-url URL"),
-                            (None, true, None) => domain::Crm::ALL
-                                .into_iter()
+                            (None, true, None) => domain::Crm::all()
                                 .filter(|c| std::env::var(aws::env::dlq_url_var(*c)).is_ok())
                                 .collect(),
-                            (None, false, _) => domain::Crm::ALL.to_vec(),
+                            (None, false, _) => domain::Crm::all().collect::<Vec<_>>(),
                         };
-                        anyhow::ensure!(!crms.is_empty(), "no DLQ configured: set DLQ_URL_RESPONSYS, DLQ_URL_SALESFORCE or DLQ_URL_RDSTATION, or pass CRM --dlq-url URL");
+                        anyhow::ensure!(!crms.is_empty(), "no DLQ configured: set DLQ_URL_{{CRM}} ({}), or pass CRM --dlq-url URL", domain::Crm::all().map(|c| c.as_str().to_uppercase()).collect::<Vec<_>>().join(", "));
                         let mut targets = Vec::new();
                         for c in crms {
                             targets.push((c, backend_for(c).await?));

@@ -112,7 +112,7 @@ impl AwsPrivacy {
         let table = std::env::var(aws::env::SUPPRESSION_TABLE)
             .context("set SUPPRESSION_TABLE to the suppression table's name")?;
         let mut queues = Vec::new();
-        for crm in Crm::ALL {
+        for crm in Crm::all() {
             for (kind, var) in [
                 (QueueKind::Delivery, aws::env::queue_url_var(crm)),
                 (QueueKind::DeadLetter, aws::env::dlq_url_var(crm)),

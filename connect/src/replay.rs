@@ -116,7 +116,9 @@ pub async fn run(
     let source = if aws {
         let table = std::env::var(aws::env::NAVIGATION_TABLE)
             .context("set NAVIGATION_TABLE to the navigation table's name")?;
-        let crms: Vec<Crm> = selection.crm.map_or_else(|| Crm::ALL.to_vec(), |c| vec![c]);
+        let crms: Vec<Crm> = selection
+            .crm
+            .map_or_else(|| Crm::all().collect::<Vec<_>>(), |c| vec![c]);
         let mut urls = Vec::new();
         for crm in crms {
             let q = std::env::var(aws::env::queue_url_var(crm))

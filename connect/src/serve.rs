@@ -193,11 +193,6 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("clients[{i}] ({}): {e:#}", client.client_id))?;
     }
     let mut rdstation = file.rdstation_configs()?;
-    if opts.demo {
-        let (c, r) = config::demo_identities();
-        clients.extend(c);
-        rdstation.extend(r);
-    }
 
     // The demo's CRMs: an in-process sandbox, or one already running.
     let sandbox_url = match (&opts.sandbox_url, opts.demo) {
@@ -225,6 +220,11 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         }
         (None, false) => None,
     };
+    if let (true, Some(url)) = (opts.demo, &sandbox_url) {
+        let (c, r) = config::demo_identities(url);
+        clients.extend(c);
+        rdstation.extend(r);
+    }
 
     let store = SqliteStore::open(
         &data_dir,
@@ -245,7 +245,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     if opts.config.is_some() {
         let configured: std::collections::HashSet<&domain::ClientId> =
             clients.iter().map(|c| &c.client_id).collect();
-        for crm in domain::Crm::ALL {
+        for crm in domain::Crm::all() {
             for mut stale in domain::ClientDirectory::clients_of(&store, crm).await? {
                 if stale.active && !configured.contains(&stale.client_id) {
                     tracing::warn!(clientId = %stale.client_id, "client no longer in the configuration: deactivated");
@@ -462,7 +462,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         .map_or(runtime::tokens::DEFAULT_CHECK_INTERVAL, |s| {
             Duration::from_secs(s.max(1))
         });
-    for crm in domain::Crm::ALL {
+    for crm in domain::Crm::all() {
         // One token manager per CRM, shared by delivery and the schedule (one
         // single-flight per client in the process).
         let manager = Arc::new(crm::TokenManager::new(
@@ -663,18 +663,22 @@ fn print_demo_hints(addr: SocketAddr, sandbox: Option<&str>) {
 /// the RD Station refresh token already there (the sandbox rotates it).
 async fn write_demo_secrets(secrets: &FileSecrets, sandbox: &str) -> anyhow::Result<()> {
     use domain::SecretStore;
-    let rd_name = "/connect/rdstation/demo-rdstation/credentials";
-    let rd_refresh = secrets
-        .get_secret(rd_name)
-        .await?
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(s.expose()).ok())
-        .filter(|v| {
-            v["authUrl"]
-                .as_str()
-                .is_some_and(|u| u.starts_with(sandbox))
-        })
-        .and_then(|v| v["refreshToken"].as_str().map(str::to_owned));
-    for (name, value) in config::demo_secrets(sandbox, rd_refresh) {
+    for (name, mut value) in config::demo_secrets(sandbox) {
+        // A refresh token rotates on every use (RD Station): keep the current one when
+        // the stored secret is otherwise this demo's.
+        let stored = secrets
+            .get_secret(&name)
+            .await?
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s.expose()).ok());
+        if let Some(mut stored) = stored
+            && let Some(current) = stored["refreshToken"].as_str().map(str::to_owned)
+            && value.get("refreshToken").is_some()
+        {
+            stored["refreshToken"] = value["refreshToken"].clone();
+            if stored == value {
+                value["refreshToken"] = serde_json::Value::String(current);
+            }
+        }
         secrets
             .put_secret(&name, &domain::Secret::new(value.to_string()))
             .await?;

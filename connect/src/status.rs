@@ -45,7 +45,7 @@ async fn report(
         refused.entry(c).or_default().insert(r, n);
     }
     let mut depth = BTreeMap::new();
-    for crm in Crm::ALL {
+    for crm in Crm::all() {
         let q = queues
             .stats(&local::queue_name(crm, domain::QueueKind::Delivery))
             .await?;
@@ -55,7 +55,7 @@ async fn report(
         depth.insert(crm, (q, d));
     }
     let mut rows = Vec::new();
-    for crm in Crm::ALL {
+    for crm in Crm::all() {
         for c in store.clients_of(crm).await? {
             if only.is_some_and(|o| o != c.client_id.as_str()) {
                 continue;
@@ -201,7 +201,7 @@ pub async fn run_aws(only: Option<&str>, since_ms: i64, json: bool) -> anyhow::R
     let sqs = aws_sdk_sqs::Client::new(&config);
     let now = SystemClock.now_ms();
     let mut clients = Vec::new();
-    for crm in Crm::ALL {
+    for crm in Crm::all() {
         clients.extend(
             directory
                 .clients_of(crm)
@@ -339,7 +339,7 @@ pub async fn run_aws(only: Option<&str>, since_ms: i64, json: bool) -> anyhow::R
     };
     // Queues are per CRM: each is read once, whatever the number of clients.
     let mut depths = BTreeMap::new();
-    for crm in Crm::ALL {
+    for crm in Crm::all() {
         if clients.iter().any(|c| c.crm == crm) {
             let queue = depth(std::env::var(aws::env::queue_url_var(crm)).ok()).await;
             let dlq = depth(std::env::var(aws::env::dlq_url_var(crm)).ok()).await;

@@ -24,7 +24,7 @@ pub async fn list(data: &Path, json: bool) -> anyhow::Result<()> {
     let store = crate::open_tool_store(data)?;
     let now = SystemClock.now_ms();
     let mut rows = Vec::new();
-    for crm in Crm::ALL {
+    for crm in crate::token_destinations() {
         for client in store.clients_of(crm).await? {
             let token = store.get_token(&client.client_id, crm).await?;
             let status = store.refresh_status(&client.client_id, crm).await?;
@@ -94,7 +94,7 @@ pub async fn refresh(
                 anyhow::bail!("unknown client {o}");
             }
         },
-        None => Crm::ALL.to_vec(),
+        None => crate::token_destinations().collect::<Vec<_>>(),
     };
     let mut failed = 0;
     for crm in crms {

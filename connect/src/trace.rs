@@ -168,7 +168,7 @@ pub async fn run_aws(record_id: &str, json: bool) -> anyhow::Result<()> {
     // is gone from the table).
     let crms: Vec<domain::Crm> = match records.first() {
         Some(r) => vec![r.crm],
-        None => domain::Crm::ALL.to_vec(),
+        None => domain::Crm::all().collect::<Vec<_>>(),
     };
     let mut dead = None;
     for crm in crms {

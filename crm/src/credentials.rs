@@ -74,31 +74,13 @@ pub struct RdStationCredentials {
 /// RD Station's API base.
 pub const RDSTATION_API: &str = "https://api.rd.services";
 
-/// A client's credentials for its CRM.
-#[derive(Debug, Clone)]
-pub enum Credentials {
-    /// Responsys.
-    Responsys(ResponsysCredentials),
-    /// SFMC.
-    Salesforce(SfmcCredentials),
-    /// RD Station.
-    RdStation(RdStationCredentials),
-}
-
-impl Credentials {
-    /// Parses a secret's JSON for `crm`. The error never contains the secret.
-    pub fn parse(crm: Crm, json: &str) -> Result<Credentials, AuthError> {
-        let bad = |e: serde_json::Error| {
-            AuthError::BadSecret(format!(
-                "the {crm} credentials secret does not have the expected fields (line {}, column {})",
-                e.line(),
-                e.column()
-            ))
-        };
-        Ok(match crm {
-            Crm::Responsys => Credentials::Responsys(serde_json::from_str(json).map_err(bad)?),
-            Crm::Salesforce => Credentials::Salesforce(serde_json::from_str(json).map_err(bad)?),
-            Crm::RdStation => Credentials::RdStation(serde_json::from_str(json).map_err(bad)?),
-        })
-    }
+/// Parses a secret's JSON into `crm`'s credentials. The error never contains the secret.
+pub fn parse<T: serde::de::DeserializeOwned>(crm: Crm, json: &str) -> Result<T, AuthError> {
+    serde_json::from_str(json).map_err(|e| {
+        AuthError::BadSecret(format!(
+            "the {crm} credentials secret does not have the expected fields (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })
 }

@@ -41,6 +41,9 @@ impl CrmHttp {
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.total_timeout)
             .pool_max_idle_per_host(DEFAULT_POOL_IDLE_PER_HOST)
+            // No CRM API redirects; a followed 301/302 would turn a POST into a GET that
+            // "succeeds" without delivering anything.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("connect/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(CrmHttp { client })

@@ -1,12 +1,15 @@
-//! The CRM clients.
+//! The destinations.
 //!
-//! Each CRM module ([`responsys`], [`sfmc`], [`rdstation`]) can authenticate (credentials
-//! → [`AuthToken`] with expiry and API base), deliver a batch of one client's messages
-//! to that client's [`target`], and classify every response into the [`Outcome`]
-//! classes of DESIGN.md — per record, not per call. [`tokens::TokenManager`] is the one
+//! Each destination is one module ([`responsys`], [`sfmc`], [`rdstation`], [`webhook`])
+//! implementing [`Destination`]: it checks a client's [`target`], authenticates
+//! (credentials → [`AuthToken`] with expiry and API base, or a signing secret), delivers
+//! a batch of one client's messages and classifies every response into the [`Outcome`]
+//! classes — per record, not per call. [`destination::REGISTRY`] is where they are
+//! registered. [`tokens::TokenManager`] is the one
 //! token-refresh logic, used by the `deliver` and `token` handlers alike.
 
 pub mod credentials;
+pub mod destination;
 pub mod http;
 pub mod outcome;
 pub mod rdstation;
@@ -14,52 +17,27 @@ pub mod responsys;
 pub mod sfmc;
 pub mod target;
 pub mod tokens;
+pub mod webhook;
 
-pub use credentials::Credentials;
+pub use destination::{Auth, AuthPolicy, Demo, Destination, REGISTRY, TokenPolicy, destination};
 pub use http::{AuthError, AuthToken, CrmHttp, HttpSettings};
 pub use outcome::Outcome;
-pub use tokens::{Refreshed, TokenError, TokenManager};
+pub use tokens::{Credential, Refreshed, TokenError, TokenManager};
 
-use domain::{ClientConfig, Crm, DeliveryMessage, StoredToken};
+use domain::{ClientConfig, DeliveryMessage};
 
-/// Why a message is not sent at all, decided before any call: a journey target that
-/// does not take its event type, or an RD Station event that may not create a contact
-/// (RD Station's events API has no update-only mode).
-fn skip(
-    client: &ClientConfig,
-    journey_types: Option<&[domain::EventType]>,
-    m: &DeliveryMessage,
-) -> Option<Outcome> {
-    match client.crm {
-        Crm::Salesforce => journey_types
-            .filter(|types| !types.contains(&m.event.event_type))
-            .map(|_| Outcome::skipped("skipped_event_type")),
-        Crm::RdStation => (!client.policy.create_contacts.may_create(m.event.event_type))
-            .then(|| Outcome::skipped("skipped_update_only_unsupported")),
-        Crm::Responsys => None,
-    }
-}
-
-/// Delivers a batch of one client's messages with `token`; one outcome per message, in
-/// order. `api_key` is the RD Station per-client key, when there is one.
+/// Delivers a batch of one client's messages through its destination; one outcome per
+/// message, in order. Messages the destination skips on purpose are not sent.
 pub async fn deliver(
     http: &CrmHttp,
     client: &ClientConfig,
-    token: Option<&StoredToken>,
-    api_key: Option<&rdstation::ApiKey>,
+    auth: Auth<'_>,
     messages: &[DeliveryMessage],
 ) -> Vec<Outcome> {
-    let journey = (client.crm == Crm::Salesforce)
-        .then(|| target::SfmcTarget::from_client(client).ok())
-        .flatten()
-        .filter(|t| t.kind == target::SfmcKind::Journey);
-    let journey_types = journey.as_ref().map(|t| t.journey_event_types.as_slice());
-    let skipped: Vec<Option<Outcome>> = messages
-        .iter()
-        .map(|m| skip(client, journey_types, m))
-        .collect();
+    let dest = destination(client.crm);
+    let skipped = dest.skip(client, messages);
     if skipped.iter().all(Option::is_none) {
-        return deliver_all(http, client, token, api_key, messages).await;
+        return dest.deliver(http, client, auth, messages).await;
     }
     let send: Vec<DeliveryMessage> = messages
         .iter()
@@ -70,7 +48,7 @@ pub async fn deliver(
     let mut sent = if send.is_empty() {
         Vec::new()
     } else {
-        deliver_all(http, client, token, api_key, &send).await
+        dest.deliver(http, client, auth, &send).await
     }
     .into_iter();
     skipped
@@ -83,32 +61,7 @@ pub async fn deliver(
         .collect()
 }
 
-async fn deliver_all(
-    http: &CrmHttp,
-    client: &ClientConfig,
-    token: Option<&StoredToken>,
-    api_key: Option<&rdstation::ApiKey>,
-    messages: &[DeliveryMessage],
-) -> Vec<Outcome> {
-    match client.crm {
-        domain::Crm::Responsys => match token {
-            Some(t) => responsys::deliver(http, client, t, messages).await,
-            None => vec![Outcome::token_rejected("no token"); messages.len()],
-        },
-        domain::Crm::Salesforce => match token {
-            Some(t) => sfmc::deliver(http, client, t, messages).await,
-            None => vec![Outcome::token_rejected("no token"); messages.len()],
-        },
-        domain::Crm::RdStation => rdstation::deliver(http, client, token, api_key, messages).await,
-    }
-}
-
-/// Most messages of one client sent in one CRM call.
+/// Most messages of one client sent in one call.
 pub fn batch_limit(client: &ClientConfig) -> usize {
-    match client.crm {
-        domain::Crm::Responsys => responsys::MAX_RECORDS_PER_CALL,
-        domain::Crm::Salesforce => target::SfmcTarget::from_client(client)
-            .map_or(sfmc::DEFAULT_ROWS_PER_CALL, |t| t.batch_size),
-        domain::Crm::RdStation => rdstation::MAX_EVENTS_PER_INVOCATION,
-    }
+    destination(client.crm).batch_limit(client).max(1)
 }

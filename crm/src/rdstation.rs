@@ -265,6 +265,81 @@ async fn send(
     }
 }
 
+/// RD Station Marketing.
+#[derive(Debug, Clone, Copy)]
+pub struct RdStation;
+
+#[async_trait::async_trait]
+impl crate::Destination for RdStation {
+    fn crm(&self) -> domain::Crm {
+        domain::Crm::RDSTATION
+    }
+
+    fn auth_policy(&self) -> crate::AuthPolicy {
+        crate::AuthPolicy::Token(crate::TokenPolicy {
+            rotating_refresh_token: true,
+            reuse_tokens: false,
+            api_key_by_tid: true,
+            schedule: "rate(1 hour)",
+        })
+    }
+
+    fn validate_target(&self, client: &ClientConfig) -> Result<(), String> {
+        RdStationTarget::from_client(client).map(drop)
+    }
+
+    fn validate_credentials(&self, secret: &str) -> Result<(), AuthError> {
+        crate::credentials::parse::<crate::credentials::RdStationCredentials>(self.crm(), secret)
+            .map(drop)
+    }
+
+    fn batch_limit(&self, _client: &ClientConfig) -> usize {
+        MAX_EVENTS_PER_INVOCATION
+    }
+
+    /// RD Station's events API has no update-only mode: an event that may not create a
+    /// contact is not sent.
+    fn skip(&self, client: &ClientConfig, messages: &[DeliveryMessage]) -> Vec<Option<Outcome>> {
+        messages
+            .iter()
+            .map(|m| {
+                (!client.policy.create_contacts.may_create(m.event.event_type))
+                    .then(|| Outcome::skipped("skipped_update_only_unsupported"))
+            })
+            .collect()
+    }
+
+    async fn authenticate(
+        &self,
+        http: &CrmHttp,
+        secret: &str,
+        _current: Option<&StoredToken>,
+        now_ms: i64,
+    ) -> Result<AuthToken, AuthError> {
+        let creds = crate::credentials::parse(self.crm(), secret)?;
+        authenticate(http, &creds, now_ms).await
+    }
+
+    async fn deliver(
+        &self,
+        http: &CrmHttp,
+        client: &ClientConfig,
+        auth: crate::Auth<'_>,
+        messages: &[DeliveryMessage],
+    ) -> Vec<Outcome> {
+        deliver(http, client, auth.token, auth.api_key, messages).await
+    }
+
+    fn demo(&self, sandbox: &str) -> crate::Demo {
+        crate::Demo {
+            target: None,
+            credentials: serde_json::json!({"clientId": "demo-rdstation", "clientSecret": "demo",
+                "refreshToken": "demo-refresh-token",
+                "authUrl": format!("{sandbox}/rdstation"), "apiUrl": format!("{sandbox}/rdstation")}),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -409,6 +409,99 @@ async fn trigger(
         .collect()
 }
 
+/// Oracle Responsys.
+#[derive(Debug, Clone, Copy)]
+pub struct Responsys;
+
+#[async_trait::async_trait]
+impl crate::Destination for Responsys {
+    fn crm(&self) -> domain::Crm {
+        domain::Crm::RESPONSYS
+    }
+
+    fn auth_policy(&self) -> crate::AuthPolicy {
+        crate::AuthPolicy::Token(crate::TokenPolicy {
+            rotating_refresh_token: false,
+            reuse_tokens: false,
+            api_key_by_tid: false,
+            schedule: "rate(30 minutes)",
+        })
+    }
+
+    fn validate_target(&self, client: &ClientConfig) -> Result<(), String> {
+        ResponsysTarget::from_client(client).map(drop)
+    }
+
+    fn validate_credentials(&self, secret: &str) -> Result<(), AuthError> {
+        crate::credentials::parse::<crate::credentials::ResponsysCredentials>(self.crm(), secret)
+            .map(drop)
+    }
+
+    fn batch_limit(&self, _client: &ClientConfig) -> usize {
+        MAX_RECORDS_PER_CALL
+    }
+
+    async fn authenticate(
+        &self,
+        http: &CrmHttp,
+        secret: &str,
+        current: Option<&StoredToken>,
+        now_ms: i64,
+    ) -> Result<AuthToken, AuthError> {
+        let creds = crate::credentials::parse(self.crm(), secret)?;
+        authenticate(http, &creds, current, now_ms).await
+    }
+
+    async fn deliver(
+        &self,
+        http: &CrmHttp,
+        client: &ClientConfig,
+        auth: crate::Auth<'_>,
+        messages: &[DeliveryMessage],
+    ) -> Vec<Outcome> {
+        match auth.token {
+            Some(t) => deliver(http, client, t, messages).await,
+            None => vec![Outcome::token_rejected("no token"); messages.len()],
+        }
+    }
+
+    /// Fetch All Profile Lists (read-only): the target's profile list must exist.
+    async fn check_target(
+        &self,
+        http: &CrmHttp,
+        client: &ClientConfig,
+        auth: crate::Auth<'_>,
+    ) -> Option<Result<String, String>> {
+        let token = auth.token?;
+        let target = match ResponsysTarget::from_client(client) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(match list_names(http, token).await {
+            Ok(names) if names.iter().any(|n| n == &target.list_name) => {
+                Ok(format!("profile list {} exists", target.list_name))
+            }
+            Ok(names) => Err(format!(
+                "the profile list {} does not exist in Responsys (it has: {}); fix target.list_name with: connect clients put",
+                target.list_name,
+                names.join(", ")
+            )),
+            Err(e) => Err(format!(
+                "Responsys accepted the credentials but its profile lists could not be read: {e}"
+            )),
+        })
+    }
+
+    fn demo(&self, sandbox: &str) -> crate::Demo {
+        crate::Demo {
+            // Events go to a PET, so product data shows up.
+            target: Some(serde_json::json!({"kind": "pet", "pet_name": "CONNECT_EVENTS"})),
+            credentials: serde_json::json!({"username": "demo-responsys", "password": "demo",
+                "loginUrl": format!("{sandbox}/responsys")}),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

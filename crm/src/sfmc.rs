@@ -260,6 +260,97 @@ async fn journey_event(
     }
 }
 
+/// Salesforce Marketing Cloud (wire name `salesforce`).
+#[derive(Debug, Clone, Copy)]
+pub struct Sfmc;
+
+#[async_trait::async_trait]
+impl crate::Destination for Sfmc {
+    fn crm(&self) -> domain::Crm {
+        domain::Crm::SFMC
+    }
+
+    fn auth_policy(&self) -> crate::AuthPolicy {
+        crate::AuthPolicy::Token(crate::TokenPolicy {
+            rotating_refresh_token: false,
+            reuse_tokens: true,
+            api_key_by_tid: false,
+            schedule: "rate(5 minutes)",
+        })
+    }
+
+    fn validate_target(&self, client: &ClientConfig) -> Result<(), String> {
+        let t = SfmcTarget::from_client(client)?;
+        if t.kind == SfmcKind::Journey
+            && t.event_definition_key.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(format!(
+                "client {} has an invalid target: kind = \"journey\" needs event_definition_key",
+                client.client_id
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_credentials(&self, secret: &str) -> Result<(), AuthError> {
+        let creds: crate::credentials::SfmcCredentials =
+            crate::credentials::parse(self.crm(), secret)?;
+        creds.auth_base().map(drop)
+    }
+
+    fn batch_limit(&self, client: &ClientConfig) -> usize {
+        SfmcTarget::from_client(client).map_or(DEFAULT_ROWS_PER_CALL, |t| t.batch_size)
+    }
+
+    /// A journey target fires only for its `journey_event_types`.
+    fn skip(&self, client: &ClientConfig, messages: &[DeliveryMessage]) -> Vec<Option<Outcome>> {
+        let journey = SfmcTarget::from_client(client)
+            .ok()
+            .filter(|t| t.kind == SfmcKind::Journey);
+        messages
+            .iter()
+            .map(|m| {
+                journey
+                    .as_ref()
+                    .filter(|t| !t.journey_event_types.contains(&m.event.event_type))
+                    .map(|_| Outcome::skipped("skipped_event_type"))
+            })
+            .collect()
+    }
+
+    async fn authenticate(
+        &self,
+        http: &CrmHttp,
+        secret: &str,
+        _current: Option<&StoredToken>,
+        now_ms: i64,
+    ) -> Result<AuthToken, AuthError> {
+        let creds = crate::credentials::parse(self.crm(), secret)?;
+        authenticate(http, &creds, now_ms).await
+    }
+
+    async fn deliver(
+        &self,
+        http: &CrmHttp,
+        client: &ClientConfig,
+        auth: crate::Auth<'_>,
+        messages: &[DeliveryMessage],
+    ) -> Vec<Outcome> {
+        match auth.token {
+            Some(t) => deliver(http, client, t, messages).await,
+            None => vec![Outcome::token_rejected("no token"); messages.len()],
+        }
+    }
+
+    fn demo(&self, sandbox: &str) -> crate::Demo {
+        crate::Demo {
+            target: None,
+            credentials: serde_json::json!({"clientId": "demo-salesforce", "clientSecret": "demo",
+                "subdomain": "demo", "authUrl": format!("{sandbox}/sfmc")}),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

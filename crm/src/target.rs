@@ -41,26 +41,18 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(client: &ClientConfig) -> Resul
     }
 }
 
-/// Checks a client's `target` against its CRM's settings: unknown keys, the same
-/// setting given twice under two names (`profile_list` and `list_name`), values of the
-/// wrong type, and settings a kind needs. The message names the key.
+/// Checks a client's `target` against its destination's settings: unknown keys, the
+/// same setting given twice under two names (`profile_list` and `list_name`), values of
+/// the wrong type, and settings a kind needs. The message names the key.
 pub fn validate(client: &ClientConfig) -> Result<(), String> {
-    match client.crm {
-        domain::Crm::Responsys => ResponsysTarget::from_client(client).map(drop),
-        domain::Crm::Salesforce => {
-            let t = SfmcTarget::from_client(client)?;
-            if t.kind == SfmcKind::Journey
-                && t.event_definition_key.as_deref().is_none_or(str::is_empty)
-            {
-                return Err(format!(
-                    "client {} has an invalid target: kind = \"journey\" needs event_definition_key",
-                    client.client_id
-                ));
-            }
-            Ok(())
-        }
-        domain::Crm::RdStation => RdStationTarget::from_client(client).map(drop),
-    }
+    crate::destination(client.crm).validate_target(client)
+}
+
+/// A client's target as `T` (its defaults when there is none).
+pub fn parse_target<T: for<'de> Deserialize<'de> + Default>(
+    client: &ClientConfig,
+) -> Result<T, String> {
+    parse(client)
 }
 
 /// Responsys target kinds.
@@ -319,7 +311,7 @@ mod tests {
     fn client(target: Value) -> ClientConfig {
         ClientConfig {
             client_id: ClientId::parse("shop").expect("id"),
-            crm: Crm::Responsys,
+            crm: Crm::RESPONSYS,
             active: true,
             allowed_origins: AllowedOrigins::default(),
             target: Some(target),
@@ -354,7 +346,7 @@ mod tests {
             vec![domain::EventType::Purchase, domain::EventType::Lead]
         );
         let mut journey = client(serde_json::json!({"kind": "journey"}));
-        journey.crm = Crm::Salesforce;
+        journey.crm = Crm::SFMC;
         let err = validate(&journey).expect_err("no event definition key");
         assert!(err.contains("event_definition_key"), "{err}");
     }

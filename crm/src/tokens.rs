@@ -3,9 +3,8 @@
 //! token with a conditional write that never replaces a newer one. Single-flight per
 //! (client, CRM) within the process.
 
-use crate::credentials::Credentials;
+use crate::destination;
 use crate::http::{AuthError, AuthToken, CrmHttp};
-use crate::{rdstation, responsys, sfmc};
 use domain::{
     ClientConfig, ClientId, Clock, Crm, SecretStore, StoreError, StoredToken, TokenStore,
 };
@@ -48,6 +47,31 @@ impl From<StoreError> for TokenError {
     }
 }
 
+/// What a client authenticates with.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// An access token.
+    Token(StoredToken),
+    /// The signing secret's JSON.
+    Secret(domain::Secret<String>),
+}
+
+impl Credential {
+    /// As the [`crate::Auth`] of a delivery or a check.
+    pub fn auth(&self) -> crate::Auth<'_> {
+        match self {
+            Credential::Token(t) => crate::Auth {
+                token: Some(t),
+                ..crate::Auth::default()
+            },
+            Credential::Secret(s) => crate::Auth {
+                secret: Some(s),
+                ..crate::Auth::default()
+            },
+        }
+    }
+}
+
 /// What a refresh did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refreshed {
@@ -79,7 +103,13 @@ pub struct TokenManager<T, S, C> {
     clock: C,
     http: CrmHttp,
     flights: Mutex<HashMap<(ClientId, Crm), Flight>>,
+    /// Credentials secrets of destinations that sign with them, by secret name.
+    signing: moka::future::Cache<String, domain::Secret<String>>,
 }
+
+/// How long a signing secret read from the secret store is reused: a rotated secret is
+/// picked up within this time (keep the previous key valid that long).
+pub const SIGNING_SECRET_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl<T, S, C> std::fmt::Debug for TokenManager<T, S, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,6 +126,10 @@ impl<T: TokenStore, S: SecretStore, C: Clock> TokenManager<T, S, C> {
             clock,
             http,
             flights: Mutex::new(HashMap::new()),
+            signing: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(SIGNING_SECRET_TTL)
+                .build(),
         }
     }
 
@@ -109,6 +143,46 @@ impl<T: TokenStore, S: SecretStore, C: Clock> TokenManager<T, S, C> {
         match self.flights.lock() {
             Ok(mut map) => Arc::clone(map.entry(key).or_default()),
             Err(_) => Flight::default(),
+        }
+    }
+
+    /// The credentials secret of a client whose destination signs every call with it
+    /// ([`crate::AuthPolicy::SignedWithSecret`]), through a short cache.
+    pub async fn signing_secret(
+        &self,
+        client: &ClientConfig,
+    ) -> Result<domain::Secret<String>, TokenError> {
+        let name = client
+            .secret_name
+            .clone()
+            .ok_or_else(|| TokenError::NoCredentials(client.client_id.to_string()))?;
+        let missing = || TokenError::NoCredentials(client.client_id.to_string());
+        self.signing
+            .try_get_with(name.clone(), async {
+                self.secrets
+                    .get_secret(&name)
+                    .await
+                    .map_err(TokenError::from)?
+                    .ok_or_else(missing)
+            })
+            .await
+            .map_err(|e: std::sync::Arc<TokenError>| (*e).clone())
+    }
+
+    /// Authenticates now, writing nothing to the destination (`connect clients test`): a
+    /// forced token refresh, or the signing secret read and checked.
+    pub async fn authenticate_now(&self, client: &ClientConfig) -> Result<Credential, TokenError> {
+        let dest = destination(client.crm);
+        match dest.auth_policy() {
+            crate::AuthPolicy::Token(_) => self
+                .refresh(client, true, None)
+                .await
+                .map(|(t, _)| Credential::Token(t)),
+            crate::AuthPolicy::SignedWithSecret => {
+                let secret = self.signing_secret(client).await?;
+                dest.validate_credentials(secret.expose())?;
+                Ok(Credential::Secret(secret))
+            }
         }
     }
 
@@ -155,7 +229,11 @@ impl<T: TokenStore, S: SecretStore, C: Clock> TokenManager<T, S, C> {
         }
         // RD Station retires a refresh token when it is used: across processes, one
         // refresher at a time (the others wait for its token).
-        let lease = if client.crm == Crm::RdStation {
+        let rotating = destination(client.crm)
+            .auth_policy()
+            .token()
+            .is_some_and(|p| p.rotating_refresh_token);
+        let lease = if rotating {
             match self.lease(client, rejected).await? {
                 Leased::Held(holder) => Some(holder),
                 Leased::Refreshed(token) => return Ok((token, Refreshed::Kept)),
@@ -226,31 +304,27 @@ impl<T: TokenStore, S: SecretStore, C: Clock> TokenManager<T, S, C> {
             .get_secret(name)
             .await?
             .ok_or_else(|| TokenError::NoCredentials(client.client_id.to_string()))?;
-        let creds = Credentials::parse(client.crm, secret.expose())?;
         // A token the CRM refused cannot be used to refresh itself.
         let usable = stored.as_ref().filter(|_| rejected.is_none());
-        let auth: AuthToken = match &creds {
-            Credentials::Responsys(c) => {
-                responsys::authenticate(&self.http, c, usable, now).await?
-            }
-            Credentials::Salesforce(c) => sfmc::authenticate(&self.http, c, now).await?,
-            Credentials::RdStation(c) => rdstation::authenticate(&self.http, c, now).await?,
-        };
-        if let (Some(new_refresh), Credentials::RdStation(c)) = (&auth.refresh_token, &creds)
-            && new_refresh != &c.refresh_token
-        {
-            // Save the rotated refresh token before the access token: a crash in
-            // between must not lose the only valid refresh token.
+        let auth: AuthToken = destination(client.crm)
+            .authenticate(&self.http, secret.expose(), usable, now)
+            .await?;
+        if let Some(new_refresh) = &auth.refresh_token {
             let mut json: serde_json::Value = serde_json::from_str(secret.expose())
                 .map_err(|_| TokenError::Rejected("the credentials secret is not JSON".into()))?;
-            json["refreshToken"] = serde_json::Value::String(new_refresh.expose().clone());
-            self.secrets
-                .put_secret(name, &domain::Secret::new(json.to_string()))
-                .await?;
-            tracing::info!(
-                clientId = client.client_id.as_str(),
-                "RD Station refresh token rotated and saved"
-            );
+            if json["refreshToken"].as_str() != Some(new_refresh.expose().as_str()) {
+                // Save the rotated refresh token before the access token: a crash in
+                // between must not lose the only valid refresh token.
+                json["refreshToken"] = serde_json::Value::String(new_refresh.expose().clone());
+                self.secrets
+                    .put_secret(name, &domain::Secret::new(json.to_string()))
+                    .await?;
+                tracing::info!(
+                    clientId = client.client_id.as_str(),
+                    crm = client.crm.as_str(),
+                    "refresh token rotated and saved"
+                );
+            }
         }
         let token = StoredToken {
             client_id: client.client_id.clone(),

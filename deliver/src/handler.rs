@@ -6,7 +6,7 @@ use crm::{CrmHttp, Outcome, TokenError, TokenManager};
 use domain::delivery::{attr, rfc3339};
 use domain::{
     Alert, AlertSink, ClientConfig, ClientDirectory, ClientId, Clock, Crm, DeliveryMessage,
-    OutgoingMessage, QueueControl, QueueKind, QueueSender, SecretStore, StoredToken, TokenStore,
+    OutgoingMessage, QueueControl, QueueKind, QueueSender, SecretStore, TokenStore,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -535,23 +535,34 @@ where
             }
             Err(e) => return (all(Outcome::retry("directory", e.to_string())), 0),
         };
-        let api_key = match self.api_key(&client, messages).await {
+        let policy = crm::destination(client.crm).auth_policy();
+        let mut secret = None;
+        if policy == crm::AuthPolicy::SignedWithSecret {
+            match self.tokens.signing_secret(&client).await {
+                Ok(s) => secret = Some(s),
+                Err(e) => return (all(self.token_failure(&client, &e).await), 0),
+            }
+        }
+        let api_key = match self.api_key(&client, policy, messages).await {
             Ok(k) => k,
             // A transient directory failure must not turn an API-key client into one
             // "without credentials" (which is permanent).
             Err(e) => return (all(Outcome::retry("directory", e.to_string())), 0),
         };
         let mut token = None;
-        if client.secret_name.is_some() || api_key.is_none() {
+        if policy.token().is_some() && (client.secret_name.is_some() || api_key.is_none()) {
             match self.tokens.current(&client).await {
                 Ok(t) => token = Some(t),
                 Err(e) => return (all(self.token_failure(&client, &e).await), 0),
             }
         }
+        let auth = crm::Auth {
+            token: token.as_ref(),
+            api_key: api_key.as_ref(),
+            secret: secret.as_ref(),
+        };
         let payload: Vec<DeliveryMessage> = messages.iter().map(|(_, m)| m.clone()).collect();
-        let mut outcomes = self
-            .send(&client, token.as_ref(), api_key.as_ref(), &payload)
-            .await;
+        let mut outcomes = self.send(&client, auth, &payload).await;
         let mut refreshes = 0;
         let rejected: Vec<usize> = (0..outcomes.len())
             .filter(|k| matches!(outcomes[*k], Outcome::TokenRejected { .. }))
@@ -564,9 +575,11 @@ where
                 Ok(fresh) => {
                     let again: Vec<DeliveryMessage> =
                         rejected.iter().map(|k| payload[*k].clone()).collect();
-                    let retried = self
-                        .send(&client, Some(&fresh), api_key.as_ref(), &again)
-                        .await;
+                    let fresh_auth = crm::Auth {
+                        token: Some(&fresh),
+                        ..auth
+                    };
+                    let retried = self.send(&client, fresh_auth, &again).await;
                     for (k, o) in rejected.iter().zip(retried) {
                         outcomes[*k] = match o {
                             Outcome::TokenRejected { reason } => {
@@ -593,25 +606,25 @@ where
     async fn send(
         &self,
         client: &ClientConfig,
-        token: Option<&StoredToken>,
-        api_key: Option<&ApiKey>,
+        auth: crm::Auth<'_>,
         messages: &[DeliveryMessage],
     ) -> Vec<Outcome> {
         let mut out = Vec::with_capacity(messages.len());
-        for chunk in messages.chunks(crm::batch_limit(client).max(1)) {
-            out.extend(crm::deliver(&self.http, client, token, api_key, chunk).await);
+        for chunk in messages.chunks(crm::batch_limit(client)) {
+            out.extend(crm::deliver(&self.http, client, auth, chunk).await);
         }
         out
     }
 
     /// The RD Station API key of a client without OAuth credentials (from the RD config
-    /// of its messages' tid).
+    /// of its messages' tid), for destinations whose token policy allows it.
     async fn api_key(
         &self,
         client: &ClientConfig,
+        policy: crm::AuthPolicy,
         messages: &[(usize, DeliveryMessage)],
     ) -> Result<Option<ApiKey>, domain::StoreError> {
-        if self.crm != Crm::RdStation || client.secret_name.is_some() {
+        if !policy.token().is_some_and(|p| p.api_key_by_tid) || client.secret_name.is_some() {
             return Ok(None);
         }
         let Some(tid) = messages.iter().find_map(|(_, m)| m.event.tid.clone()) else {

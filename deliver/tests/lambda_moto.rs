@@ -57,7 +57,7 @@ async fn env() -> Option<Env> {
         directory
             .put_client(&ClientConfig {
                 client_id: ClientId::parse(client).expect("id"),
-                crm: Crm::Responsys,
+                crm: Crm::RESPONSYS,
                 active: true,
                 allowed_origins: AllowedOrigins::default(),
                 target: None,
@@ -90,7 +90,7 @@ async fn env() -> Option<Env> {
 
     let http = crm::CrmHttp::new(&crm::HttpSettings::default()).expect("http");
     let handler = DeliverHandler::new(
-        Crm::Responsys,
+        Crm::RESPONSYS,
         directory,
         std::sync::Arc::new(crm::TokenManager::new(
             DynamoTokens::new(ddb, &names.tokens),
@@ -100,11 +100,11 @@ async fn env() -> Option<Env> {
         )),
         http,
         SqsQueues::new(sqs.clone())
-            .with_queue(Crm::Responsys, QueueKind::Delivery, &queue)
-            .with_queue(Crm::Responsys, QueueKind::DeadLetter, &dlq),
+            .with_queue(Crm::RESPONSYS, QueueKind::Delivery, &queue)
+            .with_queue(Crm::RESPONSYS, QueueKind::DeadLetter, &dlq),
         DedupAlerts::new(SnsAlerts::new(sns, topic), SystemClock, 300_000),
         SystemClock,
-        DeliverSettings::for_crm(Crm::Responsys),
+        DeliverSettings::for_crm(Crm::RESPONSYS),
     );
     Some(Env {
         handler,

@@ -79,11 +79,11 @@ async fn env() -> Env {
     for (id, crm, target) in [
         (
             "shop-r",
-            Crm::Responsys,
+            Crm::RESPONSYS,
             Some(json!({"kind": "pet", "pet_name": "EVENTS"})),
         ),
-        ("shop-s", Crm::Salesforce, None),
-        ("shop-d", Crm::RdStation, None),
+        ("shop-s", Crm::SFMC, None),
+        ("shop-d", Crm::RDSTATION, None),
     ] {
         store
             .upsert_client(&ClientConfig {
@@ -214,9 +214,9 @@ impl Env {
 async fn delivered_on_each_crm() {
     let env = env().await;
     for (crm, client) in [
-        (Crm::Responsys, "shop-r"),
-        (Crm::Salesforce, "shop-s"),
-        (Crm::RdStation, "shop-d"),
+        (Crm::RESPONSYS, "shop-r"),
+        (Crm::SFMC, "shop-s"),
+        (Crm::RDSTATION, "shop-d"),
     ] {
         let batch = env.inbound(crm, client, 3).await;
         let outcome = env.handler(crm).handle(&batch).await;
@@ -257,16 +257,16 @@ async fn delivered_on_each_crm() {
 async fn permanent_rejections_go_to_the_dlq_with_their_reason() {
     let env = env().await;
     for (crm, client, status) in [
-        (Crm::Responsys, "shop-r", "MERGEFAILED"),
-        (Crm::Salesforce, "shop-s", "10006"),
-        (Crm::RdStation, "shop-d", "400"),
+        (Crm::RESPONSYS, "shop-r", "MERGEFAILED"),
+        (Crm::SFMC, "shop-s", "10006"),
+        (Crm::RDSTATION, "shop-d", "400"),
     ] {
         env.fault(json!({"crm": crm, "mode": "reject", "rate": 1.0}))
             .await;
         let batch = env.inbound(crm, client, 2).await;
         let outcome = env.handler(crm).handle(&batch).await;
         let dlq = env.dlq(crm).await;
-        if crm == Crm::Salesforce {
+        if crm == Crm::SFMC {
             // 10006: the first row is refused, the second was not attempted (retried).
             assert_eq!(dlq.len(), 1, "{crm}");
             assert_eq!(outcome.redeliver.len(), 1);
@@ -297,8 +297,8 @@ async fn sfmc_aggregate_error_splits_the_batch() {
     let env = env().await;
     env.fault(json!({"crm": "salesforce", "mode": "reject", "rate": 0.34}))
         .await;
-    let batch = env.inbound(Crm::Salesforce, "shop-s", 5).await;
-    let outcome = env.handler(Crm::Salesforce).handle(&batch).await;
+    let batch = env.inbound(Crm::SFMC, "shop-s", 5).await;
+    let outcome = env.handler(Crm::SFMC).handle(&batch).await;
     // rate 0.34: the 3rd row is the first refused → rows 0–1 delivered, row 2 DLQ, 3–4 retried.
     assert_eq!(
         outcome.counts.get(&("shop-s".to_owned(), "delivered")),
@@ -325,24 +325,24 @@ async fn unavailable_means_retry_later_with_backoff() {
     let env = env().await;
     env.fault(json!({"crm": "rdstation", "mode": "unavailable", "rate": 1.0}))
         .await;
-    let batch = env.inbound(Crm::RdStation, "shop-d", 2).await;
-    let outcome = env.handler(Crm::RdStation).handle(&batch).await;
+    let batch = env.inbound(Crm::RDSTATION, "shop-d", 2).await;
+    let outcome = env.handler(Crm::RDSTATION).handle(&batch).await;
     assert_eq!(outcome.redeliver.len(), 2);
-    let hidden = env.hidden_for(Crm::RdStation).await.expect("hidden");
+    let hidden = env.hidden_for(Crm::RDSTATION).await.expect("hidden");
     assert!(
         (7_000..=13_000).contains(&hidden),
         "first retry ≈ 10 s ± 20 %: {hidden}"
     );
-    assert!(env.dlq(Crm::RdStation).await.is_empty());
+    assert!(env.dlq(Crm::RDSTATION).await.is_empty());
 }
 
 #[tokio::test]
 async fn throttles_hide_messages_for_the_crm_wait() {
     let env = env().await;
     for (crm, client, expected_ms) in [
-        (Crm::Responsys, "shop-r", 60_000),
-        (Crm::Salesforce, "shop-s", 5_000),
-        (Crm::RdStation, "shop-d", 30_000),
+        (Crm::RESPONSYS, "shop-r", 60_000),
+        (Crm::SFMC, "shop-s", 5_000),
+        (Crm::RDSTATION, "shop-d", 30_000),
     ] {
         env.fault(json!({"crm": crm, "mode": "throttle", "rate": 1.0}))
             .await;
@@ -366,9 +366,9 @@ async fn throttles_hide_messages_for_the_crm_wait() {
 async fn an_expired_token_is_refreshed_exactly_once() {
     let env = env().await;
     for (crm, client) in [
-        (Crm::Responsys, "shop-r"),
-        (Crm::Salesforce, "shop-s"),
-        (Crm::RdStation, "shop-d"),
+        (Crm::RESPONSYS, "shop-r"),
+        (Crm::SFMC, "shop-s"),
+        (Crm::RDSTATION, "shop-d"),
     ] {
         let handler = env.handler(crm);
         let warm = env.inbound(crm, client, 1).await;
@@ -402,7 +402,7 @@ async fn concurrent_refreshes_never_leave_the_older_token() {
     let env = env().await;
     let client = ClientConfig {
         client_id: ClientId::parse("shop-s").expect("id"),
-        crm: Crm::Salesforce,
+        crm: Crm::SFMC,
         active: true,
         allowed_origins: AllowedOrigins::default(),
         target: None,
@@ -466,10 +466,10 @@ async fn alerts_are_deduplicated_with_counts() {
     let env = env().await;
     env.fault(json!({"crm": "rdstation", "mode": "reject", "rate": 1.0}))
         .await;
-    let handler = env.handler(Crm::RdStation);
-    let batch = env.inbound(Crm::RdStation, "shop-d", 100).await;
+    let handler = env.handler(Crm::RDSTATION);
+    let batch = env.inbound(Crm::RDSTATION, "shop-d", 100).await;
     handler.handle(&batch).await;
-    let again = env.inbound(Crm::RdStation, "shop-d", 5).await;
+    let again = env.inbound(Crm::RDSTATION, "shop-d", 5).await;
     handler.handle(&again).await;
     let alerts = env.alerts.0.lock().expect("lock");
     let permanent: Vec<&Alert> = alerts
@@ -495,27 +495,27 @@ async fn malformed_bodies_and_unknown_clients_are_dead_lettered() {
         receive_count: 1,
         sent_at_ms: None,
     }];
-    let outcome = env.handler(Crm::Responsys).handle(&batch).await;
+    let outcome = env.handler(Crm::RESPONSYS).handle(&batch).await;
     assert!(outcome.redeliver.is_empty());
     // A message of a version this build does not know: dead-lettered, never looping.
-    let mut future = env.inbound(Crm::Responsys, "shop-r", 1).await;
+    let mut future = env.inbound(Crm::RESPONSYS, "shop-r", 1).await;
     let mut body: Value = serde_json::from_str(&future[0].body).expect("json");
     body["v"] = json!(2);
     future[0].body = body.to_string();
-    let outcome = env.handler(Crm::Responsys).handle(&future).await;
+    let outcome = env.handler(Crm::RESPONSYS).handle(&future).await;
     assert!(outcome.redeliver.is_empty());
-    let dlq = env.dlq(Crm::Responsys).await;
+    let dlq = env.dlq(Crm::RESPONSYS).await;
     assert_eq!(dlq.len(), 2);
     let v2 = dlq
         .iter()
         .find(|a| a.get("failureStatus").map(String::as_str) == Some("unknown_version"))
         .expect("the v2 message");
     assert_eq!(v2["failureReason"], "malformed_message");
-    let mut unknown = env.inbound(Crm::Responsys, "shop-nobody", 1).await;
+    let mut unknown = env.inbound(Crm::RESPONSYS, "shop-nobody", 1).await;
     unknown[0].receive_count = 3;
-    let outcome = env.handler(Crm::Responsys).handle(&unknown).await;
+    let outcome = env.handler(Crm::RESPONSYS).handle(&unknown).await;
     assert!(outcome.redeliver.is_empty());
-    let dlq = env.dlq(Crm::Responsys).await;
+    let dlq = env.dlq(Crm::RESPONSYS).await;
     assert_eq!(dlq.len(), 1, "the others were received above");
     assert_eq!(dlq[0]["failureReason"], "client_config");
     assert_eq!(dlq[0]["failureStatus"], "unknown_client");
@@ -566,7 +566,7 @@ async fn safe_client(env: &Env, id: &str, crm: Crm, target: Option<Value>) {
 #[tokio::test]
 async fn by_default_nobody_is_opted_in_or_created_by_a_navigation_event() {
     let env = env().await;
-    safe_client(&env, "safe-r", Crm::Responsys, None).await;
+    safe_client(&env, "safe-r", Crm::RESPONSYS, None).await;
     env.http
         .post(format!("{}/_sandbox/contacts", env.sandbox))
         .json(&json!({"emails": ["known@example.com"]}))
@@ -575,7 +575,7 @@ async fn by_default_nobody_is_opted_in_or_created_by_a_navigation_event() {
         .expect("seed");
     let batch = inbound_events(
         &env,
-        Crm::Responsys,
+        Crm::RESPONSYS,
         "safe-r",
         &[
             ("known@example.com", "product_view"),
@@ -584,13 +584,13 @@ async fn by_default_nobody_is_opted_in_or_created_by_a_navigation_event() {
         ],
     )
     .await;
-    let outcome = env.handler(Crm::Responsys).handle(&batch).await;
+    let outcome = env.handler(Crm::RESPONSYS).handle(&batch).await;
     assert!(outcome.redeliver.is_empty(), "{outcome:?}");
     let count = |k: &'static str| outcome.counts.get(&("safe-r".to_owned(), k)).copied();
     assert_eq!(count("delivered"), Some(2), "{outcome:?}");
     assert_eq!(count("skipped_unknown_contact"), Some(1), "{outcome:?}");
     assert!(
-        env.dlq(Crm::Responsys).await.is_empty(),
+        env.dlq(Crm::RESPONSYS).await.is_empty(),
         "an update-only miss is not a DLQ entry"
     );
     let records = env.records().await;
@@ -607,13 +607,13 @@ async fn by_default_nobody_is_opted_in_or_created_by_a_navigation_event() {
     safe_client(
         &env,
         "safe-s",
-        Crm::Salesforce,
+        Crm::SFMC,
         Some(json!({"kind": "journey", "event_definition_key": "APIEvent-1", "journey_event_types": ["purchase"]})),
     )
     .await;
     let batch = inbound_events(
         &env,
-        Crm::Salesforce,
+        Crm::SFMC,
         "safe-s",
         &[
             ("a@example.com", "product_view"),
@@ -621,7 +621,7 @@ async fn by_default_nobody_is_opted_in_or_created_by_a_navigation_event() {
         ],
     )
     .await;
-    let outcome = env.handler(Crm::Salesforce).handle(&batch).await;
+    let outcome = env.handler(Crm::SFMC).handle(&batch).await;
     assert!(outcome.redeliver.is_empty(), "{outcome:?}");
     assert_eq!(
         outcome
@@ -635,15 +635,15 @@ async fn by_default_nobody_is_opted_in_or_created_by_a_navigation_event() {
     );
 
     // RD Station has no update-only mode: navigation events are not sent by default.
-    safe_client(&env, "safe-d", Crm::RdStation, None).await;
+    safe_client(&env, "safe-d", Crm::RDSTATION, None).await;
     let batch = inbound_events(
         &env,
-        Crm::RdStation,
+        Crm::RDSTATION,
         "safe-d",
         &[("c@example.com", "product_view"), ("d@example.com", "lead")],
     )
     .await;
-    let outcome = env.handler(Crm::RdStation).handle(&batch).await;
+    let outcome = env.handler(Crm::RDSTATION).handle(&batch).await;
     assert!(outcome.redeliver.is_empty(), "{outcome:?}");
     assert_eq!(
         outcome
@@ -706,8 +706,8 @@ async fn an_outage_is_retried_for_the_whole_window_then_dead_lettered_with_its_r
     let env = env().await;
     env.fault(json!({"crm": "responsys", "mode": "unavailable", "rate": 1.0}))
         .await;
-    let handler = env.handler(Crm::Responsys);
-    let mut batch = env.inbound(Crm::Responsys, "shop-r", 3).await;
+    let handler = env.handler(Crm::RESPONSYS);
+    let mut batch = env.inbound(Crm::RESPONSYS, "shop-r", 3).await;
     // Many receives within the window: only ever retried, never dead-lettered.
     for receive in 1..=8 {
         for m in &mut batch {
@@ -716,15 +716,15 @@ async fn an_outage_is_retried_for_the_whole_window_then_dead_lettered_with_its_r
         let outcome = handler.handle(&batch).await;
         assert_eq!(outcome.redeliver.len(), 3, "{outcome:?}");
     }
-    assert!(env.dlq(Crm::Responsys).await.is_empty());
+    assert!(env.dlq(Crm::RESPONSYS).await.is_empty());
     // Queued 25 hours ago: past the 24 h window.
     let now = domain::Clock::now_ms(&SystemClock);
     for m in &mut batch {
         m.sent_at_ms = Some(now - 25 * 3600 * 1000);
     }
-    let outcome = env.handler(Crm::Responsys).handle(&batch).await;
+    let outcome = env.handler(Crm::RESPONSYS).handle(&batch).await;
     assert!(outcome.redeliver.is_empty(), "{outcome:?}");
-    let dlq = env.dlq(Crm::Responsys).await;
+    let dlq = env.dlq(Crm::RESPONSYS).await;
     assert_eq!(dlq.len(), 3);
     for attrs in &dlq {
         assert_eq!(
@@ -749,14 +749,14 @@ async fn a_long_outage_costs_a_bounded_number_of_calls() {
     let env = env().await;
     env.fault(json!({"crm": "salesforce", "mode": "unavailable", "rate": 1.0}))
         .await;
-    let mut settings = DeliverSettings::for_crm(Crm::Salesforce);
+    let mut settings = DeliverSettings::for_crm(Crm::SFMC);
     settings.breaker = deliver::BreakerSettings {
         failures_to_open: 2,
         open_base: Duration::from_millis(200),
         open_max: Duration::from_millis(400),
     };
-    let handler = env.handler_with(Crm::Salesforce, settings);
-    let batch = env.inbound(Crm::Salesforce, "shop-s", 10).await;
+    let handler = env.handler_with(Crm::SFMC, settings);
+    let batch = env.inbound(Crm::SFMC, "shop-s", 10).await;
     let before = env.calls("salesforce").await;
     let started = std::time::Instant::now();
     let mut rounds = 0;
@@ -790,7 +790,7 @@ async fn a_long_outage_costs_a_bounded_number_of_calls() {
     tokio::time::sleep(Duration::from_millis(450)).await;
     let outcome = handler.handle(&batch).await;
     assert!(outcome.redeliver.is_empty(), "{outcome:?}");
-    assert!(env.dlq(Crm::Salesforce).await.is_empty());
+    assert!(env.dlq(Crm::SFMC).await.is_empty());
 }
 
 /// An RD Station client `rd-key` with an API key only (tid `GA4.1.2`, the sandbox's
@@ -799,7 +799,7 @@ async fn api_key_rd_client(env: &Env, target: Option<serde_json::Value>) {
     env.store
         .upsert_client(&ClientConfig {
             client_id: ClientId::parse("rd-key").expect("id"),
-            crm: Crm::RdStation,
+            crm: Crm::RDSTATION,
             active: true,
             allowed_origins: AllowedOrigins::default(),
             target,
@@ -833,7 +833,7 @@ async fn api_key_rd_clients_send_every_event_as_a_conversion() {
     .await;
     let batch = inbound_events(
         &env,
-        Crm::RdStation,
+        Crm::RDSTATION,
         "rd-key",
         &[
             ("a@example.com", "purchase"),
@@ -842,7 +842,7 @@ async fn api_key_rd_clients_send_every_event_as_a_conversion() {
         ],
     )
     .await;
-    let outcome = env.handler(Crm::RdStation).handle(&batch).await;
+    let outcome = env.handler(Crm::RDSTATION).handle(&batch).await;
     assert!(outcome.redeliver.is_empty(), "{outcome:?}");
     assert_eq!(
         outcome.counts.get(&("rd-key".to_owned(), "delivered")),
@@ -850,7 +850,7 @@ async fn api_key_rd_clients_send_every_event_as_a_conversion() {
         "{outcome:?}"
     );
     assert!(
-        env.dlq(Crm::RdStation).await.is_empty(),
+        env.dlq(Crm::RDSTATION).await.is_empty(),
         "nothing is oauth_required"
     );
     let records = env.records().await;
@@ -885,7 +885,7 @@ async fn two_processes_refreshing_rd_at_once_never_lose_the_refresh_token() {
     let env = env().await;
     let client = ClientConfig {
         client_id: ClientId::parse("shop-d").expect("id"),
-        crm: Crm::RdStation,
+        crm: Crm::RDSTATION,
         active: true,
         allowed_origins: AllowedOrigins::default(),
         target: None,
@@ -966,7 +966,7 @@ async fn an_api_key_client_is_retried_not_dead_lettered_when_its_config_cannot_b
     };
     let http = crm::CrmHttp::new(&crm::HttpSettings::default()).expect("http");
     let handler = DeliverHandler::new(
-        Crm::RdStation,
+        Crm::RDSTATION,
         directory,
         std::sync::Arc::new(crm::TokenManager::new(
             env.store.clone(),
@@ -982,13 +982,13 @@ async fn an_api_key_client_is_retried_not_dead_lettered_when_its_config_cannot_b
             300_000,
         )),
         SystemClock,
-        DeliverSettings::for_crm(Crm::RdStation),
+        DeliverSettings::for_crm(Crm::RDSTATION),
     );
-    let batch = inbound_events(&env, Crm::RdStation, "rd-key", &[("a@example.com", "lead")]).await;
+    let batch = inbound_events(&env, Crm::RDSTATION, "rd-key", &[("a@example.com", "lead")]).await;
     let outcome = handler.handle(&batch).await;
     assert_eq!(outcome.redeliver.len(), 1, "{outcome:?}");
     assert!(
-        env.dlq(Crm::RdStation).await.is_empty(),
+        env.dlq(Crm::RDSTATION).await.is_empty(),
         "dead-lettered on a transient read failure"
     );
     fail.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -1006,11 +1006,11 @@ async fn messages_of_a_suppressed_email_already_in_flight_are_dropped() {
         .suppress("*", &keyer.key(&erased), 0)
         .await
         .expect("suppress");
-    let handler = env.handler(Crm::Salesforce).with_privacy(Privacy::new(
+    let handler = env.handler(Crm::SFMC).with_privacy(Privacy::new(
         keyer,
         Some(Arc::new(env.store.clone()) as Arc<dyn SuppressionStore>),
     ));
-    let batch = env.inbound(Crm::Salesforce, "shop-s", 3).await;
+    let batch = env.inbound(Crm::SFMC, "shop-s", 3).await;
     let outcome = handler.handle(&batch).await;
     assert!(outcome.redeliver.is_empty(), "{outcome:?}");
     assert_eq!(
@@ -1028,5 +1028,5 @@ async fn messages_of_a_suppressed_email_already_in_flight_are_dropped() {
         records.iter().all(|r| r["email"] != "u0@example.com"),
         "{records:?}"
     );
-    assert!(env.dlq(Crm::Salesforce).await.is_empty());
+    assert!(env.dlq(Crm::SFMC).await.is_empty());
 }

@@ -339,7 +339,7 @@ mod tests {
     fn client(origins: &[&str], extra: &[&str]) -> ClientConfig {
         ClientConfig {
             client_id: ClientId::parse("shop").expect("id"),
-            crm: Crm::Responsys,
+            crm: Crm::RESPONSYS,
             active: true,
             allowed_origins: AllowedOrigins(origins.iter().map(|s| (*s).to_owned()).collect()),
             target: None,

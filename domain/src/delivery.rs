@@ -159,7 +159,7 @@ mod tests {
     fn body_matches_the_fixture_shape() {
         let text = r#"{"v": 1, "recordId": "client-abc-20260128-0001", "clientId": "client-abc", "crm": "responsys", "receivedAt": 1706457600000, "event": {"email": "user@example.com", "eventType": "product_view", "productId": "PROD-12345", "productName": "Smartphone XYZ", "productPrice": 1299.9, "tid": "GA4.123456789.987654321"}}"#;
         let m: DeliveryMessage = serde_json::from_str(text).expect("parse");
-        assert_eq!(m.crm, Crm::Responsys);
+        assert_eq!(m.crm, Crm::RESPONSYS);
         assert!(!m.truncated);
         let again: serde_json::Value =
             serde_json::from_str(&serde_json::to_string(&m).expect("json")).expect("json");

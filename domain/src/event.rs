@@ -506,11 +506,14 @@ impl GtmEvent {
         let product_id = id_field(&mut errors, "productId", product_id);
         let event_id = id_field(&mut errors, "eventId", event_id);
         let tid = id_field(&mut errors, "tid", tid);
-        if tid.is_none() && crm == Crm::RdStation && !errors.iter().any(|e| e.field == "tid") {
+        if tid.is_none() && !crm.requires_client_id() && !errors.iter().any(|e| e.field == "tid") {
             errors.push(FieldError::new(
                 "tid",
                 "required",
-                "is required on /rdstation (the client is found from it)",
+                format!(
+                    "is required on {} (the client is found from it)",
+                    crm.route()
+                ),
             ));
         }
         let product_name = product_name.and_then(|v| {

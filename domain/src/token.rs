@@ -66,7 +66,7 @@ mod tests {
     fn token(issued: i64, expires: i64) -> StoredToken {
         StoredToken {
             client_id: ClientId::parse("c").expect("id"),
-            crm: Crm::Responsys,
+            crm: Crm::RESPONSYS,
             access_token: Secret::new("t".into()),
             api_endpoint: "https://x".into(),
             issued_at: issued,

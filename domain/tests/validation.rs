@@ -44,7 +44,7 @@ fn email_rules() {
     let long_local = "a".repeat(65);
     let long_total = format!("{}@{}.com", "a".repeat(60), "b".repeat(200));
     check(
-        Crm::Responsys,
+        Crm::RESPONSYS,
         vec![
             ("plain", with("email", json!("ana@example.com")), None),
             (
@@ -147,7 +147,7 @@ fn email_rules() {
         ],
     );
     let ev =
-        GtmEvent::parse(Crm::Responsys, with("email", json!("  Ana@Example.COM "))).expect("valid");
+        GtmEvent::parse(Crm::RESPONSYS, with("email", json!("  Ana@Example.COM "))).expect("valid");
     assert_eq!(ev.email.as_str(), "ana@example.com");
     assert!(
         !format!("{:?}", ev.email).contains("ana"),
@@ -181,16 +181,15 @@ fn event_type_rules() {
         with("eventType", json!(["lead"])),
         Some(("eventType", "type")),
     ));
-    check(Crm::Salesforce, cases);
-    let errors =
-        GtmEvent::parse(Crm::Salesforce, with("eventType", json!("nope"))).expect_err("invalid");
+    check(Crm::SFMC, cases);
+    let errors = GtmEvent::parse(Crm::SFMC, with("eventType", json!("nope"))).expect_err("invalid");
     assert!(errors[0].message.contains("product_view") && errors[0].message.contains("search"));
 }
 
 #[test]
 fn client_id_rules() {
     check(
-        Crm::Responsys,
+        Crm::RESPONSYS,
         vec![
             ("ok", with("clientId", json!("client-abc_1")), None),
             ("digit first", with("clientId", json!("9shop")), None),
@@ -234,7 +233,7 @@ fn client_id_rules() {
     );
     // /rdstation finds the client from tid: clientId is optional, tid required.
     check(
-        Crm::RdStation,
+        Crm::RDSTATION,
         vec![
             (
                 "tid only",
@@ -258,7 +257,7 @@ fn client_id_rules() {
 #[test]
 fn url_rules() {
     check(
-        Crm::Responsys,
+        Crm::RESPONSYS,
         vec![
             (
                 "https",
@@ -328,7 +327,7 @@ fn url_rules() {
 #[test]
 fn price_rules() {
     check(
-        Crm::Responsys,
+        Crm::RESPONSYS,
         vec![
             ("number", with("productPrice", json!(1299.9)), None),
             ("zero", with("productPrice", json!(0)), None),
@@ -384,7 +383,7 @@ fn price_rules() {
 #[test]
 fn bounded_strings() {
     check(
-        Crm::Responsys,
+        Crm::RESPONSYS,
         vec![
             ("numeric product id", with("productId", json!(12345)), None),
             ("id 128", with("productId", json!("x".repeat(128))), None),
@@ -436,7 +435,7 @@ fn properties_rules() {
         too_big[format!("k{i}")] = json!("v".repeat(1000));
     }
     check(
-        Crm::Responsys,
+        Crm::RESPONSYS,
         vec![
             ("kept", with("cartId", json!("c-58f1")), None),
             ("scalars", with("flags", json!([1, "a", true, null])), None),
@@ -472,7 +471,7 @@ fn properties_rules() {
             ("total size", too_big, Some(("properties", "max_size"))),
         ],
     );
-    let ev = GtmEvent::parse(Crm::Responsys, with("cartId", json!("c-58f1"))).expect("valid");
+    let ev = GtmEvent::parse(Crm::RESPONSYS, with("cartId", json!("c-58f1"))).expect("valid");
     assert_eq!(ev.properties.get("cartId"), Some(&json!("c-58f1")));
     assert!(!ev.properties.contains_key("email"));
 }
@@ -480,7 +479,7 @@ fn properties_rules() {
 #[test]
 fn every_error_is_reported_together() {
     let errors = GtmEvent::parse(
-        Crm::Responsys,
+        Crm::RESPONSYS,
         json!({"clientId": "BAD", "email": "nope", "eventType": "x", "productPrice": -2, "cart": {}}),
     )
     .expect_err("invalid");
@@ -493,7 +492,7 @@ fn every_error_is_reported_together() {
 #[test]
 fn body_must_be_an_object() {
     for body in [json!([1]), json!("x"), json!(1), Value::Null] {
-        let errors = GtmEvent::parse(Crm::Responsys, body).expect_err("invalid");
+        let errors = GtmEvent::parse(Crm::RESPONSYS, body).expect_err("invalid");
         assert_eq!(errors[0].field, "body");
         assert_eq!(errors[0].rule, "object");
     }
@@ -504,7 +503,7 @@ fn body_must_be_an_object() {
 #[test]
 fn an_extra_field_without_a_name_is_named_in_the_error() {
     let errors = domain::GtmEvent::parse(
-        domain::Crm::Responsys,
+        domain::Crm::RESPONSYS,
         serde_json::json!({"": "nope", "clientId": "shop", "email": "a@b.co", "eventType": "lead"}),
     )
     .expect_err("invalid");

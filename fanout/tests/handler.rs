@@ -175,8 +175,8 @@ async fn the_stream_fixture_is_routed_and_the_ttl_delete_skipped() {
     let (queues, alerts) = (Queues::default(), Alerts::default());
     let outcome = handler(&queues, &alerts).handle(&changes).await;
     assert_eq!(outcome.first_failure, None);
-    assert_eq!(outcome.routed.get(&Crm::Responsys), Some(&1));
-    assert_eq!(outcome.routed.get(&Crm::RdStation), Some(&1));
+    assert_eq!(outcome.routed.get(&Crm::RESPONSYS), Some(&1));
+    assert_eq!(outcome.routed.get(&Crm::RDSTATION), Some(&1));
     assert_eq!(outcome.skipped.get(&Skip::TtlExpiry), Some(&1));
     assert!(
         batch_response(outcome.first_failure)
@@ -184,7 +184,7 @@ async fn the_stream_fixture_is_routed_and_the_ttl_delete_skipped() {
             .is_empty()
     );
 
-    let sent = queues.accepted(Crm::Responsys, QueueKind::Delivery);
+    let sent = queues.accepted(Crm::RESPONSYS, QueueKind::Delivery);
     assert_eq!(sent.len(), 1);
     let body: DeliveryMessage = serde_json::from_str(&sent[0].body).expect("body");
     assert_eq!(body.v, 1);
@@ -201,19 +201,19 @@ async fn the_stream_fixture_is_routed_and_the_ttl_delete_skipped() {
         sent[0].id, "100000000000000000001",
         "entry ids are the sequence numbers"
     );
-    let rd = queues.accepted(Crm::RdStation, QueueKind::Delivery);
+    let rd = queues.accepted(Crm::RDSTATION, QueueKind::Delivery);
     assert_eq!(rd.len(), 1);
     assert!(alerts.0.lock().expect("lock").is_empty());
 }
 
 #[tokio::test]
 async fn mixed_batches_skip_everything_but_inserts_with_a_record() {
-    let mut batch = vec![insert(0, record(Crm::Salesforce, "shop-sf", 0))];
+    let mut batch = vec![insert(0, record(Crm::SFMC, "shop-sf", 0))];
     for (i, (kind, ttl, image)) in [
         (
             Some(ChangeKind::Modify),
             false,
-            Image::Record(Box::new(record(Crm::Salesforce, "shop-sf", 1))),
+            Image::Record(Box::new(record(Crm::SFMC, "shop-sf", 1))),
         ),
         (Some(ChangeKind::Remove), false, Image::Absent),
         (Some(ChangeKind::Remove), true, Image::Absent),
@@ -231,11 +231,11 @@ async fn mixed_batches_skip_everything_but_inserts_with_a_record() {
             image,
         });
     }
-    batch.push(insert(9, record(Crm::Salesforce, "shop-sf", 9)));
+    batch.push(insert(9, record(Crm::SFMC, "shop-sf", 9)));
     let (queues, alerts) = (Queues::default(), Alerts::default());
     let outcome = handler(&queues, &alerts).handle(&batch).await;
     assert_eq!(outcome.first_failure, None);
-    assert_eq!(outcome.routed.get(&Crm::Salesforce), Some(&2));
+    assert_eq!(outcome.routed.get(&Crm::SFMC), Some(&2));
     for (skip, n) in [
         (Skip::Modify, 1),
         (Skip::Remove, 1),
@@ -252,25 +252,25 @@ async fn mixed_batches_skip_everything_but_inserts_with_a_record() {
 async fn twenty_five_records_take_three_calls_per_crm() {
     let mut batch = Vec::new();
     for i in 0..25 {
-        batch.push(insert(batch.len(), record(Crm::Responsys, "shop-a", i)));
-        batch.push(insert(batch.len(), record(Crm::Salesforce, "shop-sf", i)));
+        batch.push(insert(batch.len(), record(Crm::RESPONSYS, "shop-a", i)));
+        batch.push(insert(batch.len(), record(Crm::SFMC, "shop-sf", i)));
     }
     let (queues, alerts) = (Queues::default(), Alerts::default());
     let outcome = handler(&queues, &alerts).handle(&batch).await;
     assert_eq!(outcome.first_failure, None);
-    for crm in [Crm::Responsys, Crm::Salesforce] {
+    for crm in [Crm::RESPONSYS, Crm::SFMC] {
         let calls = queues.calls(crm, QueueKind::Delivery);
         let sizes: Vec<usize> = calls.iter().map(Vec::len).collect();
         assert_eq!(sizes, [10, 10, 5], "{crm}");
         assert_eq!(outcome.routed.get(&crm), Some(&25));
     }
-    assert!(queues.calls(Crm::RdStation, QueueKind::Delivery).is_empty());
+    assert!(queues.calls(Crm::RDSTATION, QueueKind::Delivery).is_empty());
 }
 
 #[tokio::test]
 async fn a_persistent_entry_failure_is_reported_as_the_first_failed_sequence_number() {
     let batch: Vec<ChangeRecord> = (0..12)
-        .map(|i| insert(i, record(Crm::Responsys, "shop-a", i)))
+        .map(|i| insert(i, record(Crm::RESPONSYS, "shop-a", i)))
         .collect();
     let (queues, alerts) = (Queues::default(), Alerts::default());
     // Entry 7 always fails (transiently); entry 3 fails twice then succeeds.
@@ -281,8 +281,8 @@ async fn a_persistent_entry_failure_is_reported_as_the_first_failed_sequence_num
         outcome.first_failure.as_deref(),
         Some(batch[7].sequence_number.as_str())
     );
-    assert_eq!(outcome.failed.get(&Crm::Responsys), Some(&1));
-    assert_eq!(outcome.routed.get(&Crm::Responsys), Some(&11));
+    assert_eq!(outcome.failed.get(&Crm::RESPONSYS), Some(&1));
+    assert_eq!(outcome.routed.get(&Crm::RESPONSYS), Some(&11));
     let response = batch_response(outcome.first_failure);
     assert_eq!(response.batch_item_failures.len(), 1);
     assert_eq!(
@@ -291,7 +291,7 @@ async fn a_persistent_entry_failure_is_reported_as_the_first_failed_sequence_num
     );
     // Only the failing entries were sent again: 4 attempts for entry 7.
     let sends_of_7 = queues
-        .calls(Crm::Responsys, QueueKind::Delivery)
+        .calls(Crm::RESPONSYS, QueueKind::Delivery)
         .iter()
         .filter(|c| c.iter().any(|m| m.id == batch[7].sequence_number))
         .count();
@@ -301,52 +301,52 @@ async fn a_persistent_entry_failure_is_reported_as_the_first_failed_sequence_num
 #[tokio::test]
 async fn a_failing_queue_fails_from_its_first_record_and_the_other_crms_proceed() {
     let batch = vec![
-        insert(0, record(Crm::Responsys, "shop-a", 0)),
-        insert(1, record(Crm::Salesforce, "shop-sf", 1)),
-        insert(2, record(Crm::Responsys, "shop-a", 2)),
+        insert(0, record(Crm::RESPONSYS, "shop-a", 0)),
+        insert(1, record(Crm::SFMC, "shop-sf", 1)),
+        insert(2, record(Crm::RESPONSYS, "shop-a", 2)),
     ];
     let (queues, alerts) = (Queues::default(), Alerts::default());
     queues
         .call_errors
         .lock()
         .expect("lock")
-        .insert(Crm::Salesforce, usize::MAX);
+        .insert(Crm::SFMC, usize::MAX);
     let outcome = handler(&queues, &alerts).handle(&batch).await;
     assert_eq!(
         outcome.first_failure.as_deref(),
         Some(batch[1].sequence_number.as_str())
     );
-    assert_eq!(outcome.routed.get(&Crm::Responsys), Some(&2));
+    assert_eq!(outcome.routed.get(&Crm::RESPONSYS), Some(&2));
     // A transient call error is retried and then succeeds.
     let queues = Queues::default();
     queues
         .call_errors
         .lock()
         .expect("lock")
-        .insert(Crm::Salesforce, 2);
+        .insert(Crm::SFMC, 2);
     let outcome = handler(&queues, &alerts).handle(&batch).await;
     assert_eq!(outcome.first_failure, None);
-    assert_eq!(outcome.routed.get(&Crm::Salesforce), Some(&1));
+    assert_eq!(outcome.routed.get(&Crm::SFMC), Some(&1));
 }
 
 #[tokio::test]
 async fn too_large_records_are_dead_lettered_truncated_with_an_alert() {
-    let mut big = record(Crm::RdStation, "shop-rd", 1);
+    let mut big = record(Crm::RDSTATION, "shop-rd", 1);
     for i in 0..40 {
         big.properties
             .insert(format!("k{i}"), json!("x".repeat(7000)));
     }
     let batch = vec![
-        insert(0, record(Crm::RdStation, "shop-rd", 0)),
+        insert(0, record(Crm::RDSTATION, "shop-rd", 0)),
         insert(1, big),
-        insert(2, record(Crm::RdStation, "shop-rd", 2)),
+        insert(2, record(Crm::RDSTATION, "shop-rd", 2)),
     ];
     let (queues, alerts) = (Queues::default(), Alerts::default());
     let outcome = handler(&queues, &alerts).handle(&batch).await;
     assert_eq!(outcome.first_failure, None);
-    assert_eq!(outcome.routed.get(&Crm::RdStation), Some(&2));
-    assert_eq!(outcome.dead_lettered.get(&Crm::RdStation), Some(&1));
-    let dlq = queues.accepted(Crm::RdStation, QueueKind::DeadLetter);
+    assert_eq!(outcome.routed.get(&Crm::RDSTATION), Some(&2));
+    assert_eq!(outcome.dead_lettered.get(&Crm::RDSTATION), Some(&1));
+    let dlq = queues.accepted(Crm::RDSTATION, QueueKind::DeadLetter);
     assert_eq!(dlq.len(), 1);
     let attrs: HashMap<_, _> = dlq[0].attributes.iter().cloned().collect();
     assert_eq!(attrs["failureReason"], "too_large");
@@ -367,13 +367,13 @@ async fn too_large_records_are_dead_lettered_truncated_with_an_alert() {
 #[tokio::test]
 async fn entries_the_queue_refuses_go_to_the_dlq_and_do_not_block_the_stream() {
     let batch: Vec<ChangeRecord> = (0..3)
-        .map(|i| insert(i, record(Crm::Responsys, "shop-a", i)))
+        .map(|i| insert(i, record(Crm::RESPONSYS, "shop-a", i)))
         .collect();
     let (queues, alerts) = (Queues::default(), Alerts::default());
     queues.fail_entry(&batch[1].sequence_number, 1, true);
     let outcome = handler(&queues, &alerts).handle(&batch).await;
     assert_eq!(outcome.first_failure, None);
-    let dlq = queues.accepted(Crm::Responsys, QueueKind::DeadLetter);
+    let dlq = queues.accepted(Crm::RESPONSYS, QueueKind::DeadLetter);
     assert_eq!(dlq.len(), 1);
     let attrs: HashMap<_, _> = dlq[0].attributes.iter().cloned().collect();
     assert_eq!(attrs["failureReason"], "queue_rejected");
@@ -388,7 +388,7 @@ async fn a_malformed_image_with_a_crm_is_dead_lettered() {
             kind: Some(ChangeKind::Insert),
             ttl_expiry: false,
             image: Image::Malformed {
-                crm: Some(Crm::Salesforce),
+                crm: Some(Crm::SFMC),
                 record_id: Some("r-1".into()),
                 error: "missing field `email`".into(),
             },
@@ -407,7 +407,7 @@ async fn a_malformed_image_with_a_crm_is_dead_lettered() {
     let (queues, alerts) = (Queues::default(), Alerts::default());
     let outcome = handler(&queues, &alerts).handle(&batch).await;
     assert_eq!(outcome.first_failure, None);
-    assert_eq!(outcome.dead_lettered.get(&Crm::Salesforce), Some(&1));
+    assert_eq!(outcome.dead_lettered.get(&Crm::SFMC), Some(&1));
     assert_eq!(outcome.skipped.get(&Skip::Unroutable), Some(&1));
     assert_eq!(alerts.0.lock().expect("lock")[0].kind, "unroutable_record");
 }

@@ -84,7 +84,7 @@ async fn put_item_to_stream_to_handler_to_sqs() {
     let sqs = aws_sdk_sqs::Client::new(&config);
     let sns = aws_sdk_sns::Client::new(&config);
     let mut queues = SqsQueues::new(sqs.clone());
-    for crm in Crm::ALL {
+    for crm in Crm::all() {
         for kind in [QueueKind::Delivery, QueueKind::DeadLetter] {
             let name = unique(&format!(
                 "{crm}-{}",
@@ -115,8 +115,8 @@ async fn put_item_to_stream_to_handler_to_sqs() {
         .expect("arn");
 
     let store = DynamoRecordStore::new(ddb, &names.navigation);
-    let idempotent = record(Crm::Responsys, "shop-a", Some("evt-1"));
-    let plain = record(Crm::Salesforce, "shop-sf", None);
+    let idempotent = record(Crm::RESPONSYS, "shop-a", Some("evt-1"));
+    let plain = record(Crm::SFMC, "shop-sf", None);
     store.put_if_absent(&idempotent).await.expect("put");
     store.put_if_absent(&plain).await.expect("put");
 
@@ -132,11 +132,11 @@ async fn put_item_to_stream_to_handler_to_sqs() {
     );
     let outcome = handler.handle(&changes).await;
     assert_eq!(outcome.first_failure, None);
-    assert_eq!(outcome.routed.get(&Crm::Responsys), Some(&1));
-    assert_eq!(outcome.routed.get(&Crm::Salesforce), Some(&1));
+    assert_eq!(outcome.routed.get(&Crm::RESPONSYS), Some(&1));
+    assert_eq!(outcome.routed.get(&Crm::SFMC), Some(&1));
     assert_eq!(outcome.skipped.get(&Skip::Marker), Some(&1));
 
-    for (crm, expected) in [(Crm::Responsys, &idempotent), (Crm::Salesforce, &plain)] {
+    for (crm, expected) in [(Crm::RESPONSYS, &idempotent), (Crm::SFMC, &plain)] {
         let url = queues.url(crm, QueueKind::Delivery).expect("url");
         let out = sqs
             .receive_message()
@@ -162,7 +162,7 @@ async fn put_item_to_stream_to_handler_to_sqs() {
         assert_eq!(attrs["eventType"], "purchase");
     }
     let rd = queues
-        .url(Crm::RdStation, QueueKind::Delivery)
+        .url(Crm::RDSTATION, QueueKind::Delivery)
         .expect("url");
     let none = sqs
         .receive_message()

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
         return;
     };
-    for crm in Crm::ALL {
+    for crm in Crm::all() {
         match GtmEvent::parse(crm, value.clone()) {
             Ok(event) => {
                 let email = event.email.as_str();

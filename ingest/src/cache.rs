@@ -139,7 +139,7 @@ mod tests {
             }
             Ok((id.as_str() == "real").then(|| ClientConfig {
                 client_id: id.clone(),
-                crm: Crm::Responsys,
+                crm: Crm::RESPONSYS,
                 active: true,
                 allowed_origins: domain::AllowedOrigins::default(),
                 target: None,

@@ -358,8 +358,9 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
                 404,
                 "not_found",
                 format!(
-                    "no route {}; post events to /responsys, /salesforce or /rdstation",
-                    req.path
+                    "no route {}; post events to {}",
+                    req.path,
+                    Crm::route_list()
                 ),
             );
         };

@@ -43,13 +43,13 @@ async fn setup() -> Option<(Handler, aws_sdk_dynamodb::Client, TableNames)> {
     let names = TableNames::with_prefix(&unique("ingest"));
     create_tables(&ddb, &names).await.expect("tables");
     let dir = DynamoClientDirectory::new(ddb.clone(), &names.clients, &names.rdstation);
-    dir.put_client(&client("client-abc", Crm::Responsys))
+    dir.put_client(&client("client-abc", Crm::RESPONSYS))
         .await
         .expect("put");
-    dir.put_client(&client("client-sf", Crm::Salesforce))
+    dir.put_client(&client("client-sf", Crm::SFMC))
         .await
         .expect("put");
-    dir.put_client(&client("client-xyz", Crm::RdStation))
+    dir.put_client(&client("client-xyz", Crm::RDSTATION))
         .await
         .expect("put");
     dir.put_rdstation(&RdStationConfig {
@@ -116,7 +116,7 @@ async fn responsys_json_is_stored_once() {
     assert_eq!(records.len(), 1);
     let rec = &records[0];
     assert_eq!(rec.email.as_str(), "user@example.com", "email lower-cased");
-    assert_eq!(rec.crm, Crm::Responsys);
+    assert_eq!(rec.crm, Crm::RESPONSYS);
     assert_eq!(rec.product_price, Some(1299.9));
     assert_eq!(
         rec.event_id.as_deref(),
@@ -167,7 +167,7 @@ async fn rdstation_text_plain_resolves_the_client_from_tid() {
     let id = body(&r)["recordId"].as_str().expect("recordId").to_owned();
     assert!(id.starts_with("client-xyz-"), "{id}");
     let records = stored(&ddb, &names.navigation, &id).await;
-    assert_eq!(records[0].crm, Crm::RdStation);
+    assert_eq!(records[0].crm, Crm::RDSTATION);
     assert_eq!(records[0].product_name.as_deref(), Some("Tênis Corrida"));
     assert_eq!(
         records[0].properties.get("cartId"),

@@ -28,7 +28,7 @@ struct Env {
 fn client(id: &str, policy: ClientPolicy) -> ClientConfig {
     ClientConfig {
         client_id: ClientId::parse(id).expect("id"),
-        crm: Crm::Responsys,
+        crm: Crm::RESPONSYS,
         active: true,
         allowed_origins: AllowedOrigins(vec![ORIGIN.into()]),
         target: None,

@@ -53,7 +53,7 @@ async fn visibility_timeout_and_receive_count() {
     let mut sends = queues.watch_sends();
     queues
         .send_batch(
-            Crm::Responsys,
+            Crm::RESPONSYS,
             QueueKind::Delivery,
             &[message("a"), message("b")],
         )
@@ -64,7 +64,7 @@ async fn visibility_timeout_and_receive_count() {
         "senders wake the workers"
     );
     sends.borrow_and_update();
-    let q = queue_name(Crm::Responsys, QueueKind::Delivery);
+    let q = queue_name(Crm::RESPONSYS, QueueKind::Delivery);
     let first = queues.receive(&q, None, 10, VT).await.expect("receive");
     assert_eq!(first.len(), 2);
     assert_eq!(first[0].body, "{\"n\":\"a\"}");
@@ -136,12 +136,12 @@ async fn visibility_timeout_and_receive_count() {
 async fn messages_move_to_the_dlq_after_max_receive_count() {
     let (_dir, store, queues, clock) = setup(3);
     let (q, dlq) = (
-        queue_name(Crm::Salesforce, QueueKind::Delivery),
-        queue_name(Crm::Salesforce, QueueKind::DeadLetter),
+        queue_name(Crm::SFMC, QueueKind::Delivery),
+        queue_name(Crm::SFMC, QueueKind::DeadLetter),
     );
     assert_eq!(dlq, "salesforce-dlq");
     queues
-        .send_batch(Crm::Salesforce, QueueKind::Delivery, &[message("x")])
+        .send_batch(Crm::SFMC, QueueKind::Delivery, &[message("x")])
         .await
         .expect("send");
     for n in 1..=3 {
@@ -177,7 +177,7 @@ async fn messages_move_to_the_dlq_after_max_receive_count() {
 async fn queues_survive_a_restart() {
     let (dir, store, queues, clock) = setup(5);
     queues
-        .send_batch(Crm::RdStation, QueueKind::Delivery, &[message("p")])
+        .send_batch(Crm::RDSTATION, QueueKind::Delivery, &[message("p")])
         .await
         .expect("send");
     store.shutdown().await;

@@ -16,8 +16,8 @@ fn record(client: &str, event_id: Option<&str>, now_ms: i64) -> NavigationRecord
     if let Some(e) = event_id {
         body["eventId"] = json!(e);
     }
-    let event = GtmEvent::parse(Crm::Responsys, body).expect("valid");
-    NavigationRecord::new(event, cid(client), Crm::Responsys, now_ms, 48)
+    let event = GtmEvent::parse(Crm::RESPONSYS, body).expect("valid");
+    NavigationRecord::new(event, cid(client), Crm::RESPONSYS, now_ms, 48)
 }
 
 fn client(id: &str, crm: Crm, active: bool, origins: &[&str]) -> ClientConfig {
@@ -52,7 +52,7 @@ async fn put_if_absent_stores_once_and_feeds_the_change_table() {
 
     let feed = store.changes_after(0, 10).await.expect("feed");
     assert_eq!(feed.len(), 1, "a duplicate must not reach the change feed");
-    assert_eq!(feed[0].crm, Crm::Responsys);
+    assert_eq!(feed[0].crm, Crm::RESPONSYS);
     assert_eq!(feed[0].record_id, r.record_id);
     let image: NavigationRecord = serde_json::from_str(&feed[0].new_image).expect("image");
     assert_eq!(image, r);
@@ -116,7 +116,7 @@ async fn client_directory() {
     store
         .upsert_client(&client(
             "shop-a",
-            Crm::Responsys,
+            Crm::RESPONSYS,
             true,
             &["https://a.example"],
         ))
@@ -125,7 +125,7 @@ async fn client_directory() {
     store
         .upsert_client(&client(
             "shop-b",
-            Crm::Responsys,
+            Crm::RESPONSYS,
             true,
             &["https://*.b.example", "https://a.example"],
         ))
@@ -134,19 +134,14 @@ async fn client_directory() {
     store
         .upsert_client(&client(
             "shop-c",
-            Crm::Responsys,
+            Crm::RESPONSYS,
             false,
             &["https://c.example"],
         ))
         .await
         .expect("upsert");
     store
-        .upsert_client(&client(
-            "shop-d",
-            Crm::Salesforce,
-            true,
-            &["https://d.example"],
-        ))
+        .upsert_client(&client("shop-d", Crm::SFMC, true, &["https://d.example"]))
         .await
         .expect("upsert");
     let a = store
@@ -156,11 +151,11 @@ async fn client_directory() {
         .expect("found");
     assert_eq!(
         a,
-        client("shop-a", Crm::Responsys, true, &["https://a.example"])
+        client("shop-a", Crm::RESPONSYS, true, &["https://a.example"])
     );
     assert_eq!(store.client(&cid("nobody")).await, Ok(None));
     assert_eq!(
-        store.origins_for(Crm::Responsys).await.expect("origins"),
+        store.origins_for(Crm::RESPONSYS).await.expect("origins"),
         vec![
             "https://*.b.example".to_string(),
             "https://a.example".to_string()
@@ -169,7 +164,7 @@ async fn client_directory() {
     );
     // An upsert replaces.
     store
-        .upsert_client(&client("shop-a", Crm::Responsys, false, &[]))
+        .upsert_client(&client("shop-a", Crm::RESPONSYS, false, &[]))
         .await
         .expect("upsert");
     assert!(

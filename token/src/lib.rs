@@ -85,7 +85,10 @@ pub fn decide(
         Decision::Fresh
     };
     if decision.refresh()
-        && crm == Crm::Salesforce
+        && crm::destination(crm)
+            .auth_policy()
+            .token()
+            .is_some_and(|p| p.reuse_tokens)
         && now_ms - t.issued_at < settings.sfmc_min_interval_ms
     {
         return Decision::RateLimited;
@@ -164,6 +167,11 @@ where
         force: bool,
         deadline: Option<Instant>,
     ) -> RefreshSummary {
+        // A destination that signs with its secret keeps no token.
+        let Some(policy) = crm::destination(self.crm).auth_policy().token() else {
+            return RefreshSummary::default();
+        };
+        let api_key_clients = policy.api_key_by_tid;
         let clients = match self.directory.clients_of(self.crm).await {
             Ok(c) => c,
             Err(e) => {
@@ -177,9 +185,9 @@ where
         let clients: Vec<ClientConfig> = clients
             .into_iter()
             .filter(|c| c.active && only.is_none_or(|o| *o == c.client_id))
-            // An RD Station client with only an API key (no credentials secret) has no
+            // A client with only an API key (RD Station; no credentials secret) has no
             // token by design: nothing to refresh, nothing to alert about.
-            .filter(|c| !(self.crm == Crm::RdStation && c.secret_name.is_none()))
+            .filter(|c| !(api_key_clients && c.secret_name.is_none()))
             .collect();
         let mut summary = RefreshSummary::default();
         for chunk in clients.chunks(self.settings.concurrency.max(1)) {
@@ -324,7 +332,7 @@ mod tests {
     fn token(issued: i64, expires: i64) -> StoredToken {
         StoredToken {
             client_id: ClientId::parse("c").expect("id"),
-            crm: Crm::Responsys,
+            crm: Crm::RESPONSYS,
             access_token: domain::Secret::new("t".into()),
             api_endpoint: "https://x".into(),
             issued_at: issued,
@@ -359,10 +367,10 @@ mod tests {
             message: "x".into(),
         };
         let cases = [
-            ("missing", Crm::Responsys, None, None, 0, Decision::Missing),
+            ("missing", Crm::RESPONSYS, None, None, 0, Decision::Missing),
             (
                 "fresh",
-                Crm::Responsys,
+                Crm::RESPONSYS,
                 Some(token(0, 2 * h)),
                 Some(&ok),
                 h / 2,
@@ -370,7 +378,7 @@ mod tests {
             ),
             (
                 "due: 25 % left",
-                Crm::Responsys,
+                Crm::RESPONSYS,
                 Some(token(0, 2 * h)),
                 None,
                 2 * h - 30 * 60_000,
@@ -378,7 +386,7 @@ mod tests {
             ),
             (
                 "not yet due",
-                Crm::Responsys,
+                Crm::RESPONSYS,
                 Some(token(0, 2 * h)),
                 None,
                 2 * h - 31 * 60_000,
@@ -386,7 +394,7 @@ mod tests {
             ),
             (
                 "expired",
-                Crm::RdStation,
+                Crm::RDSTATION,
                 Some(token(0, 24 * h)),
                 None,
                 24 * h,
@@ -394,7 +402,7 @@ mod tests {
             ),
             (
                 "due: 10 min beats 25 % of 24 h? no, 6 h",
-                Crm::RdStation,
+                Crm::RDSTATION,
                 Some(token(0, 24 * h)),
                 None,
                 18 * h,
@@ -402,7 +410,7 @@ mod tests {
             ),
             (
                 "failing",
-                Crm::Responsys,
+                Crm::RESPONSYS,
                 Some(token(0, 2 * h)),
                 Some(&failed),
                 h / 2,
@@ -410,7 +418,7 @@ mod tests {
             ),
             (
                 "sfmc due but asked 15 min ago",
-                Crm::Salesforce,
+                Crm::SFMC,
                 Some(token(0, 18 * 60_000)),
                 None,
                 15 * 60_000,
@@ -418,7 +426,7 @@ mod tests {
             ),
             (
                 "sfmc expired 20 min after the last",
-                Crm::Salesforce,
+                Crm::SFMC,
                 Some(token(0, 18 * 60_000)),
                 None,
                 20 * 60_000,

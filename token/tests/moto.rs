@@ -121,21 +121,21 @@ async fn the_scheduled_fixture_refreshes_every_due_client_and_alerts_for_bad_cre
     let login = format!("{}/responsys", env.sandbox);
     env.client(
         "client-abc",
-        Crm::Responsys,
+        Crm::RESPONSYS,
         json!({"username": "client-abc", "password": "pw", "loginUrl": login}),
         true,
     )
     .await;
     env.client(
         "client-bad",
-        Crm::Responsys,
+        Crm::RESPONSYS,
         json!({"username": "client-bad", "password": "wrong", "loginUrl": login}),
         true,
     )
     .await;
     env.client(
         "client-old",
-        Crm::Responsys,
+        Crm::RESPONSYS,
         json!({"username": "client-old", "password": "pw", "loginUrl": login}),
         false,
     )
@@ -153,7 +153,7 @@ async fn the_scheduled_fixture_refreshes_every_due_client_and_alerts_for_bad_cre
         "the schedule has no input: every client"
     );
     let summary = env
-        .handler(Crm::Responsys)
+        .handler(Crm::RESPONSYS)
         .handle(token::client_of(&event.detail).as_ref(), false, None)
         .await;
     assert_eq!(summary.refreshed, ["client-abc"]);
@@ -161,21 +161,21 @@ async fn the_scheduled_fixture_refreshes_every_due_client_and_alerts_for_bad_cre
     assert_eq!(summary.failed[0].0, "client-bad");
     let tokens = env.tokens();
     let abc = tokens
-        .get_token(&ClientId::parse("client-abc").expect("id"), Crm::Responsys)
+        .get_token(&ClientId::parse("client-abc").expect("id"), Crm::RESPONSYS)
         .await
         .expect("get")
         .expect("token");
     assert!(abc.api_endpoint.ends_with("/responsys"));
     assert!(
         tokens
-            .get_token(&ClientId::parse("client-old").expect("id"), Crm::Responsys)
+            .get_token(&ClientId::parse("client-old").expect("id"), Crm::RESPONSYS)
             .await
             .expect("get")
             .is_none(),
         "inactive clients are skipped"
     );
     let bad = tokens
-        .refresh_status(&ClientId::parse("client-bad").expect("id"), Crm::Responsys)
+        .refresh_status(&ClientId::parse("client-bad").expect("id"), Crm::RESPONSYS)
         .await
         .expect("get")
         .expect("status");
@@ -190,7 +190,7 @@ async fn the_scheduled_fixture_refreshes_every_due_client_and_alerts_for_bad_cre
     assert!(!alert.to_string().contains("wrong"), "{alert}");
 
     // A second tick: abc's token is fresh now, nothing is asked of the CRM.
-    let summary = env.handler(Crm::Responsys).handle(None, false, None).await;
+    let summary = env.handler(Crm::RESPONSYS).handle(None, false, None).await;
     assert_eq!(summary.still_valid, ["client-abc"]);
 }
 
@@ -198,19 +198,19 @@ async fn the_scheduled_fixture_refreshes_every_due_client_and_alerts_for_bad_cre
 async fn a_rotated_rd_refresh_token_is_written_back_to_the_secret() {
     let Some(env) = env().await else { return };
     let base = format!("{}/rdstation", env.sandbox);
-    env.client("shop-rd", Crm::RdStation, json!({"clientId": "shop-rd", "clientSecret": "s", "refreshToken": "rt-original", "authUrl": base, "apiUrl": base}), true).await;
-    let summary = env.handler(Crm::RdStation).handle(None, false, None).await;
+    env.client("shop-rd", Crm::RDSTATION, json!({"clientId": "shop-rd", "clientSecret": "s", "refreshToken": "rt-original", "authUrl": base, "apiUrl": base}), true).await;
+    let summary = env.handler(Crm::RDSTATION).handle(None, false, None).await;
     assert_eq!(summary.refreshed, ["shop-rd"]);
-    let first = env.secret("shop-rd", Crm::RdStation).await["refreshToken"]
+    let first = env.secret("shop-rd", Crm::RDSTATION).await["refreshToken"]
         .as_str()
         .expect("rt")
         .to_owned();
     assert_ne!(first, "rt-original");
     // The old one is dead at the CRM: only the saved one works for the next refresh.
-    let summary = env.handler(Crm::RdStation).handle(None, true, None).await;
+    let summary = env.handler(Crm::RDSTATION).handle(None, true, None).await;
     assert_eq!(summary.refreshed, ["shop-rd"], "{summary:?}");
     assert_ne!(
-        env.secret("shop-rd", Crm::RdStation).await["refreshToken"]
+        env.secret("shop-rd", Crm::RDSTATION).await["refreshToken"]
             .as_str()
             .expect("rt"),
         first
@@ -220,12 +220,12 @@ async fn a_rotated_rd_refresh_token_is_written_back_to_the_secret() {
 #[tokio::test]
 async fn an_expired_responsys_token_falls_back_to_a_password_login() {
     let Some(env) = env().await else { return };
-    env.client("shop-r", Crm::Responsys, json!({"username": "shop-r", "password": "pw", "loginUrl": format!("{}/responsys", env.sandbox)}), true).await;
+    env.client("shop-r", Crm::RESPONSYS, json!({"username": "shop-r", "password": "pw", "loginUrl": format!("{}/responsys", env.sandbox)}), true).await;
     // A stored token our clock thinks is valid but due; the CRM has expired it.
     let now = domain::Clock::now_ms(&SystemClock);
     let stale = StoredToken {
         client_id: ClientId::parse("shop-r").expect("id"),
-        crm: Crm::Responsys,
+        crm: Crm::RESPONSYS,
         access_token: Secret::new("responsys-expired-at-the-crm".into()),
         api_endpoint: format!("{}/responsys", env.sandbox),
         issued_at: now - 115 * 60_000,
@@ -233,11 +233,11 @@ async fn an_expired_responsys_token_falls_back_to_a_password_login() {
         updated_at: now - 115 * 60_000,
     };
     assert!(env.tokens().put_token_if_newer(&stale).await.expect("put"));
-    let summary = env.handler(Crm::Responsys).handle(None, false, None).await;
+    let summary = env.handler(Crm::RESPONSYS).handle(None, false, None).await;
     assert_eq!(summary.refreshed, ["shop-r"], "{summary:?}");
     let fresh = env
         .tokens()
-        .get_token(&stale.client_id, Crm::Responsys)
+        .get_token(&stale.client_id, Crm::RESPONSYS)
         .await
         .expect("get")
         .expect("token");
@@ -251,7 +251,7 @@ async fn api_key_only_rd_clients_have_no_token_to_refresh() {
     env.directory
         .put_client(&ClientConfig {
             client_id: ClientId::parse("rd-key-only").expect("id"),
-            crm: Crm::RdStation,
+            crm: Crm::RDSTATION,
             active: true,
             allowed_origins: AllowedOrigins::default(),
             target: None,
@@ -261,7 +261,7 @@ async fn api_key_only_rd_clients_have_no_token_to_refresh() {
         })
         .await
         .expect("client");
-    let summary = env.handler(Crm::RdStation).handle(None, true, None).await;
+    let summary = env.handler(Crm::RDSTATION).handle(None, true, None).await;
     assert!(summary.failed.is_empty(), "{summary:?}");
     assert!(
         summary.refreshed.is_empty() && summary.still_valid.is_empty(),

@@ -15,7 +15,7 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 /// One EMF line per CRM with what the batch did.
 fn emit_metrics(outcome: &FanoutOutcome) {
     let now = SystemClock.now_ms();
-    for crm in Crm::ALL {
+    for crm in Crm::all() {
         let get =
             |m: &std::collections::BTreeMap<Crm, u64>| m.get(&crm).copied().unwrap_or(0) as f64;
         let (routed, dead, failed) = (
@@ -62,7 +62,7 @@ async fn main() -> Result<(), Error> {
         .load()
         .await;
     let mut queues = SqsQueues::new(aws_sdk_sqs::Client::new(&config));
-    for crm in Crm::ALL {
+    for crm in Crm::all() {
         queues = queues
             .with_queue(
                 crm,

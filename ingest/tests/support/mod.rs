@@ -29,7 +29,7 @@ impl ClientDirectory for OneClient {
     async fn client(&self, id: &ClientId) -> Result<Option<ClientConfig>, StoreError> {
         Ok((id.as_str() == "shop").then(|| ClientConfig {
             client_id: id.clone(),
-            crm: Crm::Responsys,
+            crm: Crm::RESPONSYS,
             active: true,
             allowed_origins: AllowedOrigins(vec!["https://www.shop.example".into()]),
             target: None,

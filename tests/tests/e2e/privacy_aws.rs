@@ -31,14 +31,14 @@ async fn erase_on_aws_clears_table_and_queues_and_ingest_honours_the_suppression
         .as_millis() as i64;
     for (i, email) in [ANA, ANA, BIA].into_iter().enumerate() {
         let event = domain::GtmEvent::parse(
-            domain::Crm::Responsys,
+            domain::Crm::RESPONSYS,
             json!({"clientId": "shop-a", "email": email, "eventType": "lead", "eventId": format!("e{i}")}),
         )
         .expect("event");
         let record = domain::NavigationRecord::new(
             event,
             domain::ClientId::parse("shop-a").expect("id"),
-            domain::Crm::Responsys,
+            domain::Crm::RESPONSYS,
             now - i as i64,
             48,
         );
@@ -168,7 +168,7 @@ async fn erase_on_aws_clears_table_and_queues_and_ingest_honours_the_suppression
     directory
         .put_client(&domain::ClientConfig {
             client_id: domain::ClientId::parse("shop-a").expect("id"),
-            crm: domain::Crm::Responsys,
+            crm: domain::Crm::RESPONSYS,
             active: true,
             allowed_origins: domain::AllowedOrigins(vec!["https://www.shop-a.example".into()]),
             target: None,

@@ -128,10 +128,10 @@ async fn replay_on_aws_reads_the_table_and_sends_to_sqs() {
         .expect("clock")
         .as_millis() as i64;
     for (i, (client, crm, age_h)) in [
-        ("shop-a", domain::Crm::Responsys, 1),
-        ("shop-a", domain::Crm::Responsys, 2),
-        ("shop-b", domain::Crm::Salesforce, 1),
-        ("shop-a", domain::Crm::Responsys, 30),
+        ("shop-a", domain::Crm::RESPONSYS, 1),
+        ("shop-a", domain::Crm::RESPONSYS, 2),
+        ("shop-b", domain::Crm::SFMC, 1),
+        ("shop-a", domain::Crm::RESPONSYS, 30),
     ]
     .into_iter()
     .enumerate()
@@ -156,7 +156,7 @@ async fn replay_on_aws_reads_the_table_and_sends_to_sqs() {
     let mut env: Vec<(String, String)> =
         vec![("NAVIGATION_TABLE".into(), names.navigation.clone())];
     let mut queue_of = std::collections::HashMap::new();
-    for crm in domain::Crm::ALL {
+    for crm in domain::Crm::all() {
         for kind in ["QUEUE_URL", "DLQ_URL"] {
             let url = sqs
                 .create_queue()
@@ -196,7 +196,7 @@ async fn replay_on_aws_reads_the_table_and_sends_to_sqs() {
     assert_eq!(counts["routed"]["responsys"], 2);
     let got = sqs
         .receive_message()
-        .queue_url(&queue_of[&domain::Crm::Responsys])
+        .queue_url(&queue_of[&domain::Crm::RESPONSYS])
         .max_number_of_messages(10)
         .message_attribute_names("All")
         .send()

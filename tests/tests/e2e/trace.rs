@@ -201,14 +201,14 @@ async fn trace_on_aws_shows_the_record_and_its_dead_letter() {
         return;
     };
     let event = domain::GtmEvent::parse(
-        domain::Crm::Responsys,
+        domain::Crm::RESPONSYS,
         json!({"clientId": "shop-a", "email": "ana@example.com", "eventType": "lead", "eventId": "t-1"}),
     )
     .expect("event");
     let record = domain::NavigationRecord::new(
         event,
         domain::ClientId::parse("shop-a").expect("id"),
-        domain::Crm::Responsys,
+        domain::Crm::RESPONSYS,
         1_764_000_000_000,
         48,
     );
@@ -317,7 +317,7 @@ async fn status_on_aws_reports_queues_dlq_and_token_and_flags_unreadable_metrics
     aws::DynamoClientDirectory::new(ddb.clone(), &names.clients, &names.rdstation)
         .put_client(&domain::ClientConfig {
             client_id: client.clone(),
-            crm: domain::Crm::Responsys,
+            crm: domain::Crm::RESPONSYS,
             active: true,
             allowed_origins: domain::AllowedOrigins(vec!["https://www.shop-s.example".into()]),
             target: None,
@@ -332,7 +332,7 @@ async fn status_on_aws_reports_queues_dlq_and_token_and_flags_unreadable_metrics
         &aws::DynamoTokens::new(ddb.clone(), &names.tokens),
         &domain::StoredToken {
             client_id: client.clone(),
-            crm: domain::Crm::Responsys,
+            crm: domain::Crm::RESPONSYS,
             access_token: domain::Secret::new("t".into()),
             api_endpoint: "https://api.example".into(),
             issued_at: now - 7_200_000,
