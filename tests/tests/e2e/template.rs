@@ -62,11 +62,17 @@ fn role_of(t: &Value, function: &str) -> String {
         .to_owned()
 }
 
-const CRMS: [(&str, &str); 3] = [
-    ("responsys", "Responsys"),
-    ("salesforce", "Salesforce"),
-    ("rdstation", "Rdstation"),
-];
+/// Every destination of the registry: (wire name, logical-id stem, token policy). The
+/// deployment list in serverless.yml must give each of them its resources.
+fn destinations() -> Vec<(&'static str, String, Option<crm::TokenPolicy>)> {
+    domain::Crm::all()
+        .map(|c| {
+            let name = c.as_str();
+            let cap = format!("{}{}", name[..1].to_uppercase(), &name[1..]);
+            (name, cap, crm::destination(c).auth_policy().token())
+        })
+        .collect()
+}
 
 #[test]
 fn each_function_has_exactly_its_permissions_on_specific_resources() {
@@ -102,7 +108,7 @@ fn each_function_has_exactly_its_permissions_on_specific_resources() {
             ]),
         ),
     ];
-    for (crm, cap) in CRMS {
+    for (_, cap, policy) in destinations() {
         let mut deliver = vec![
             "sqs:ReceiveMessage",
             "sqs:DeleteMessage",
@@ -110,18 +116,32 @@ fn each_function_has_exactly_its_permissions_on_specific_resources() {
             "sqs:GetQueueAttributes",
             "sqs:SendMessage",
             "dynamodb:GetItem",
-            "dynamodb:PutItem",
             "secretsmanager:GetSecretValue",
             "sns:Publish",
             // Suppressions (LGPD).
             "dynamodb:Query",
         ];
-        if crm == "rdstation" {
-            // An inline refresh may rotate the RD Station refresh token, under a lease.
+        let rotating = policy.is_some_and(|p| p.rotating_refresh_token);
+        if policy.is_some() {
+            // Tokens refreshed inline are stored.
+            deliver.push("dynamodb:PutItem");
+        }
+        if rotating {
+            // An inline refresh may rotate the refresh token, under a lease.
             deliver.push("secretsmanager:PutSecretValue");
             deliver.push("dynamodb:DeleteItem");
         }
         expected.push((format!("Deliver{cap}LambdaFunction"), set(&deliver)));
+        if policy.is_none() {
+            // Signs with its secret: no token function, no schedule.
+            assert!(
+                t["Resources"]
+                    .get(format!("Token{cap}LambdaFunction"))
+                    .is_none(),
+                "{cap} keeps no token"
+            );
+            continue;
+        }
         let mut token = vec![
             "secretsmanager:GetSecretValue",
             "secretsmanager:PutSecretValue",
@@ -131,7 +151,7 @@ fn each_function_has_exactly_its_permissions_on_specific_resources() {
             "dynamodb:Scan",
             "sns:Publish",
         ];
-        if crm == "rdstation" {
+        if rotating {
             token.push("dynamodb:DeleteItem");
         }
         expected.push((format!("Token{cap}LambdaFunction"), set(&token)));
@@ -169,10 +189,10 @@ fn each_function_has_exactly_its_permissions_on_specific_resources() {
                     "ingest reads signing keys only: {resources:?}"
                 );
             } else if acts.iter().any(|a| a.starts_with("secretsmanager:")) {
-                let crm = CRMS
-                    .iter()
-                    .find(|(_, cap)| function.contains(cap))
-                    .map(|(c, _)| *c)
+                let crm = destinations()
+                    .into_iter()
+                    .find(|(_, cap, _)| function.contains(cap.as_str()))
+                    .map(|(c, _, _)| c)
                     .expect("crm");
                 assert!(
                     resources
@@ -205,7 +225,12 @@ fn event_sources_report_partial_failures_and_are_bounded() {
         .values()
         .filter(|v| v["Type"] == "AWS::Lambda::EventSourceMapping")
         .collect();
-    assert_eq!(mappings.len(), 4, "one stream, three queues");
+    let all = destinations();
+    assert_eq!(
+        mappings.len(),
+        1 + all.len(),
+        "one stream, one queue per destination"
+    );
     for m in &mappings {
         let p = &m["Properties"];
         assert_eq!(
@@ -241,7 +266,7 @@ fn event_sources_report_partial_failures_and_are_bounded() {
             assert!(p["BatchSize"].as_i64().is_some_and(|n| n >= 1));
         }
     }
-    for (_, cap) in CRMS {
+    for (_, cap, _) in &all {
         let q = &resources[&format!("{cap}Queue")]["Properties"];
         let timeout = resources[&format!("Deliver{cap}LambdaFunction")]["Properties"]["Timeout"]
             .as_i64()
@@ -260,7 +285,11 @@ fn event_sources_report_partial_failures_and_are_bounded() {
         .values()
         .filter(|v| v["Type"] == "AWS::Events::Rule")
         .collect();
-    assert_eq!(rules.len(), 3, "one schedule per CRM");
+    assert_eq!(
+        rules.len(),
+        all.iter().filter(|(_, _, p)| p.is_some()).count(),
+        "one schedule per destination that keeps tokens"
+    );
     for r in rules {
         for target in r["Properties"]["Targets"].as_array().expect("targets") {
             assert!(
@@ -312,7 +341,7 @@ fn the_front_door_bounds_abuse_before_it_reaches_a_lambda() {
     );
     // The pixel routes (GET and HEAD) and GIF answers; no access log (the pixel's query
     // holds an email).
-    for route in ["Responsys", "Salesforce", "Rdstation"] {
+    for (_, route, _) in destinations() {
         for method in ["Get", "Head"] {
             let id = format!("ApiGatewayMethod{route}P{method}");
             assert!(resources.contains_key(&id), "{id} missing");
@@ -412,4 +441,65 @@ fn stream_lag_and_fanout_failures_raise_alarms_that_name_the_way_out() {
             .as_str()
             .is_some_and(|d| d.contains("connect replay"))
     );
+}
+
+#[test]
+fn every_destination_of_the_registry_is_deployed_from_the_list() {
+    let Some(t) = template() else { return };
+    let resources = t["Resources"].as_object().expect("resources");
+    let fanout_env = &resources["FanoutLambdaFunction"]["Properties"]["Environment"]["Variables"];
+    for (name, cap, policy) in destinations() {
+        for id in [
+            format!("ApiGatewayMethod{cap}Post"),
+            format!("ApiGatewayMethod{cap}Options"),
+            format!("{cap}Queue"),
+            format!("{cap}Dlq"),
+            format!("Deliver{cap}LambdaFunction"),
+            format!("Deliver{cap}ErrorRateAlarm"),
+            format!("{cap}DlqDepthAlarm"),
+            format!("{cap}Dashboard"),
+        ] {
+            assert!(resources.contains_key(&id), "{name}: {id} missing");
+        }
+        let upper = name.to_uppercase();
+        assert_eq!(
+            fanout_env[format!("QUEUE_URL_{upper}")]["Ref"],
+            format!("{cap}Queue")
+        );
+        assert_eq!(
+            fanout_env[format!("DLQ_URL_{upper}")]["Ref"],
+            format!("{cap}Dlq")
+        );
+        let deliver_env = &resources[&format!("Deliver{cap}LambdaFunction")]["Properties"]["Environment"]
+            ["Variables"];
+        assert_eq!(deliver_env["CRM"], name);
+        let parts =
+            resources[&format!("{cap}Dashboard")]["Properties"]["DashboardBody"]["Fn::Join"][1]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+        let text: String = parts
+            .iter()
+            .map(|p| p.as_str().unwrap_or("us-east-1").to_owned())
+            .collect();
+        let body: Value = serde_json::from_str(&text).expect("dashboard body is JSON");
+        let expression = body["widgets"][0]["properties"]["metrics"][0][0]["expression"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            expression.contains(&format!("crm=\"{name}\"")),
+            "{name}: {expression}"
+        );
+        for alarm in ["ErrorRateAlarm", "ErrorsAlarm"] {
+            assert_eq!(
+                resources.contains_key(&format!("Token{cap}{alarm}")),
+                policy.is_some(),
+                "{name}: Token{cap}{alarm}"
+            );
+        }
+        let outputs = &t["Outputs"];
+        assert!(outputs[format!("{cap}QueueUrl")].is_object(), "{name}");
+        assert!(outputs[format!("{cap}DlqUrl")].is_object(), "{name}");
+    }
 }
