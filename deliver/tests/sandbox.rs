@@ -66,6 +66,10 @@ async fn env() -> Env {
             "rdstation",
             json!({"clientId": "shop-d", "clientSecret": "pw", "refreshToken": "rt-0", "authUrl": format!("{sandbox}/rdstation"), "apiUrl": format!("{sandbox}/rdstation")}),
         ),
+        (
+            "webhook",
+            json!({"signingSecret": sandbox::webhook::DEMO_SIGNING_SECRET}),
+        ),
     ];
     for (crm, value) in creds {
         domain::SecretStore::put_secret(
@@ -84,6 +88,11 @@ async fn env() -> Env {
         ),
         ("shop-s", Crm::SFMC, None),
         ("shop-d", Crm::RDSTATION, None),
+        (
+            "shop-w",
+            Crm::WEBHOOK,
+            Some(json!({"url": format!("{sandbox}/webhook/shop"), "batch_size": 2})),
+        ),
     ] {
         store
             .upsert_client(&ClientConfig {
@@ -217,6 +226,7 @@ async fn delivered_on_each_crm() {
         (Crm::RESPONSYS, "shop-r"),
         (Crm::SFMC, "shop-s"),
         (Crm::RDSTATION, "shop-d"),
+        (Crm::WEBHOOK, "shop-w"),
     ] {
         let batch = env.inbound(crm, client, 3).await;
         let outcome = env.handler(crm).handle(&batch).await;
@@ -228,7 +238,7 @@ async fn delivered_on_each_crm() {
         );
     }
     let records = env.records().await;
-    assert_eq!(records.len(), 9);
+    assert_eq!(records.len(), 12);
     for r in &records {
         assert!(
             r["email"].as_str().expect("email").starts_with('u'),
@@ -260,6 +270,7 @@ async fn permanent_rejections_go_to_the_dlq_with_their_reason() {
         (Crm::RESPONSYS, "shop-r", "MERGEFAILED"),
         (Crm::SFMC, "shop-s", "10006"),
         (Crm::RDSTATION, "shop-d", "400"),
+        (Crm::WEBHOOK, "shop-w", "http_422"),
     ] {
         env.fault(json!({"crm": crm, "mode": "reject", "rate": 1.0}))
             .await;
@@ -343,6 +354,8 @@ async fn throttles_hide_messages_for_the_crm_wait() {
         (Crm::RESPONSYS, "shop-r", 60_000),
         (Crm::SFMC, "shop-s", 5_000),
         (Crm::RDSTATION, "shop-d", 30_000),
+        // The webhook twin's Retry-After: 1.
+        (Crm::WEBHOOK, "shop-w", 1_000),
     ] {
         env.fault(json!({"crm": crm, "mode": "throttle", "rate": 1.0}))
             .await;
@@ -1029,4 +1042,112 @@ async fn messages_of_a_suppressed_email_already_in_flight_are_dropped() {
         "{records:?}"
     );
     assert!(env.dlq(Crm::SFMC).await.is_empty());
+}
+
+async fn webhook_calls(env: &Env) -> u64 {
+    let stats: Value = env
+        .http
+        .get(format!("{}/_sandbox/stats", env.sandbox))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    stats["calls"]["webhook"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_webhook_posts_signed_batches_of_its_batch_size() {
+    let env = env().await;
+    let batch = env.inbound(Crm::WEBHOOK, "shop-w", 5).await;
+    let outcome = env.handler(Crm::WEBHOOK).handle(&batch).await;
+    assert!(outcome.redeliver.is_empty(), "{outcome:?}");
+    assert_eq!(
+        outcome.counts.get(&("shop-w".to_owned(), "delivered")),
+        Some(&5)
+    );
+    // batch_size 2: 2 + 2 + 1, each call verified by the twin (it refuses bad signatures).
+    assert_eq!(webhook_calls(&env).await, 3);
+    let records = env.records().await;
+    assert_eq!(records.len(), 5);
+    for r in &records {
+        assert_eq!(r["crm"], "webhook");
+        assert_eq!(r["clientId"], "shop-w");
+        // The delivery message as on the queue.
+        assert_eq!(r["raw"]["v"], 1);
+        assert!(
+            r["raw"]["recordId"]
+                .as_str()
+                .is_some_and(|id| !id.is_empty())
+        );
+        assert_eq!(r["raw"]["event"]["eventType"], "add_to_cart");
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_refusing_the_signature_dead_letters_with_its_status() {
+    let env = env().await;
+    domain::SecretStore::put_secret(
+        &env.secrets,
+        "/connect/webhook/shop/credentials",
+        &domain::Secret::new(json!({"signingSecret": "not-the-receivers-secret"}).to_string()),
+    )
+    .await
+    .expect("secret");
+    let batch = env.inbound(Crm::WEBHOOK, "shop-w", 2).await;
+    let outcome = env.handler(Crm::WEBHOOK).handle(&batch).await;
+    assert!(outcome.redeliver.is_empty(), "{outcome:?}");
+    let dlq = env.dlq(Crm::WEBHOOK).await;
+    assert_eq!(dlq.len(), 2);
+    assert_eq!(dlq[0]["failureReason"], "rejected_by_crm");
+    assert_eq!(dlq[0]["failureStatus"], "http_401");
+    assert!(env.records().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_unavailable_webhook_is_retried_after_its_retry_after_never_dead_lettered() {
+    let env = env().await;
+    env.fault(json!({"crm": "webhook", "mode": "unavailable", "rate": 1.0}))
+        .await;
+    let batch = env.inbound(Crm::WEBHOOK, "shop-w", 3).await;
+    let outcome = env.handler(Crm::WEBHOOK).handle(&batch).await;
+    assert_eq!(outcome.redeliver.len(), 3, "{outcome:?}");
+    let hidden = env.hidden_for(Crm::WEBHOOK).await.expect("hidden");
+    assert!((0..=1_000).contains(&hidden), "Retry-After: 1 → {hidden}");
+    assert!(env.dlq(Crm::WEBHOOK).await.is_empty());
+    // Once it is back, the same messages are delivered.
+    let clear = env
+        .http
+        .delete(format!("{}/_sandbox/faults", env.sandbox))
+        .send()
+        .await
+        .expect("clear");
+    assert!(clear.status().is_success());
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let again = env.receive(Crm::WEBHOOK).await;
+    assert_eq!(again.len(), 3);
+    let outcome = env.handler(Crm::WEBHOOK).handle(&again).await;
+    assert!(outcome.redeliver.is_empty(), "{outcome:?}");
+    assert_eq!(env.records().await.len(), 3);
+}
+
+#[tokio::test]
+async fn an_unreachable_webhook_is_retried() {
+    let env = env().await;
+    // A port nothing listens on: connection refused, a transient failure.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", closed.local_addr().expect("addr"));
+    drop(closed);
+    safe_client(&env, "shop-w", Crm::WEBHOOK, Some(json!({"url": url}))).await;
+    let batch = env.inbound(Crm::WEBHOOK, "shop-w", 2).await;
+    let outcome = env.handler(Crm::WEBHOOK).handle(&batch).await;
+    assert_eq!(outcome.redeliver.len(), 2, "{outcome:?}");
+    assert_eq!(
+        outcome.counts.get(&("shop-w".to_owned(), "retried")),
+        Some(&2)
+    );
+    assert!(env.dlq(Crm::WEBHOOK).await.is_empty());
 }

@@ -290,4 +290,36 @@ async fn test_authenticates_against_the_sandbox_and_says_what_to_fix() {
         "{}",
         text(&out)
     );
+    // The webhook: a signed ping the twin verifies; with a secret the receiver does not
+    // know, the answer names the status and what to check.
+    let out = run(&["clients", "test", "demo-webhook"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("OK") && text(&out).contains("signed ping with 200"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(
+        &creds,
+        json!({"signingSecret": "a-secret-the-receiver-does-not-know"}).to_string(),
+    )
+    .expect("write");
+    let mut args = vec!["clients", "secret", "set", "demo-webhook", "--from-file"];
+    args.push(creds.to_str().expect("path"));
+    assert!(run(&args).status.success());
+    let out = run(&["clients", "test", "demo-webhook"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("401") && text(&out).contains("signing secret"),
+        "{}",
+        text(&out)
+    );
+    // A secret too short to be a signing key is refused before it is stored.
+    std::fs::write(&creds, json!({"signingSecret": "short"}).to_string()).expect("write");
+    let mut args = vec!["clients", "secret", "set", "demo-webhook", "--from-file"];
+    args.push(creds.to_str().expect("path"));
+    let out = run(&args);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("signingSecret"), "{}", text(&out));
+    assert!(!text(&out).contains("short\""), "the secret is not echoed");
 }

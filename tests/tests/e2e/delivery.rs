@@ -24,6 +24,10 @@ async fn each_route_reaches_its_sandbox_crm_within_a_second() {
             "/rdstation",
             json!({"tid": "GA4.100000000.200000000", "email": "caio@example.com.br", "eventType": "cart_abandoned", "productId": "SKU-3"}),
         ),
+        (
+            "/webhook",
+            json!({"clientId": "demo-webhook", "email": "davi@example.com", "eventType": "purchase", "productId": "SKU-4", "productPrice": 12.5}),
+        ),
     ];
     let started = Instant::now();
     for (route, body) in &posts {
@@ -39,12 +43,12 @@ async fn each_route_reaches_its_sandbox_crm_within_a_second() {
     let mut got = Vec::new();
     while started.elapsed() < Duration::from_secs(1) {
         got = records(&http, &sandbox).await;
-        if got.len() == 3 {
+        if got.len() == posts.len() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(got.len(), 3, "delivered within 1 s: {got:?}");
+    assert_eq!(got.len(), posts.len(), "delivered within 1 s: {got:?}");
     let by_crm = |crm: &str| {
         got.iter()
             .find(|r| r["crm"] == crm)
@@ -59,6 +63,12 @@ async fn each_route_reaches_its_sandbox_crm_within_a_second() {
         by_crm("rdstation")["raw"]["event_type"],
         "ECOMMERCE_CART_ABANDONED"
     );
+    // The webhook twin verified the signature; it records the delivery message itself.
+    let hook = by_crm("webhook");
+    assert_eq!(hook["clientId"], "demo-webhook");
+    assert_eq!(hook["raw"]["event"]["productId"], "SKU-4");
+    assert_eq!(hook["raw"]["event"]["productPrice"], 12.5);
+    assert_eq!(hook["raw"]["crm"], "webhook");
     let metrics = http
         .get(server.url("/metrics"))
         .send()
