@@ -484,6 +484,14 @@ mod tests {
     }
 
     #[test]
+    fn the_webhook_demo_secret_is_the_one_the_sandbox_verifies_with() {
+        assert_eq!(
+            crm::webhook::DEMO_SIGNING_SECRET,
+            sandbox::webhook::DEMO_SIGNING_SECRET
+        );
+    }
+
+    #[test]
     fn demo_identities_match_the_design() {
         let (clients, rd) = demo_identities("http://127.0.0.1:3900");
         let ids: Vec<&str> = clients.iter().map(|c| c.client_id.as_str()).collect();
