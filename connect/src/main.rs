@@ -513,7 +513,7 @@ fn main() -> std::process::ExitCode {
                 let backend_for = |crm: domain::Crm| {
                     let (queue_url, dlq_url, data) = (queue_url.clone(), dlq_url.clone(), data.clone());
                     async move {
-                        if aws { dlq::Backend::aws(crm, queue_url, dlq_url).await } else { dlq::Backend::local(&data) }
+                        if aws { dlq::open_aws(crm, queue_url, dlq_url).await } else { dlq::open_local(&data) }
                     }
                 };
                 match (crm_of(&command), command) {

@@ -175,8 +175,8 @@ pub async fn run_aws(record_id: &str, json: bool) -> anyhow::Result<()> {
         if std::env::var(aws::env::dlq_url_var(crm)).is_err() {
             continue;
         }
-        let backend = crate::dlq::Backend::aws(crm, None, None).await?;
-        if let Some(entry) = crate::dlq::dead_letter_of(&backend, crm, record_id).await? {
+        let backend = crate::dlq::open_aws(crm, None, None).await?;
+        if let Some(entry) = crate::dlq::dead_letter_of(backend.as_ref(), crm, record_id).await? {
             dead = Some(serde_json::json!({"crm": crm, "entry": entry}));
             break;
         }
