@@ -1,34 +1,24 @@
-//! `connect serve`: the whole pipeline in one process on the embedded store.
+//! `connect serve`: the whole pipeline in one process on the embedded store. This module
+//! is the wiring (configuration, store, handlers, pollers, workers, schedules, shutdown);
+//! [`http`] is the HTTP side.
+
+mod http;
 
 use crate::config::{self, FileConfig};
 use crate::metrics::Metrics;
 use crate::runtime;
 use anyhow::Context;
-use async_trait::async_trait;
-use axum::Router;
-use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
-use domain::{AlertSink, NavigationRecord, PutOutcome, RecordStore, StoreError, SystemClock};
+use domain::{AlertSink, SystemClock};
 use fanout::{FanoutHandler, FanoutSettings};
-use governor::{DefaultKeyedRateLimiter, Quota};
-use ingest::{IngestHandler, IngestRequest, IngestSettings, MAX_BODY_BYTES};
+use governor::Quota;
+use http::{App, Erasure, IpLimit, ServeStore};
+use ingest::{IngestHandler, IngestSettings};
 use local::queues::DEFAULT_MAX_RECEIVE_COUNT;
 use local::{FileSecrets, LocalQueues, SqliteStore, StoreOptions};
-use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Largest body read off the socket before answering 413 without parsing it; bodies
-/// between [`MAX_BODY_BYTES`] and this get the handler's own 413.
-pub const SHELL_BODY_LIMIT: usize = MAX_BODY_BYTES * 4;
-/// Bytes of an oversize body read and discarded before answering 413, so that a client
-/// still writing its body can read the answer; past it the connection is closed.
-pub const OVERSIZE_DRAIN_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Options of `connect serve` after CLI and file are merged.
 #[derive(Debug, Clone)]
@@ -53,111 +43,6 @@ pub struct ServeOptions {
 
 /// Default address of the in-process sandbox.
 pub const DEFAULT_SANDBOX_LISTEN: &str = "127.0.0.1:3900";
-
-/// The record store of the server: SQLite, or nothing (benchmark ceiling).
-#[derive(Debug, Clone)]
-enum ServeStore {
-    Sqlite(SqliteStore),
-    Discard,
-}
-
-#[async_trait]
-impl RecordStore for ServeStore {
-    async fn put_if_absent(&self, record: &NavigationRecord) -> Result<PutOutcome, StoreError> {
-        match self {
-            ServeStore::Sqlite(s) => s.put_if_absent(record).await,
-            ServeStore::Discard => Ok(PutOutcome::Created),
-        }
-    }
-}
-
-type Handler = IngestHandler<ServeStore, SqliteStore, SystemClock>;
-
-/// How long a `/health` answer is reused: the probe writes to the store, so it runs
-/// at most this often however often `/health` is called.
-pub const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
-/// How often the refusal counts reach the store (`connect status`).
-const REFUSALS_FLUSH_EVERY: Duration = Duration::from_secs(2);
-
-/// Writes the refusal counts of the current minute to the store.
-async fn flush_refusals(app: &App) {
-    let counts: Vec<(String, String, u64)> = match app.refusals.lock() {
-        Ok(mut m) => m.drain().map(|((c, r), n)| (c, r.to_owned(), n)).collect(),
-        Err(_) => return,
-    };
-    let now = domain::Clock::now_ms(&domain::SystemClock);
-    if let Err(e) = app
-        .store
-        .add_refusals(now - now.rem_euclid(60_000), counts)
-        .await
-    {
-        tracing::warn!(error = %e, "refusal counts could not be saved");
-    }
-}
-
-/// How often idle per-IP limiter state is dropped.
-const IP_LIMITER_RETAIN_EVERY: Duration = Duration::from_secs(60);
-
-/// The per-source-IP limit of the public listener (`[limits]`).
-struct IpLimit {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
-    per_5min: u32,
-    loopback_exempt: bool,
-    trusted_proxies: Vec<ipnet::IpNet>,
-}
-
-impl IpLimit {
-    /// The request's source: the peer, or — when the peer is a trusted proxy — the
-    /// rightmost `X-Forwarded-For` address that is not a trusted proxy.
-    fn source(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        let trusted = |ip: &IpAddr| self.trusted_proxies.iter().any(|n| n.contains(ip));
-        if !trusted(&peer) {
-            return peer;
-        }
-        let forwarded: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .collect();
-        for part in forwarded.iter().rev() {
-            match part.trim().parse::<IpAddr>() {
-                Ok(ip) if trusted(&ip) => continue,
-                Ok(ip) => return ip,
-                Err(_) => break,
-            }
-        }
-        peer
-    }
-
-    /// `Err(wait)` when `source` is over its budget.
-    fn check(&self, source: IpAddr) -> Result<(), Duration> {
-        if self.per_5min == 0 || (self.loopback_exempt && source.is_loopback()) {
-            return Ok(());
-        }
-        use governor::clock::Clock;
-        self.limiter
-            .check_key(&source)
-            .map_err(|n| n.wait_time_from(governor::clock::DefaultClock::default().now()))
-    }
-}
-
-struct App {
-    handler: Handler,
-    /// The erasure endpoint's token and what it needs.
-    erasure: Option<Erasure>,
-    store: SqliteStore,
-    metrics: Arc<Metrics>,
-    ip_limit: IpLimit,
-    body_timeout: Duration,
-    health: tokio::sync::Mutex<Option<(Instant, bool)>>,
-    /// When an event could last not be stored (ms since `started`), or -1.
-    last_write_failure_ms: std::sync::atomic::AtomicI64,
-    /// Refused requests of known clients by (client, reason), flushed to the store for
-    /// `connect status`.
-    refusals: std::sync::Mutex<std::collections::HashMap<(String, &'static str), u64>>,
-    started: Instant,
-}
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
@@ -385,33 +270,19 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local_addr = listener.local_addr()?;
-    let mut router = Router::new()
-        .route("/responsys", any(ingest_route))
-        .route("/salesforce", any(ingest_route))
-        .route("/rdstation", any(ingest_route))
-        .route("/health", get(health));
-    if app.erasure.is_some() {
-        router = router.route("/privacy/erasure", axum::routing::post(erasure_route));
-    }
-    if file
-        .server
-        .metrics_on_main
-        .unwrap_or(local_addr.ip().is_loopback())
-    {
-        router = router.route("/metrics", get(metrics_route));
-    }
-    let router = router
-        .fallback(any(ingest_route))
-        .with_state(Arc::clone(&app));
+    let router = http::router(
+        &app,
+        file.server
+            .metrics_on_main
+            .unwrap_or(local_addr.ip().is_loopback()),
+    );
     let metrics_server = match file.server.metrics_listen {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} (server.metrics_listen)"))?;
             println!("connect metrics on http://{}/metrics", l.local_addr()?);
-            let r = Router::new()
-                .route("/metrics", get(metrics_route))
-                .with_state(Arc::clone(&app));
+            let r = http::metrics_router(&app);
             Some(tokio::spawn(async move {
                 if let Err(e) = axum::serve(l, r).await {
                     tracing::error!(error = %e, "the metrics listener stopped");
@@ -420,23 +291,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let flush_app = Arc::clone(&app);
-    let refusal_flusher = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(REFUSALS_FLUSH_EVERY);
-        loop {
-            tick.tick().await;
-            flush_refusals(&flush_app).await;
-        }
-    });
-    let retain_app = Arc::clone(&app);
-    let ip_retainer = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(IP_LIMITER_RETAIN_EVERY);
-        loop {
-            tick.tick().await;
-            retain_app.ip_limit.limiter.retain_recent();
-            retain_app.ip_limit.limiter.shrink_to_fit();
-        }
-    });
+    let (refusal_flusher, ip_retainer) = http::spawn_housekeeping(&app);
 
     // Delivery workers, per CRM.
     let http = crm::CrmHttp::new(&crm::HttpSettings::default()).context("CRM HTTP client")?;
@@ -471,18 +326,21 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             SystemClock,
             http.clone(),
         ));
-        workers.push(tokio::spawn(runtime::tokens::run(
-            token::TokenHandler::new(
-                crm,
-                store.clone(),
-                Arc::clone(&manager),
-                Arc::clone(&alerts),
-                SystemClock,
-                token::TokenSettings::default(),
-            ),
-            token_check,
-            stop_tx.subscribe(),
-        )));
+        // Destinations that sign with their secret keep no token: no schedule.
+        if crm::destination(crm).auth_policy().token().is_some() {
+            workers.push(tokio::spawn(runtime::tokens::run(
+                token::TokenHandler::new(
+                    crm,
+                    store.clone(),
+                    Arc::clone(&manager),
+                    Arc::clone(&alerts),
+                    SystemClock,
+                    token::TokenSettings::default(),
+                ),
+                token_check,
+                stop_tx.subscribe(),
+            )));
+        }
         let handler = Arc::new(
             deliver::DeliverHandler::new(
                 crm,
@@ -543,7 +401,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     .await;
     ip_retainer.abort();
     refusal_flusher.abort();
-    flush_refusals(&app).await;
+    http::flush_refusals(&app).await;
     if let Some(m) = metrics_server {
         m.abort();
     }
@@ -563,79 +421,6 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     store.shutdown().await;
     tracing::info!("stopped cleanly");
     Ok(())
-}
-
-/// `POST /privacy/erasure`.
-struct Erasure {
-    token: domain::Secret<String>,
-    keyer: domain::privacy::EmailKeyer,
-    /// The process's suppression cache, forgotten after an erasure.
-    privacy: domain::privacy::Privacy,
-}
-
-/// `POST /privacy/erasure` `{"email": …, "clientId": …?}` with `Authorization: Bearer
-/// TOKEN`: the same erasure as `connect privacy erase`, audited with actor `api`. 401
-/// without the token; the route does not exist when no token is configured.
-async fn erasure_route(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    let Some(erasure) = &app.erasure else {
-        return json_response(404, r#"{"error":"not_found"}"#.to_owned());
-    };
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(given.as_bytes(), erasure.token.expose().as_bytes()) {
-        return json_response(
-            401,
-            serde_json::json!({"error": "unauthorized", "message": "send Authorization: Bearer <privacy.operator_token>"}).to_string(),
-        );
-    }
-    let Some(bytes) = read_body(body).await else {
-        return json_response(413, r#"{"error":"payload_too_large"}"#.to_owned());
-    };
-    let request: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    let email = match request["email"].as_str().map(domain::Email::parse) {
-        Some(Ok(e)) => e,
-        _ => {
-            return json_response(
-                400,
-                serde_json::json!({"error": "invalid_request", "details": [{"field": "email", "rule": "required", "message": "a valid email is required"}]}).to_string(),
-            );
-        }
-    };
-    let client = match request["clientId"].as_str().map(domain::ClientId::parse) {
-        None => None,
-        Some(Ok(c)) => Some(c),
-        Some(Err(e)) => {
-            return json_response(
-                400,
-                serde_json::json!({"error": "invalid_request", "details": [{"field": "clientId", "rule": e.rule, "message": e.message}]}).to_string(),
-            );
-        }
-    };
-    match crate::privacy::erase_local(&app.store, &erasure.keyer, &email, client.as_ref(), "api")
-        .await
-    {
-        Ok(report) => {
-            erasure.privacy.invalidate();
-            json_response(200, serde_json::to_string(&report).unwrap_or_default())
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "erasure failed");
-            let mut r = json_response(
-                503,
-                serde_json::json!({"error": "unavailable", "message": "the erasure could not be completed; retry"}).to_string(),
-            );
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
-            r
-        }
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// What to try next, for someone who just ran `connect serve --demo`.
@@ -736,171 +521,4 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-}
-
-fn json_response(status: u16, body: String) -> Response {
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-async fn ingest_route(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let started = Instant::now();
-    let source = app.ip_limit.source(peer.ip(), &headers);
-    if method != Method::OPTIONS
-        && let Err(wait) = app.ip_limit.check(source)
-    {
-        app.metrics.refused("ip_rate_limited");
-        let mut r = json_response(
-            429,
-            serde_json::json!({"error": "ip_rate_limited", "message": format!("more than {} requests in 5 minutes from this address; retry later", app.ip_limit.per_5min)}).to_string(),
-        );
-        if let Ok(v) = HeaderValue::from_str(&wait.as_secs_f64().ceil().max(1.0).to_string()) {
-            r.headers_mut().insert("retry-after", v);
-        }
-        return r;
-    }
-    let bytes = match tokio::time::timeout(app.body_timeout, read_body(body)).await {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => {
-            return json_response(
-                413,
-                serde_json::json!({"error": "payload_too_large", "message": format!("the body is larger than {MAX_BODY_BYTES} bytes")}).to_string(),
-            );
-        }
-        Err(_) => {
-            return json_response(
-                408,
-                serde_json::json!({"error": "request_timeout", "message": "the body did not arrive in time"}).to_string(),
-            );
-        }
-    };
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 128)
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    let source_ip = source.to_string();
-    let response = app
-        .handler
-        .handle(IngestRequest {
-            method: method.as_str(),
-            path: uri.path(),
-            headers: &headers,
-            body: &bytes,
-            query: uri.query(),
-            source_ip: Some(&source_ip),
-            request_id: &request_id,
-        })
-        .await;
-    app.metrics
-        .observe(&response, started.elapsed().as_secs_f64());
-    if let (ingest::Outcome::Refused(reason) | ingest::Outcome::Discarded(reason), Some(client)) =
-        (response.outcome, &response.client_id)
-        && let Ok(mut counts) = app.refusals.lock()
-    {
-        *counts.entry((client.clone(), reason)).or_default() += 1;
-    }
-    if response.outcome == ingest::Outcome::Unavailable {
-        let at = i64::try_from(app.started.elapsed().as_millis()).unwrap_or(i64::MAX);
-        app.last_write_failure_ms
-            .store(at, std::sync::atomic::Ordering::Relaxed);
-    }
-    let mut out = Response::new(if response.pixel {
-        Body::from(&ingest::PIXEL_GIF[..])
-    } else {
-        Body::from(response.body)
-    });
-    *out.status_mut() =
-        StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    for (name, value) in response.headers {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            out.headers_mut()
-                .append(HeaderName::from_static(name), value);
-        }
-    }
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        out.headers_mut().insert("x-request-id", value);
-    }
-    out
-}
-
-/// Reads a body of at most [`SHELL_BODY_LIMIT`] bytes. A larger one is drained (up to
-/// [`OVERSIZE_DRAIN_LIMIT`]) and `None` returned. A body that fails mid-way reads as what
-/// arrived, which the handler then rejects as malformed.
-async fn read_body(body: Body) -> Option<bytes::Bytes> {
-    use futures_util::StreamExt;
-    let mut stream = body.into_data_stream();
-    let mut buf = bytes::BytesMut::new();
-    let mut total = 0usize;
-    while let Some(chunk) = stream.next().await {
-        let Ok(chunk) = chunk else { break };
-        total += chunk.len();
-        if total > OVERSIZE_DRAIN_LIMIT {
-            return None;
-        }
-        if total <= SHELL_BODY_LIMIT {
-            buf.extend_from_slice(&chunk);
-        }
-    }
-    (total <= SHELL_BODY_LIMIT).then(|| buf.freeze())
-}
-
-/// 200 while the store takes writes: 503 when an event could not be stored within the
-/// last [`HEALTH_PROBE_INTERVAL`], or when the write probe fails. The probe runs at most
-/// once per interval; calls in between reuse its answer.
-async fn health(State(app): State<Arc<App>>) -> Response {
-    let failed_at = app
-        .last_write_failure_ms
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let now = i64::try_from(app.started.elapsed().as_millis()).unwrap_or(i64::MAX);
-    let recent_failure = failed_at >= 0
-        && now - failed_at < i64::try_from(HEALTH_PROBE_INTERVAL.as_millis()).unwrap_or(2000);
-    let healthy = !recent_failure && {
-        let mut last = app.health.lock().await;
-        match *last {
-            Some((at, ok)) if at.elapsed() < HEALTH_PROBE_INTERVAL => ok,
-            _ => {
-                let ok = match app.store.health().await {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::error!(error = %e, "health check failed");
-                        false
-                    }
-                };
-                *last = Some((Instant::now(), ok));
-                ok
-            }
-        }
-    };
-    if healthy {
-        json_response(200, r#"{"status":"ok"}"#.to_owned())
-    } else {
-        json_response(
-            503,
-            serde_json::json!({"status": "unavailable", "message": "the store is not writable"})
-                .to_string(),
-        )
-    }
-}
-
-async fn metrics_route(State(app): State<Arc<App>>) -> impl IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.metrics.render(),
-    )
 }
