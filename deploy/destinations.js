@@ -158,7 +158,7 @@ const countAlarm = (description, namespace, metric, dimension, statistic) => ({
 // One dashboard per destination: the deliver metrics (EMF, namespace Connect) by client.
 function dashboard(d, stage) {
   const metrics = [
-    ['Delivered', 'Sum'], ['Retried', 'Sum'], ['Throttled', 'Sum'], ['DeadLettered', 'Sum'], ['DeliveryLatencyMs', 'p99'],
+    ['Delivered', 'Sum'], ['Retried', 'Sum'], ['Throttled', 'Sum'], ['DeadLettered', 'Sum'], ['DeliveryLatency', 'p99'],
   ];
   const widgets = metrics.map(([metric, stat], i) => ({
     type: 'metric', x: (i % 3) * 8, y: Math.floor(i / 3) * 6, width: 8, height: 6,

@@ -1,96 +1,18 @@
-//! Prometheus metrics of `connect serve` (same names as the Lambda EMF metrics).
+//! Prometheus metrics of `connect serve`: the metrics of `domain::metrics` (the one
+//! vocabulary the Lambdas' EMF lines use too), named `connect_` + the metric in snake
+//! case, with the same labels.
 
+use domain::metrics::{self as m, Kind, Metric};
 use domain::{ChangeRecord, Image};
 use fanout::FanoutOutcome;
 use ingest::{IngestResponse, Outcome};
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Labels of request counters.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    /// `responsys`, `salesforce`, `rdstation` or `other`.
-    pub route: String,
-    /// HTTP status.
-    pub status: u16,
-}
-
-/// Labels by CRM.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CrmLabels {
-    /// CRM.
-    pub crm: String,
-}
-
-/// Labels by skip reason.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    /// Why.
-    pub reason: String,
-}
-
-/// Labels by CRM and client.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClientLabels {
-    /// CRM.
-    pub crm: String,
-    /// Client.
-    pub client: String,
-}
-
-/// Labels by route.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    /// Route.
-    pub route: String,
-}
-
-/// All metrics and their registry.
-#[derive(Debug)]
-pub struct Metrics {
-    registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    latency: Family<RouteLabels, Histogram>,
-    stored: Family<CrmLabels, Counter>,
-    duplicates: Family<CrmLabels, Counter>,
-    routed: Family<CrmLabels, Counter>,
-    fanout_dead_lettered: Family<CrmLabels, Counter>,
-    fanout_failed: Family<CrmLabels, Counter>,
-    skipped: Family<ReasonLabels, Counter>,
-    fanout_lag: Histogram,
-    delivery: Family<ClientLabels, Counter>,
-    retried: Family<ClientLabels, Counter>,
-    throttled: Family<ClientLabels, Counter>,
-    dead_lettered: Family<ClientLabels, Counter>,
-    delivery_latency: Family<CrmLabels, Histogram>,
-    token_refreshes: Family<CrmLabels, Counter>,
-    refused: Family<ReasonLabels, Counter>,
-    fields_dropped: Family<FieldLabels, Counter>,
-    delivery_skipped: Family<ClientReasonLabels, Counter>,
-}
-
-/// Labels by event field and reason.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FieldLabels {
-    /// The field's name.
-    pub field: String,
-    /// Why it was dropped (`foreign_host`).
-    pub reason: String,
-}
-
-/// Labels by CRM, client and reason.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClientReasonLabels {
-    /// CRM.
-    pub crm: String,
-    /// Client.
-    pub client: String,
-    /// Why.
-    pub reason: String,
-}
+/// Label pairs, in the catalogue's order.
+type Labels = Vec<(&'static str, String)>;
 
 fn delivery_histogram() -> Histogram {
     // 1 ms … ~65 s.
@@ -102,141 +24,109 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
+/// A counter family of one catalogue metric.
+#[derive(Debug, Clone)]
+struct Counts {
+    metric: &'static Metric,
+    family: Family<Labels, Counter>,
+}
+
+impl Counts {
+    fn add(&self, values: &[&str], n: u64) {
+        self.family
+            .get_or_create(&labels(self.metric, values))
+            .inc_by(n);
+    }
+}
+
+/// A histogram family of one catalogue metric (seconds).
+#[derive(Debug, Clone)]
+struct Durations {
+    metric: &'static Metric,
+    family: Family<Labels, Histogram>,
+}
+
+impl Durations {
+    fn observe(&self, values: &[&str], seconds: f64) {
+        self.family
+            .get_or_create(&labels(self.metric, values))
+            .observe(seconds);
+    }
+}
+
+fn labels(metric: &Metric, values: &[&str]) -> Labels {
+    metric
+        .dimensions(values)
+        .into_iter()
+        .map(|(k, v)| (k, v.to_owned()))
+        .collect()
+}
+
+/// All metrics and their registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Counts,
+    latency: Durations,
+    accepted: Counts,
+    duplicates: Counts,
+    refused: Counts,
+    fields_dropped: Counts,
+    routed: Counts,
+    fanout_dead_lettered: Counts,
+    fanout_failed: Counts,
+    skipped: Counts,
+    fanout_lag: Durations,
+    delivered: Counts,
+    retried: Counts,
+    throttled: Counts,
+    dead_lettered: Counts,
+    delivery_skipped: Counts,
+    delivery_latency: Durations,
+    token_refreshes: Counts,
+}
+
+fn counts(registry: &mut Registry, metric: &'static Metric) -> Counts {
+    debug_assert_eq!(metric.kind, Kind::Count);
+    let family = Family::<Labels, Counter>::default();
+    registry.register(metric.prometheus_name(), metric.help, family.clone());
+    Counts { metric, family }
+}
+
+fn durations(
+    registry: &mut Registry,
+    metric: &'static Metric,
+    buckets: fn() -> Histogram,
+) -> Durations {
+    debug_assert_eq!(metric.kind, Kind::Duration);
+    let family = Family::<Labels, Histogram>::new_with_constructor(buckets);
+    registry.register(metric.prometheus_name(), metric.help, family.clone());
+    Durations { metric, family }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("connect");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
-        let stored = Family::<CrmLabels, Counter>::default();
-        let duplicates = Family::<CrmLabels, Counter>::default();
-        registry.register(
-            "ingest_requests",
-            "Ingest HTTP requests by route and status",
-            requests.clone(),
-        );
-        registry.register(
-            "ingest_latency_seconds",
-            "Ingest request latency, from request read to response",
-            latency.clone(),
-        );
-        registry.register(
-            "records_stored",
-            "Navigation records stored",
-            stored.clone(),
-        );
-        registry.register(
-            "records_duplicate",
-            "Events not stored again because their eventId was seen",
-            duplicates.clone(),
-        );
-        let routed = Family::<CrmLabels, Counter>::default();
-        let fanout_dead_lettered = Family::<CrmLabels, Counter>::default();
-        let fanout_failed = Family::<CrmLabels, Counter>::default();
-        let skipped = Family::<ReasonLabels, Counter>::default();
-        let fanout_lag = latency_histogram();
-        registry.register(
-            "routed",
-            "Records handed on to their CRM's delivery queue (EMF: Routed)",
-            routed.clone(),
-        );
-        registry.register(
-            "fanout_dead_lettered",
-            "Records put on their CRM's DLQ by the fanout: too large, malformed, refused (EMF: FanoutDeadLettered)",
-            fanout_dead_lettered.clone(),
-        );
-        registry.register(
-            "fanout_failed",
-            "Records the fanout could not hand on this time; they are given again (EMF: FanoutFailed)",
-            fanout_failed.clone(),
-        );
-        registry.register(
-            "skipped",
-            "Changes the fanout skipped, by reason (EMF: Skipped)",
-            skipped.clone(),
-        );
-        registry.register(
-            "fanout_lag_seconds",
-            "From a record's receipt to its message on the delivery queue",
-            fanout_lag.clone(),
-        );
-        let delivery = Family::<ClientLabels, Counter>::default();
-        let retried = Family::<ClientLabels, Counter>::default();
-        let throttled = Family::<ClientLabels, Counter>::default();
-        let dead_lettered = Family::<ClientLabels, Counter>::default();
-        let delivery_latency = Family::<CrmLabels, Histogram>::new_with_constructor(
-            delivery_histogram as fn() -> Histogram,
-        );
-        let token_refreshes = Family::<CrmLabels, Counter>::default();
-        registry.register(
-            "delivered",
-            "Messages delivered to their CRM (EMF: Delivered)",
-            delivery.clone(),
-        );
-        registry.register(
-            "retried",
-            "Messages left for a later retry (EMF: Retried)",
-            retried.clone(),
-        );
-        registry.register(
-            "throttled",
-            "Messages held back by a CRM throttle (EMF: Throttled)",
-            throttled.clone(),
-        );
-        registry.register(
-            "dead_lettered",
-            "Messages sent to the DLQ (EMF: DeadLettered)",
-            dead_lettered.clone(),
-        );
-        registry.register(
-            "delivery_latency_seconds",
-            "From receipt to delivery (EMF: DeliveryLatencyMs)",
-            delivery_latency.clone(),
-        );
-        registry.register(
-            "token_refreshes_forced",
-            "Token refreshes forced by a rejected token",
-            token_refreshes.clone(),
-        );
-        let refused = Family::<ReasonLabels, Counter>::default();
-        let fields_dropped = Family::<FieldLabels, Counter>::default();
-        let delivery_skipped = Family::<ClientReasonLabels, Counter>::default();
-        registry.register(
-            "ingest_refused",
-            "Requests refused or discarded by the front door, by reason: origin_not_allowed, origin_required, signature_invalid, signature_expired, rate_limited, email_rate_limited, ip_rate_limited, bot (EMF: IngestRefused)",
-            refused.clone(),
-        );
-        registry.register(
-            "ingest_fields_dropped",
-            "URL fields dropped from stored events because their host is not the client's (EMF: FieldsDropped)",
-            fields_dropped.clone(),
-        );
-        registry.register(
-            "delivery_skipped",
-            "Messages acknowledged without a CRM write, by reason: skipped_unknown_contact (update-only miss), skipped_event_type, skipped_update_only_unsupported, skipped_suppressed (erased email) (EMF: DeliverySkipped)",
-            delivery_skipped.clone(),
-        );
+        let mut r = Registry::with_prefix("connect");
         Metrics {
-            refused,
-            fields_dropped,
-            delivery_skipped,
-            delivery,
-            retried,
-            throttled,
-            dead_lettered,
-            delivery_latency,
-            token_refreshes,
-            registry,
-            requests,
-            latency,
-            stored,
-            duplicates,
-            routed,
-            fanout_dead_lettered,
-            fanout_failed,
-            skipped,
-            fanout_lag,
+            requests: counts(&mut r, &m::INGEST_REQUESTS),
+            latency: durations(&mut r, &m::INGEST_LATENCY, latency_histogram),
+            accepted: counts(&mut r, &m::ACCEPTED),
+            duplicates: counts(&mut r, &m::DUPLICATES),
+            refused: counts(&mut r, &m::INGEST_REFUSED),
+            fields_dropped: counts(&mut r, &m::FIELDS_DROPPED),
+            routed: counts(&mut r, &m::ROUTED),
+            fanout_dead_lettered: counts(&mut r, &m::FANOUT_DEAD_LETTERED),
+            fanout_failed: counts(&mut r, &m::FANOUT_FAILED),
+            skipped: counts(&mut r, &m::SKIPPED),
+            fanout_lag: durations(&mut r, &m::FANOUT_LAG, latency_histogram),
+            delivered: counts(&mut r, &m::DELIVERED),
+            retried: counts(&mut r, &m::RETRIED),
+            throttled: counts(&mut r, &m::THROTTLED),
+            dead_lettered: counts(&mut r, &m::DEAD_LETTERED),
+            delivery_skipped: counts(&mut r, &m::DELIVERY_SKIPPED),
+            delivery_latency: durations(&mut r, &m::DELIVERY_LATENCY, delivery_histogram),
+            token_refreshes: counts(&mut r, &m::TOKEN_REFRESHES_FORCED),
+            registry: r,
         }
     }
 }
@@ -244,70 +134,38 @@ impl Default for Metrics {
 impl Metrics {
     /// Records one ingest answer.
     pub fn observe(&self, response: &IngestResponse, seconds: f64) {
-        let route = response.crm.map_or("other", |c| c.as_str()).to_owned();
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                status: response.status,
-            })
-            .inc();
-        self.latency
-            .get_or_create(&RouteLabels {
-                route: route.clone(),
-            })
-            .observe(seconds);
+        let route = response.crm.map_or("other", |c| c.as_str());
+        let client = response.client_id.as_deref().unwrap_or("-");
+        self.requests.add(&[route, &response.status.to_string()], 1);
+        self.latency.observe(&[route], seconds);
         match response.outcome {
-            Outcome::Stored => {
-                self.stored.get_or_create(&CrmLabels { crm: route }).inc();
-            }
-            Outcome::Duplicate => {
-                self.duplicates
-                    .get_or_create(&CrmLabels { crm: route })
-                    .inc();
-            }
+            Outcome::Stored => self.accepted.add(&[route, client], 1),
+            Outcome::Duplicate => self.duplicates.add(&[route, client], 1),
             Outcome::Refused(reason) | Outcome::Discarded(reason) => self.refused(reason),
             _ => {}
         }
         for field in &response.dropped_fields {
-            self.fields_dropped
-                .get_or_create(&FieldLabels {
-                    field: (*field).to_owned(),
-                    reason: "foreign_host".to_owned(),
-                })
-                .inc();
+            self.fields_dropped.add(&[field, "foreign_host"], 1);
         }
     }
 
     /// Counts one request refused by the front door.
     pub fn refused(&self, reason: &str) {
-        self.refused
-            .get_or_create(&ReasonLabels {
-                reason: reason.to_owned(),
-            })
-            .inc();
+        self.refused.add(&[reason], 1);
     }
 
     /// Records what one fanout batch did; `now_ms` is when its sends returned.
     pub fn observe_fanout(&self, outcome: &FanoutOutcome, records: &[ChangeRecord], now_ms: i64) {
-        let by_crm = |family: &Family<CrmLabels, Counter>,
-                      counts: &std::collections::BTreeMap<domain::Crm, u64>| {
+        let by_crm = |c: &Counts, counts: &std::collections::BTreeMap<domain::Crm, u64>| {
             for (crm, n) in counts {
-                family
-                    .get_or_create(&CrmLabels {
-                        crm: crm.as_str().to_owned(),
-                    })
-                    .inc_by(*n);
+                c.add(&[crm.as_str()], *n);
             }
         };
         by_crm(&self.routed, &outcome.routed);
         by_crm(&self.fanout_dead_lettered, &outcome.dead_lettered);
         by_crm(&self.fanout_failed, &outcome.failed);
         for (reason, n) in &outcome.skipped {
-            self.skipped
-                .get_or_create(&ReasonLabels {
-                    reason: reason.as_str().to_owned(),
-                })
-                .inc_by(*n);
+            self.skipped.add(&[reason.as_str()], *n);
         }
         let failed_from = outcome.first_failure.as_deref();
         for record in records {
@@ -316,50 +174,62 @@ impl Metrics {
             }
             if let Image::Record(r) = &record.image {
                 let lag_ms = (now_ms - r.timestamp).max(0);
-                self.fanout_lag.observe(lag_ms as f64 / 1000.0);
+                self.fanout_lag.observe(&[], lag_ms as f64 / 1000.0);
             }
         }
     }
 
     /// Records what one delivery batch did.
     pub fn observe_delivery(&self, crm: domain::Crm, outcome: &deliver::DeliverOutcome) {
+        let crm = crm.as_str();
         for ((client, kind), n) in &outcome.counts {
             if kind.starts_with("skipped_") {
-                self.delivery_skipped
-                    .get_or_create(&ClientReasonLabels {
-                        crm: crm.as_str().to_owned(),
-                        client: client.clone(),
-                        reason: (*kind).to_owned(),
-                    })
-                    .inc_by(*n);
+                self.delivery_skipped.add(&[crm, client, kind], *n);
                 continue;
             }
             let family = match *kind {
-                "delivered" => &self.delivery,
+                "delivered" => &self.delivered,
                 "retried" => &self.retried,
                 "throttled" => &self.throttled,
                 _ => &self.dead_lettered,
             };
-            family
-                .get_or_create(&ClientLabels {
-                    crm: crm.as_str().to_owned(),
-                    client: client.clone(),
-                })
-                .inc_by(*n);
+            family.add(&[crm, client], *n);
         }
-        let labels = CrmLabels {
-            crm: crm.as_str().to_owned(),
-        };
-        for (_, ms) in &outcome.latencies_ms {
+        for (client, ms) in &outcome.latencies_ms {
             self.delivery_latency
-                .get_or_create(&labels)
-                .observe(*ms as f64 / 1000.0);
+                .observe(&[crm, client], *ms as f64 / 1000.0);
         }
         if outcome.token_refreshes > 0 {
-            self.token_refreshes
-                .get_or_create(&labels)
-                .inc_by(outcome.token_refreshes);
+            self.token_refreshes.add(&[crm], outcome.token_refreshes);
         }
+    }
+
+    /// The catalogue metrics this registry exposes.
+    #[cfg(test)]
+    fn exposed(&self) -> Vec<&'static Metric> {
+        let counts = [
+            &self.requests,
+            &self.accepted,
+            &self.duplicates,
+            &self.refused,
+            &self.fields_dropped,
+            &self.routed,
+            &self.fanout_dead_lettered,
+            &self.fanout_failed,
+            &self.skipped,
+            &self.delivered,
+            &self.retried,
+            &self.throttled,
+            &self.dead_lettered,
+            &self.delivery_skipped,
+            &self.token_refreshes,
+        ];
+        let durations = [&self.latency, &self.fanout_lag, &self.delivery_latency];
+        counts
+            .iter()
+            .map(|c| c.metric)
+            .chain(durations.iter().map(|d| d.metric))
+            .collect()
     }
 
     /// The OpenMetrics text exposition.
@@ -369,5 +239,32 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_catalogue_metric_is_exposed_under_its_one_name() {
+        let metrics = Metrics::default();
+        let mut exposed: Vec<&str> = metrics.exposed().iter().map(|m| m.name).collect();
+        let mut catalogue: Vec<&str> = m::CATALOGUE.iter().map(|m| m.name).collect();
+        exposed.sort_unstable();
+        catalogue.sort_unstable();
+        assert_eq!(exposed, catalogue);
+        for c in [&metrics.delivered, &metrics.accepted] {
+            c.add(&["webhook", "shop"], 2);
+        }
+        metrics.delivery_latency.observe(&["webhook", "shop"], 0.01);
+        let text = metrics.render();
+        for line in [
+            r#"connect_delivered_total{crm="webhook",clientId="shop"} 2"#,
+            r#"connect_accepted_total{crm="webhook",clientId="shop"} 2"#,
+            r#"connect_delivery_latency_seconds_count{crm="webhook",clientId="shop"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
     }
 }

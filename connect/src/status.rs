@@ -170,11 +170,11 @@ const REFUSAL_REASONS: [&str; 10] = [
 ];
 /// Delivery metrics of the deliver Lambdas (dimensions crm + clientId).
 const DELIVERY_METRICS: [&str; 5] = [
-    "Accepted",
-    "Delivered",
-    "Retried",
-    "Throttled",
-    "DeadLettered",
+    domain::metrics::ACCEPTED.name,
+    domain::metrics::DELIVERED.name,
+    domain::metrics::RETRIED.name,
+    domain::metrics::THROTTLED.name,
+    domain::metrics::DEAD_LETTERED.name,
 ];
 /// Most queries in one GetMetricData call.
 const MAX_QUERIES: usize = 500;
@@ -263,7 +263,7 @@ pub async fn run_aws(only: Option<&str>, since_ms: i64, json: bool) -> anyhow::R
                 DELIVERY_METRICS.len() + j,
                 format!("refused:{reason}"),
                 metric(
-                    "IngestRefused",
+                    domain::metrics::INGEST_REFUSED.name,
                     vec![
                         ("clientId", c.client_id.to_string()),
                         ("reason", (*reason).to_owned()),
@@ -349,10 +349,10 @@ pub async fn run_aws(only: Option<&str>, since_ms: i64, json: bool) -> anyhow::R
     let mut rows = Vec::new();
     for c in &clients {
         let id = c.client_id.to_string();
-        let (accepted, last) = get(&id, "Accepted");
-        let delivered = get(&id, "Delivered").0;
-        let retried = get(&id, "Retried").0 + get(&id, "Throttled").0;
-        let dead = get(&id, "DeadLettered").0;
+        let (accepted, last) = get(&id, DELIVERY_METRICS[0]);
+        let delivered = get(&id, DELIVERY_METRICS[1]).0;
+        let retried = get(&id, DELIVERY_METRICS[2]).0 + get(&id, DELIVERY_METRICS[3]).0;
+        let dead = get(&id, DELIVERY_METRICS[4]).0;
         let refused: BTreeMap<&str, u64> = REFUSAL_REASONS
             .iter()
             .map(|r| (*r, get(&id, &format!("refused:{r}")).0 as u64))

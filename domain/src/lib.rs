@@ -20,6 +20,7 @@ pub mod crm;
 pub mod delivery;
 pub mod emf;
 pub mod event;
+pub mod metrics;
 pub mod ports;
 pub mod privacy;
 pub mod record;

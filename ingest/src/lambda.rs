@@ -77,54 +77,46 @@ pub async fn handle_apigw<S: RecordStore, D: ClientDirectory + 'static, C: Clock
     to_apigw(response.status, response.headers, response.body)
 }
 
-/// EMF lines (namespace Connect) for what the front door refused or trimmed:
-/// `IngestRefused` by `reason` (origin, signature, rate limits, bots) and
-/// `FieldsDropped` by `field` (URLs on a host that is not the client's). The same names
-/// as the Prometheus metrics of `connect serve`.
+/// EMF lines (namespace Connect) of `domain::metrics`: `IngestRefused` by `reason`
+/// (origin, signature, rate limits, bots; also per `clientId` when the client is known,
+/// for `connect status --aws`), `Accepted` and `Duplicates` by `crm` and `clientId`,
+/// `FieldsDropped` by `field` (URLs on a host that is not the client's).
 fn emit_metrics(response: &crate::IngestResponse) {
     use crate::Outcome;
+    use domain::metrics as m;
     let now = domain::Clock::now_ms(&domain::SystemClock);
-    if let Outcome::Refused(reason) | Outcome::Discarded(reason) = response.outcome {
-        println!(
-            "{}",
-            domain::emf::line(
-                now,
-                &[("reason", reason)],
-                &[("IngestRefused", 1.0, "Count")]
-            )
-        );
-        // Per client too, when it is known (`connect status --aws`).
-        if let Some(client) = &response.client_id {
+    match (response.outcome, response.crm, &response.client_id) {
+        (Outcome::Refused(reason) | Outcome::Discarded(reason), _, client) => {
+            println!("{}", m::INGEST_REFUSED.emf_line(now, &[reason], 1.0));
+            if let Some(client) = client {
+                println!(
+                    "{}",
+                    domain::emf::line(
+                        now,
+                        &[("clientId", client), ("reason", reason)],
+                        &[(m::INGEST_REFUSED.name, 1.0, m::INGEST_REFUSED.emf_unit())]
+                    )
+                );
+            }
+        }
+        (Outcome::Stored, Some(crm), Some(client)) => {
             println!(
                 "{}",
-                domain::emf::line(
-                    now,
-                    &[("clientId", client), ("reason", reason)],
-                    &[("IngestRefused", 1.0, "Count")]
-                )
+                m::ACCEPTED.emf_line(now, &[crm.as_str(), client], 1.0)
             );
         }
-    }
-    if let (Outcome::Stored, Some(crm), Some(client)) =
-        (response.outcome, response.crm, &response.client_id)
-    {
-        println!(
-            "{}",
-            domain::emf::line(
-                now,
-                &[("crm", crm.as_str()), ("clientId", client)],
-                &[("Accepted", 1.0, "Count")]
-            )
-        );
+        (Outcome::Duplicate, Some(crm), Some(client)) => {
+            println!(
+                "{}",
+                m::DUPLICATES.emf_line(now, &[crm.as_str(), client], 1.0)
+            );
+        }
+        _ => {}
     }
     for field in &response.dropped_fields {
         println!(
             "{}",
-            domain::emf::line(
-                now,
-                &[("field", field), ("reason", "foreign_host")],
-                &[("FieldsDropped", 1.0, "Count")]
-            )
+            m::FIELDS_DROPPED.emf_line(now, &[field, "foreign_host"], 1.0)
         );
     }
 }

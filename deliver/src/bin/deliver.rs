@@ -16,24 +16,18 @@ use domain::{Clock, Crm, QueueKind, SystemClock};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use std::collections::BTreeMap;
 
-/// EMF lines (namespace Connect, dimensions crm + clientId): Delivered, Retried,
-/// Throttled, DeadLettered, DeliveryLatencyMs; DeliverySkipped by reason.
+/// EMF lines of `domain::metrics` (namespace Connect, dimensions crm + clientId):
+/// Delivered, Retried, Throttled, DeadLettered, DeliveryLatency; DeliverySkipped by
+/// reason; TokenRefreshesForced by crm.
 fn emit_metrics(crm: Crm, outcome: &DeliverOutcome) {
+    use domain::metrics as m;
     let now = SystemClock.now_ms();
     let mut by_client: BTreeMap<&str, [f64; 4]> = BTreeMap::new();
     for ((client, kind), n) in &outcome.counts {
         if kind.starts_with("skipped_") {
             println!(
                 "{}",
-                domain::emf::line(
-                    now,
-                    &[
-                        ("crm", crm.as_str()),
-                        ("clientId", client),
-                        ("reason", kind)
-                    ],
-                    &[("DeliverySkipped", *n as f64, "Count")],
-                )
+                m::DELIVERY_SKIPPED.emf_line(now, &[crm.as_str(), client, kind], *n as f64)
             );
             continue;
         }
@@ -52,10 +46,10 @@ fn emit_metrics(crm: Crm, outcome: &DeliverOutcome) {
                 now,
                 &[("crm", crm.as_str()), ("clientId", client)],
                 &[
-                    ("Delivered", d, "Count"),
-                    ("Retried", r, "Count"),
-                    ("Throttled", t, "Count"),
-                    ("DeadLettered", x, "Count")
+                    (m::DELIVERED.name, d, m::DELIVERED.emf_unit()),
+                    (m::RETRIED.name, r, m::RETRIED.emf_unit()),
+                    (m::THROTTLED.name, t, m::THROTTLED.emf_unit()),
+                    (m::DEAD_LETTERED.name, x, m::DEAD_LETTERED.emf_unit())
                 ],
             )
         );
@@ -73,9 +67,19 @@ fn emit_metrics(crm: Crm, outcome: &DeliverOutcome) {
             domain::emf::values_line(
                 now,
                 &[("crm", crm.as_str()), ("clientId", client)],
-                "DeliveryLatencyMs",
+                m::DELIVERY_LATENCY.name,
                 &values,
-                "Milliseconds"
+                m::DELIVERY_LATENCY.emf_unit()
+            )
+        );
+    }
+    if outcome.token_refreshes > 0 {
+        println!(
+            "{}",
+            m::TOKEN_REFRESHES_FORCED.emf_line(
+                now,
+                &[crm.as_str()],
+                outcome.token_refreshes as f64
             )
         );
     }

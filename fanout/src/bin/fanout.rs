@@ -14,6 +14,7 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 /// One EMF line per CRM with what the batch did.
 fn emit_metrics(outcome: &FanoutOutcome) {
+    use domain::metrics as m;
     let now = SystemClock.now_ms();
     for crm in Crm::all() {
         let get =
@@ -30,9 +31,13 @@ fn emit_metrics(outcome: &FanoutOutcome) {
                     now,
                     &[("crm", crm.as_str())],
                     &[
-                        ("Routed", routed, "Count"),
-                        ("FanoutDeadLettered", dead, "Count"),
-                        ("FanoutFailed", failed, "Count"),
+                        (m::ROUTED.name, routed, m::ROUTED.emf_unit()),
+                        (
+                            m::FANOUT_DEAD_LETTERED.name,
+                            dead,
+                            m::FANOUT_DEAD_LETTERED.emf_unit()
+                        ),
+                        (m::FANOUT_FAILED.name, failed, m::FANOUT_FAILED.emf_unit()),
                     ],
                 )
             );
@@ -43,14 +48,26 @@ fn emit_metrics(outcome: &FanoutOutcome) {
     if failed_total > 0 {
         println!(
             "{}",
-            domain::emf::line(now, &[], &[("FanoutFailed", failed_total as f64, "Count")])
+            domain::emf::line(
+                now,
+                &[],
+                &[(
+                    m::FANOUT_FAILED.name,
+                    failed_total as f64,
+                    m::FANOUT_FAILED.emf_unit()
+                )]
+            )
         );
     }
     let skipped = outcome.skipped_total();
     if skipped > 0 {
         println!(
             "{}",
-            domain::emf::line(now, &[], &[("Skipped", skipped as f64, "Count")])
+            domain::emf::line(
+                now,
+                &[],
+                &[(m::SKIPPED.name, skipped as f64, m::SKIPPED.emf_unit())]
+            )
         );
     }
 }

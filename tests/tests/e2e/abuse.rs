@@ -403,7 +403,7 @@ async fn no_attacker_event_reaches_a_crm_and_every_shopper_event_does() {
     }
     assert!(
         metrics.contains(
-            r#"connect_ingest_fields_dropped_total{field="productUrl",reason="foreign_host"} 1"#
+            r#"connect_fields_dropped_total{field="productUrl",reason="foreign_host"} 1"#
         ),
         "{metrics}"
     );

@@ -78,7 +78,8 @@ async fn each_route_reaches_its_sandbox_crm_within_a_second() {
         .await
         .expect("text");
     assert!(
-        metrics.contains(r#"connect_delivered_total{crm="salesforce",client="demo-salesforce"} 1"#),
+        metrics
+            .contains(r#"connect_delivered_total{crm="salesforce",clientId="demo-salesforce"} 1"#),
         "{metrics}"
     );
 }

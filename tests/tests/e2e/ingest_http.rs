@@ -429,7 +429,7 @@ async fn health_metrics_and_logs() {
         "{text}"
     );
     assert!(
-        text.contains(r#"connect_records_stored_total{crm="responsys"} 1"#),
+        text.contains(r#"connect_accepted_total{crm="responsys",clientId="shop-a"} 1"#),
         "{text}"
     );
     assert!(
