@@ -85,12 +85,14 @@ impl Backend for Local {
     }
 }
 
+#[cfg(feature = "aws")]
 struct Aws {
     directory: aws::DynamoClientDirectory,
     secrets: aws_sdk_secretsmanager::Client,
     tokens: Option<aws::DynamoTokens>,
 }
 
+#[cfg(feature = "aws")]
 #[async_trait]
 impl Backend for Aws {
     async fn all(&self) -> anyhow::Result<Vec<ClientConfig>> {
@@ -178,6 +180,11 @@ async fn check_target_exists(
 }
 
 async fn backend(data: &Path, aws: bool) -> anyhow::Result<Box<dyn Backend>> {
+    #[cfg(not(feature = "aws"))]
+    if aws {
+        return Err(crate::no_aws());
+    }
+    #[cfg(feature = "aws")]
     if aws {
         let clients = std::env::var(aws::env::CLIENTS_TABLE).context("set CLIENTS_TABLE")?;
         let rdstation = std::env::var(aws::env::RDSTATION_CONFIG_TABLE)

@@ -439,6 +439,14 @@ fn init_tracing(
 
 /// The local store in `data`, opened as a tool (next to a running server), or a one-line
 /// error when there is none.
+/// The error of `--aws` in a build without the `aws` feature.
+#[cfg(not(feature = "aws"))]
+pub(crate) fn no_aws() -> anyhow::Error {
+    anyhow::anyhow!(
+        "this connect was built without AWS support (the default, to keep local builds small): rebuild with `cargo install --path connect --features aws`, or run `cargo run -p connect --features aws -- …`"
+    )
+}
+
 /// The destinations that keep tokens (the others sign with their secret).
 pub(crate) fn token_destinations() -> impl Iterator<Item = domain::Crm> {
     domain::Crm::all().filter(|c| crm::destination(*c).auth_policy().token().is_some())
@@ -522,7 +530,7 @@ fn main() -> std::process::ExitCode {
                             (Some(c), _, _) => vec![c],
                             (None, true, Some(_)) => anyhow::bail!("pass the CRM: connect dlq list CRM --aws --dlq-url URL"),
                             (None, true, None) => domain::Crm::all()
-                                .filter(|c| std::env::var(aws::env::dlq_url_var(*c)).is_ok())
+                                .filter(|c| std::env::var(format!("DLQ_URL_{}", c.as_str().to_uppercase())).is_ok())
                                 .collect(),
                             (None, false, _) => domain::Crm::all().collect::<Vec<_>>(),
                         };

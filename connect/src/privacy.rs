@@ -8,7 +8,9 @@ use anyhow::{Context, bail};
 use domain::privacy::{
     AuditRecord, EmailKeyer, GLOBAL_SCOPE, INSTALLATION_KEY_SECRET, SuppressionStore,
 };
-use domain::{ClientId, Clock, Crm, Email, QueueKind, SecretStore, SystemClock};
+use domain::{ClientId, Clock, Email, SecretStore, SystemClock};
+#[cfg(feature = "aws")]
+use domain::{Crm, QueueKind};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -41,6 +43,7 @@ pub async fn local_keyer(secrets: &local::FileSecrets) -> anyhow::Result<EmailKe
 }
 
 /// The installation's keyer from Secrets Manager (created by serverless.yml).
+#[cfg(feature = "aws")]
 pub async fn aws_keyer(sm: &aws::SecretsManager) -> anyhow::Result<EmailKeyer> {
     let name = aws::privacy::installation_key_name();
     let secret = sm
@@ -94,6 +97,7 @@ async fn audited_erasure(
 }
 
 /// Everything the AWS erasure needs, from the same env vars as the Lambdas.
+#[cfg(feature = "aws")]
 pub struct AwsPrivacy {
     dynamodb: aws_sdk_dynamodb::Client,
     sqs: aws_sdk_sqs::Client,
@@ -103,6 +107,7 @@ pub struct AwsPrivacy {
     keyer: EmailKeyer,
 }
 
+#[cfg(feature = "aws")]
 impl AwsPrivacy {
     /// Reads `NAVIGATION_TABLE`, `SUPPRESSION_TABLE`, the queue URLs of every CRM that has
     /// them (`QUEUE_URL_{CRM}`, `DLQ_URL_{CRM}`), and the installation key.
@@ -309,6 +314,7 @@ impl AwsPrivacy {
 }
 
 /// How long messages looked at by an erasure stay hidden (released at its end).
+#[cfg(feature = "aws")]
 const ERASE_VISIBILITY_SECONDS: i32 = 120;
 
 /// The operator's name for the audit trail: `--actor`, else `$USER`.
@@ -385,14 +391,22 @@ pub async fn run(cmd: Command<'_>) -> anyhow::Result<()> {
     };
     bar.enable_steady_tick(Duration::from_millis(200));
     if aws {
-        let p = AwsPrivacy::from_env().await?;
-        if erase {
-            let report = p.erase(&email, client.as_ref(), &actor, &bar).await;
+        #[cfg(feature = "aws")]
+        {
+            let p = AwsPrivacy::from_env().await?;
+            if erase {
+                let report = p.erase(&email, client.as_ref(), &actor, &bar).await;
+                bar.finish_and_clear();
+                return print(&report?, json);
+            }
             bar.finish_and_clear();
-            return print(&report?, json);
+            return unsuppress(p.suppressions(), p.keyer(), &email, client.as_ref(), &actor).await;
         }
-        bar.finish_and_clear();
-        return unsuppress(p.suppressions(), p.keyer(), &email, client.as_ref(), &actor).await;
+        #[cfg(not(feature = "aws"))]
+        {
+            bar.finish_and_clear();
+            return Err(crate::no_aws());
+        }
     }
     let store = crate::open_tool_store(data)?;
     let secrets = local::FileSecrets::open(
@@ -458,6 +472,9 @@ pub async fn audit_show_pii(
     tracing::warn!(actor = %record.actor, scope = %record.scope, shown, "audit: emails shown in clear (--show-pii)");
     match store {
         Some(s) => s.audit(&record).await?,
+        #[cfg(not(feature = "aws"))]
+        None => {}
+        #[cfg(feature = "aws")]
         None => {
             if let Ok(table) = std::env::var(aws::env::SUPPRESSION_TABLE) {
                 let config = aws_config::defaults(aws_config::BehaviorVersion::latest())

@@ -5,9 +5,13 @@
 //! messages are exactly what the fanout would have sent. Delivery is at least once: a
 //! replayed record that was already delivered is delivered again.
 
-use anyhow::{Context, bail};
+#[cfg(feature = "aws")]
+use anyhow::Context;
+use anyhow::bail;
+#[cfg(feature = "aws")]
+use domain::QueueKind;
 use domain::change::{ChangeKind, ChangeRecord, Image};
-use domain::{ClientId, Crm, NavigationRecord, QueueKind, SystemClock};
+use domain::{ClientId, Crm, NavigationRecord, SystemClock};
 use fanout::{FanoutHandler, FanoutOutcome, FanoutSettings};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -93,6 +97,7 @@ enum Source {
         store: local::SqliteStore,
         queues: local::LocalQueues,
     },
+    #[cfg(feature = "aws")]
     Aws {
         dynamodb: aws_sdk_dynamodb::Client,
         table: String,
@@ -113,6 +118,11 @@ pub async fn run(
         selection.since_ms < selection.until_ms,
         "--since must be before --until"
     );
+    #[cfg(not(feature = "aws"))]
+    if aws {
+        return Err(crate::no_aws());
+    }
+    #[cfg(feature = "aws")]
     let source = if aws {
         let table = std::env::var(aws::env::NAVIGATION_TABLE)
             .context("set NAVIGATION_TABLE to the navigation table's name")?;
@@ -144,14 +154,10 @@ pub async fn run(
             queues,
         }
     } else {
-        let store = crate::open_tool_store(data)?;
-        let queues = local::LocalQueues::new(
-            store.clone(),
-            Arc::new(SystemClock),
-            local::queues::DEFAULT_MAX_RECEIVE_COUNT,
-        );
-        Source::Local { store, queues }
+        local_source(data)?
     };
+    #[cfg(not(feature = "aws"))]
+    let source = local_source(data)?;
     let bar = if json {
         ProgressBar::hidden()
     } else {
@@ -167,6 +173,7 @@ pub async fn run(
             let fanout = handler(queues.clone(), crate::runtime::fanout::POLL_BATCH);
             replay_local(store, &fanout, &selection, dry_run, &mut counts, &bar).await
         }
+        #[cfg(feature = "aws")]
         Source::Aws {
             dynamodb,
             table,
@@ -186,8 +193,10 @@ pub async fn run(
         }
     };
     bar.finish_and_clear();
-    if let Source::Local { store, .. } = source {
-        store.shutdown().await;
+    match source {
+        Source::Local { store, .. } => store.shutdown().await,
+        #[cfg(feature = "aws")]
+        Source::Aws { .. } => {}
     }
     result?;
     if json {
@@ -223,6 +232,16 @@ pub async fn run(
         );
     }
     Ok(())
+}
+
+fn local_source(data: &Path) -> anyhow::Result<Source> {
+    let store = crate::open_tool_store(data)?;
+    let queues = local::LocalQueues::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        local::queues::DEFAULT_MAX_RECEIVE_COUNT,
+    );
+    Ok(Source::Local { store, queues })
 }
 
 fn handler<Q: domain::QueueSender>(
@@ -316,6 +335,7 @@ async fn replay_local(
     Ok(())
 }
 
+#[cfg(feature = "aws")]
 async fn replay_aws(
     dynamodb: &aws_sdk_dynamodb::Client,
     table: &str,

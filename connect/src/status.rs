@@ -155,7 +155,14 @@ fn print(rows: &[serde_json::Value], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--aws` needs the `aws` feature.
+#[cfg(not(feature = "aws"))]
+pub async fn run_aws(_only: Option<&str>, _since_ms: i64, _json: bool) -> anyhow::Result<()> {
+    Err(crate::no_aws())
+}
+
 /// Refusal reasons (the `reason` dimension of `IngestRefused`).
+#[cfg(feature = "aws")]
 const REFUSAL_REASONS: [&str; 10] = [
     "origin_not_allowed",
     "origin_required",
@@ -169,6 +176,7 @@ const REFUSAL_REASONS: [&str; 10] = [
     "ip_rate_limited",
 ];
 /// Delivery metrics of the deliver Lambdas (dimensions crm + clientId).
+#[cfg(feature = "aws")]
 const DELIVERY_METRICS: [&str; 5] = [
     domain::metrics::ACCEPTED.name,
     domain::metrics::DELIVERED.name,
@@ -177,11 +185,13 @@ const DELIVERY_METRICS: [&str; 5] = [
     domain::metrics::DEAD_LETTERED.name,
 ];
 /// Most queries in one GetMetricData call.
+#[cfg(feature = "aws")]
 const MAX_QUERIES: usize = 500;
 
 /// `connect status --aws`: the same figures from CloudWatch (the Lambdas' EMF metrics),
 /// the queues' attributes and the tokens table. Env: CLIENTS_TABLE,
 /// RDSTATION_CONFIG_TABLE, and optionally TOKENS_TABLE, QUEUE_URL_{CRM}, DLQ_URL_{CRM}.
+#[cfg(feature = "aws")]
 pub async fn run_aws(only: Option<&str>, since_ms: i64, json: bool) -> anyhow::Result<()> {
     use anyhow::Context;
     use aws_sdk_cloudwatch::primitives::DateTime;

@@ -139,8 +139,15 @@ async fn trace(
     Ok(())
 }
 
+/// `--aws` needs the `aws` feature.
+#[cfg(not(feature = "aws"))]
+pub async fn run_aws(_record_id: &str, _json: bool) -> anyhow::Result<()> {
+    Err(crate::no_aws())
+}
+
 /// On AWS: the record from the navigation table, and the CloudWatch Logs Insights query
 /// that finds its delivery attempts (deliver logs one `delivery` line per attempt).
+#[cfg(feature = "aws")]
 pub async fn run_aws(record_id: &str, json: bool) -> anyhow::Result<()> {
     use aws_sdk_dynamodb::types::AttributeValue;
     let table = std::env::var(aws::env::NAVIGATION_TABLE).context("set NAVIGATION_TABLE")?;

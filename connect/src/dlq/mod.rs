@@ -3,6 +3,7 @@
 //! rendering are written once against [`DlqBackend`].
 
 pub mod local;
+#[cfg(feature = "aws")]
 pub mod sqs;
 
 use anyhow::{Context, bail};
@@ -14,6 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How long a message received for inspection is hidden before it is released again.
+#[cfg(feature = "aws")]
 pub const PEEK_VISIBILITY: Duration = Duration::from_secs(5);
 /// How long a message being redriven (or skipped by a filter) stays hidden; skipped
 /// ones are released at the end, moved ones deleted.
@@ -100,12 +102,23 @@ pub fn open_local(data: &Path) -> anyhow::Result<Backend> {
 }
 
 /// SQS, with the queue URLs of `crm` from flags or the environment.
+#[cfg(feature = "aws")]
 pub async fn open_aws(
     crm: Crm,
     queue_url: Option<String>,
     dlq_url: Option<String>,
 ) -> anyhow::Result<Backend> {
     Ok(Box::new(sqs::SqsDlq::open(crm, queue_url, dlq_url).await?))
+}
+
+/// SQS needs the `aws` feature.
+#[cfg(not(feature = "aws"))]
+pub async fn open_aws(
+    _crm: Crm,
+    _queue_url: Option<String>,
+    _dlq_url: Option<String>,
+) -> anyhow::Result<Backend> {
+    Err(crate::no_aws())
 }
 
 /// The next batch of DLQ messages not received before in this run (hidden for
@@ -217,6 +230,7 @@ pub async fn list(targets: Vec<(Crm, Backend)>, json: bool) -> anyhow::Result<()
 
 /// The DLQ entry of a record, if it is among the messages looked at (every one locally;
 /// up to [`LIST_SAMPLE_LIMIT`] on SQS): its failure attributes.
+#[cfg(feature = "aws")]
 pub async fn dead_letter_of(
     backend: &dyn DlqBackend,
     crm: Crm,

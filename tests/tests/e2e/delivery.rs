@@ -129,13 +129,21 @@ async fn a_permanent_rejection_lands_in_the_local_dlq_with_its_reason() {
     assert_eq!(attrs["failureStatus"], "MERGEFAILED");
     assert_eq!(attrs["clientId"], "demo-responsys");
     assert!(records(&http, &sandbox).await.is_empty());
-    let left: i64 = open_db(&data)
-        .query_row(
-            "SELECT COUNT(*) FROM queue_messages WHERE queue = 'responsys'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("count");
+    // The message is sent to the DLQ first, then deleted from the delivery queue (never
+    // the other way round): the deletion follows within moments.
+    let left = loop {
+        let left: i64 = open_db(&data)
+            .query_row(
+                "SELECT COUNT(*) FROM queue_messages WHERE queue = 'responsys'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        if left == 0 || Instant::now() >= deadline {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(
         left, 0,
         "the delivery queue is empty: the message was dead-lettered, then deleted"
