@@ -538,7 +538,15 @@ where
         let policy = crm::destination(client.crm).auth_policy();
         let mut secret = None;
         if policy == crm::AuthPolicy::SignedWithSecret {
-            match self.tokens.signing_secret(&client).await {
+            let checked = self.tokens.signing_secret(&client).await.and_then(|s| {
+                // An unusable secret alerts (like refused credentials) and is retried
+                // until it is fixed.
+                crm::destination(client.crm)
+                    .validate_credentials(s.expose())
+                    .map_err(TokenError::from)?;
+                Ok(s)
+            });
+            match checked {
                 Ok(s) => secret = Some(s),
                 Err(e) => return (all(self.token_failure(&client, &e).await), 0),
             }

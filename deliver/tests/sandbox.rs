@@ -1151,3 +1151,29 @@ async fn an_unreachable_webhook_is_retried() {
     );
     assert!(env.dlq(Crm::WEBHOOK).await.is_empty());
 }
+
+#[tokio::test]
+async fn an_unusable_webhook_secret_alerts_and_is_retried_not_dead_lettered() {
+    let env = env().await;
+    domain::SecretStore::put_secret(
+        &env.secrets,
+        "/connect/webhook/shop/credentials",
+        &domain::Secret::new(json!({"signing_secret": "wrong key name"}).to_string()),
+    )
+    .await
+    .expect("secret");
+    let batch = env.inbound(Crm::WEBHOOK, "shop-w", 2).await;
+    let outcome = env.handler(Crm::WEBHOOK).handle(&batch).await;
+    assert_eq!(outcome.redeliver.len(), 2, "{outcome:?}");
+    assert!(env.dlq(Crm::WEBHOOK).await.is_empty());
+    assert_eq!(webhook_calls(&env).await, 0, "nothing is sent unsigned");
+    let alerts = env.alerts.0.lock().expect("lock").clone();
+    let alert = alerts
+        .iter()
+        .find(|a| a.kind == "credentials_rejected")
+        .expect("an alert");
+    assert!(
+        !alert.message.contains("wrong key name"),
+        "the secret is not quoted"
+    );
+}
