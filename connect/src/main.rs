@@ -18,6 +18,9 @@ mod trace;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 
 /// Connect: GTM events → Responsys, Salesforce Marketing Cloud, RD Station.
@@ -399,6 +402,34 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// End-to-end latency per route: 202 → arrival at the sandbox CRM (p50, p99, max),
+    /// and how many accepted events never arrived. Against `serve --demo`.
+    Latency {
+        /// Base URL of a running `connect serve --demo`.
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        /// Base URL of its sandbox.
+        #[arg(long, default_value = "http://127.0.0.1:3900")]
+        sandbox: String,
+        /// Routes, comma-separated [default: every destination].
+        #[arg(long, value_delimiter = ',')]
+        routes: Vec<String>,
+        /// Events per second on each route.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Seconds of load per route.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Seconds to wait for the last arrivals.
+        #[arg(long, default_value_t = 30)]
+        wait_seconds: u64,
+    },
+    /// A bare axum server answering 202 (the HTTP ceiling, for benchmarks).
+    Bare {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
 }
 
 fn init_tracing(
@@ -676,6 +707,34 @@ fn main() -> std::process::ExitCode {
                 })
                 .await
             }
+            Command::Bench {
+                command:
+                    BenchCommand::Latency {
+                        url,
+                        sandbox,
+                        routes,
+                        rate,
+                        seconds,
+                        wait_seconds,
+                    },
+            } => {
+                bench::latency(bench::LatencyOptions {
+                    url,
+                    sandbox,
+                    routes: if routes.is_empty() {
+                        domain::Crm::all().map(|c| c.as_str().to_owned()).collect()
+                    } else {
+                        routes
+                    },
+                    rate,
+                    seconds,
+                    wait: std::time::Duration::from_secs(wait_seconds),
+                })
+                .await
+            }
+            Command::Bench {
+                command: BenchCommand::Bare { listen },
+            } => bench::bare(listen).await,
         }
     });
     let result = runtime

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 /// bound only stops a message that crashes its worker again and again.
 pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 1000;
 /// SQS limit on messages per receive.
-pub const MAX_RECEIVE_BATCH: usize = 10;
+pub const MAX_RECEIVE_BATCH: usize = 100;
 
 /// The name of a queue: `responsys`, `responsys-dlq`, …
 pub fn queue_name(crm: Crm, kind: QueueKind) -> String {
@@ -227,6 +227,42 @@ impl LocalQueues {
             self.sent.send_modify(|n| *n = n.wrapping_add(1));
         }
         Ok(received)
+    }
+
+    /// Acknowledges what a delivery worker handled, in one transaction (one commit for
+    /// the batch instead of one per message): appends the batch's delivery log entries
+    /// (record, client, outcome, detail) of `crm` at `at_ms`, and deletes the messages
+    /// of `receipts`. One flag per receipt: `false` when it was stale (the message was
+    /// received again since, or is gone).
+    pub async fn acknowledge(
+        &self,
+        queue: &str,
+        receipts: Vec<String>,
+        crm: Crm,
+        at_ms: i64,
+        log: Vec<(String, String, String, String)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let queue = queue.to_owned();
+        self.store
+            .write(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                crate::store::insert_delivery_log(&tx, crm, at_ms, &log)?;
+                let mut deleted = Vec::with_capacity(receipts.len());
+                {
+                    let mut delete = tx.prepare_cached(
+                        "DELETE FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
+                    )?;
+                    for receipt in &receipts {
+                        deleted.push(match receipt_seq(receipt) {
+                            Some(seq) => delete.execute(params![seq, queue, receipt])? == 1,
+                            None => false,
+                        });
+                    }
+                }
+                tx.commit()?;
+                Ok(deleted)
+            })
+            .await
     }
 
     /// Deletes a received message. `false` when the handle is stale (the message was

@@ -27,7 +27,7 @@ pub const WRITE_QUEUE_CAPACITY: usize = 8192;
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Page cache per connection, in KiB (negative `cache_size` = KiB): large enough that
 /// the B-tree pages touched by inserts stay in memory instead of being re-read.
-pub const CACHE_SIZE_KIB: i64 = -64 * 1024;
+pub const CACHE_SIZE_KIB: i64 = -8 * 1024;
 /// How often a background thread copies committed WAL pages into the database file
 /// (PASSIVE: never blocks the writer). The writer's own auto-checkpoint (every 1000
 /// pages) then finds little left to copy, so commits do not stall on checkpoint I/O,
@@ -91,6 +91,31 @@ enum Op {
     },
     Job(Job),
     Shutdown,
+}
+
+/// Delivery attempts (record, client, outcome, detail) of `crm` at `at_ms`, inserted in
+/// the caller's transaction.
+pub(crate) fn insert_delivery_log(
+    conn: &Connection,
+    crm: Crm,
+    at_ms: i64,
+    entries: &[(String, String, String, String)],
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO delivery_log (at, record_id, client_id, crm, outcome, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for (record, client, outcome, detail) in entries {
+        stmt.execute(params![
+            at_ms,
+            record,
+            client,
+            crm.as_str(),
+            outcome,
+            detail
+        ])?;
+    }
+    Ok(())
 }
 
 /// The dedup key of an idempotent record: the first 128 bits of SHA-256(recordId).
@@ -369,18 +394,9 @@ impl SqliteStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let crm = crm.as_str();
         self.write(move |conn| {
             let tx = conn.transaction()?;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT INTO delivery_log (at, record_id, client_id, crm, outcome, detail)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?;
-                for (record, client, outcome, detail) in &entries {
-                    stmt.execute(params![at_ms, record, client, crm, outcome, detail])?;
-                }
-            }
+            insert_delivery_log(&tx, crm, at_ms, &entries)?;
             tx.commit()
         })
         .await

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 /// Settings of the workers of one CRM.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
-    /// Messages received at once (≤ 10, as SQS).
+    /// Messages received at once (≤ `local::queues::MAX_RECEIVE_BATCH`).
     pub batch_size: usize,
     /// Visibility timeout of a receive.
     pub visibility_timeout: Duration,
@@ -22,10 +22,15 @@ pub struct WorkerSettings {
     pub idle_poll: Duration,
 }
 
+/// Messages received at once by default: a destination batch is cut from them
+/// (Responsys ≤ 200, SFMC ≤ 50, webhook ≤ its batch size), so a larger receive means
+/// fewer calls and fewer commits per message. (On AWS the SQS event source batches.)
+pub const DEFAULT_BATCH_SIZE: usize = 50;
+
 impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
-            batch_size: 10,
+            batch_size: DEFAULT_BATCH_SIZE,
             visibility_timeout: Duration::from_secs(
                 crate::config::DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
             ),
@@ -120,21 +125,25 @@ pub async fn run<D, T, S, A, C>(
             })
             .collect();
         let now = domain::Clock::now_ms(&domain::SystemClock);
-        if let Err(e) = queues.store().append_delivery_log(crm, now, entries).await {
-            tracing::warn!(crm = crm.as_str(), error = %e, "the delivery log could not be written");
-        }
-        for m in &received {
-            if !outcome.redeliver.contains(&m.message_id) {
-                match queues.delete(&queue, &m.receipt_handle).await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::warn!(
+        // The delivery log and the deletes of the handled messages: one transaction.
+        let handled: Vec<String> = received
+            .iter()
+            .filter(|m| !outcome.redeliver.contains(&m.message_id))
+            .map(|m| m.receipt_handle.clone())
+            .collect();
+        match queues.acknowledge(&queue, handled, crm, now, entries).await {
+            Ok(deleted) => {
+                let stale = deleted.iter().filter(|d| !**d).count();
+                if stale > 0 {
+                    tracing::warn!(
                         crm = crm.as_str(),
-                        "a handled message was received again before its delete; it may be delivered twice"
-                    ),
-                    Err(e) => {
-                        tracing::error!(crm = crm.as_str(), error = %e, "delete failed; the message will be delivered again")
-                    }
+                        stale,
+                        "handled messages were received again before their delete; they may be delivered twice"
+                    );
                 }
+            }
+            Err(e) => {
+                tracing::error!(crm = crm.as_str(), error = %e, "acknowledge failed; the batch will be delivered again")
             }
         }
     }

@@ -296,7 +296,11 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     // Delivery workers, per CRM.
     let http = crm::CrmHttp::new(&crm::HttpSettings::default()).context("CRM HTTP client")?;
     let worker_settings = runtime::deliver::WorkerSettings {
-        batch_size: file.delivery.batch_size.unwrap_or(10).clamp(1, 10),
+        batch_size: file
+            .delivery
+            .batch_size
+            .unwrap_or(runtime::deliver::DEFAULT_BATCH_SIZE)
+            .clamp(1, local::queues::MAX_RECEIVE_BATCH),
         visibility_timeout: Duration::from_secs(
             file.delivery
                 .visibility_timeout_seconds
