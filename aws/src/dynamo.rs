@@ -3,25 +3,66 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::AttributeValue;
 use domain::{
     AllowedOrigins, ClientConfig, ClientDirectory, ClientId, Crm, NavigationRecord, PutOutcome,
     RdStationConfig, RecordStore, StoreError,
 };
 use std::collections::HashMap;
 
-/// `timestamp` of the idempotency marker item that guards an `eventId`.
-///
-/// The navigation table's key is (`recordId`, `timestamp`), so a condition on
-/// `attribute_not_exists(recordId)` only sees an item with the *same* timestamp, and a
-/// retry received a millisecond later would be stored again. An idempotent record is
-/// therefore written in one transaction with a marker item (`recordId`, `timestamp = 0`)
-/// whose conditional put fails if the event was stored before. The marker has no
-/// `eventType`, carries `marker = "idempotency"` and the record's `ttl`; the stream
-/// consumer skips it.
+/// `timestamp` of the idempotency marker items written before the one-write design
+/// (below). The stream consumer and the readers still skip them until they expire.
 pub const MARKER_TIMESTAMP: i64 = 0;
-/// Value of the `marker` attribute of idempotency markers.
+/// Value of the `marker` attribute of those markers.
 pub const MARKER_KIND: &str = "idempotency";
+/// Attribute holding the receipt time of an idempotent record, whose `timestamp` key is
+/// the start of its UTC day.
+pub const RECEIVED_AT: &str = "receivedAt";
+/// One UTC day in ms.
+const DAY_MS: i64 = 86_400_000;
+
+/// The item of a record, as stored.
+///
+/// The navigation table's key is (`recordId`, `timestamp`). A record without `eventId`
+/// is keyed by its receipt time. An idempotent record (with `eventId`, hence a
+/// deterministic `recordId` that names its UTC day) is keyed by the *start of that day*
+/// and keeps its receipt time in [`RECEIVED_AT`]: its key is then the same for every
+/// retry of the event, and one conditional put (`attribute_not_exists(recordId)`, one
+/// write unit for an item up to 1 KB) refuses the duplicate — where a marker item
+/// written in the same transaction cost four write units.
+pub fn record_item(
+    record: &NavigationRecord,
+) -> Result<HashMap<String, AttributeValue>, StoreError> {
+    let mut item: HashMap<String, AttributeValue> =
+        serde_dynamo::to_item(record).map_err(corrupt)?;
+    if record.is_idempotent() {
+        let day_start = record.timestamp - record.timestamp.rem_euclid(DAY_MS);
+        item.insert(
+            RECEIVED_AT.to_owned(),
+            AttributeValue::N(record.timestamp.to_string()),
+        );
+        item.insert(
+            "timestamp".to_owned(),
+            AttributeValue::N(day_start.to_string()),
+        );
+    }
+    Ok(item)
+}
+
+/// The record of a stored item (its receipt time from [`RECEIVED_AT`] when it has one);
+/// `None` for an idempotency marker. The item's own key attributes are left as stored.
+pub fn record_of_item(
+    item: &HashMap<String, AttributeValue>,
+) -> Option<Result<NavigationRecord, StoreError>> {
+    if item.contains_key("marker") {
+        return None;
+    }
+    let mut item = item.clone();
+    if let Some(received) = item.get(RECEIVED_AT).cloned() {
+        item.insert("timestamp".to_owned(), received);
+    }
+    Some(serde_dynamo::from_item(item).map_err(corrupt))
+}
 
 fn unavailable<E, R>(e: SdkError<E, R>) -> StoreError
 where
@@ -55,82 +96,23 @@ impl DynamoRecordStore {
 #[async_trait]
 impl RecordStore for DynamoRecordStore {
     async fn put_if_absent(&self, record: &NavigationRecord) -> Result<PutOutcome, StoreError> {
-        let item: HashMap<String, AttributeValue> =
-            serde_dynamo::to_item(record).map_err(corrupt)?;
-        if !record.is_idempotent() {
-            let result = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(recordId)")
-                .send()
-                .await;
-            return match result {
-                Ok(_) => Ok(PutOutcome::Created),
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-                {
-                    Ok(PutOutcome::Duplicate)
-                }
-                Err(e) => Err(unavailable(e)),
-            };
-        }
-        let marker = HashMap::from([
-            (
-                "recordId".to_owned(),
-                AttributeValue::S(record.record_id.clone()),
-            ),
-            (
-                "timestamp".to_owned(),
-                AttributeValue::N(MARKER_TIMESTAMP.to_string()),
-            ),
-            (
-                "marker".to_owned(),
-                AttributeValue::S(MARKER_KIND.to_owned()),
-            ),
-            (
-                "clientId".to_owned(),
-                AttributeValue::S(record.client_id.to_string()),
-            ),
-            ("ttl".to_owned(), AttributeValue::N(record.ttl.to_string())),
-        ]);
-        let put = |item, condition: bool| {
-            let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
-            if condition {
-                put = put.condition_expression("attribute_not_exists(recordId)");
-            }
-            put.build()
-                .map(|p| TransactWriteItem::builder().put(p).build())
-                .map_err(corrupt)
-        };
         let result = self
             .client
-            .transact_write_items()
-            .transact_items(put(marker, true)?)
-            .transact_items(put(item, true)?)
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(record_item(record)?))
+            .condition_expression("attribute_not_exists(recordId)")
             .send()
             .await;
         match result {
             Ok(_) => Ok(PutOutcome::Created),
-            Err(e) => {
-                let duplicate = e
-                    .as_service_error()
-                    .and_then(|s| match s {
-                        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => Some(c),
-                        _ => None,
-                    })
-                    .is_some_and(|c| {
-                        c.cancellation_reasons().first().and_then(|r| r.code())
-                            == Some("ConditionalCheckFailed")
-                    });
-                if duplicate {
-                    Ok(PutOutcome::Duplicate)
-                } else {
-                    Err(unavailable(e))
-                }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(PutOutcome::Duplicate)
             }
+            Err(e) => Err(unavailable(e)),
         }
     }
 }

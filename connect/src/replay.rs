@@ -349,12 +349,16 @@ async fn replay_aws(
     let mut start: Option<std::collections::HashMap<String, AttributeValue>> = None;
     let mut batch = Vec::new();
     loop {
-        // The time window is a filter of the scan (the table's key is the record id);
-        // the idempotency markers (timestamp 0) fall outside every window.
+        // The time window is a filter of the scan (the table's key is the record id): the
+        // receipt time is `timestamp`, or `receivedAt` for an idempotent record (keyed by
+        // the start of its day; the records are checked again below). Old idempotency
+        // markers (timestamp 0) fall outside every window.
         let out = dynamodb
             .scan()
             .table_name(table)
-            .filter_expression("#ts BETWEEN :since AND :until")
+            .filter_expression(
+                "#ts BETWEEN :since AND :until OR receivedAt BETWEEN :since AND :until",
+            )
             .expression_attribute_names("#ts", "timestamp")
             .expression_attribute_values(
                 ":since",
@@ -371,11 +375,11 @@ async fn replay_aws(
             .with_context(|| format!("scanning {table}"))?;
         counts.scanned += u64::try_from(out.scanned_count()).unwrap_or(0);
         for item in out.items() {
-            match serde_dynamo::from_item::<_, NavigationRecord>(item.clone()) {
-                Ok(r) if selection.matches(&r) => batch.push(r),
-                Ok(_) => {}
+            match aws::dynamo::record_of_item(item) {
+                Some(Ok(r)) if selection.matches(&r) => batch.push(r),
+                None | Some(Ok(_)) => {}
                 // Not the decoder's message: it can quote a value, and values hold emails.
-                Err(_) => tracing::warn!(
+                Some(Err(_)) => tracing::warn!(
                     recordId = item
                         .get("recordId")
                         .and_then(|v| v.as_s().ok())

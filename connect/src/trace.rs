@@ -165,8 +165,7 @@ pub async fn run_aws(record_id: &str, json: bool) -> anyhow::Result<()> {
     let records: Vec<domain::NavigationRecord> = out
         .items()
         .iter()
-        .filter(|i| !i.contains_key("marker"))
-        .filter_map(|i| serde_dynamo::from_item(i.clone()).ok())
+        .filter_map(|i| aws::dynamo::record_of_item(i).and_then(Result::ok))
         .collect();
     let insights = format!(
         "fields @timestamp, crm, outcome, detail | filter msg = \"delivery\" or message = \"delivery\" | filter recordId = \"{record_id}\" | sort @timestamp asc"

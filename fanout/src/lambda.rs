@@ -28,14 +28,20 @@ pub fn change_record(record: &EventRecord) -> ChangeRecord {
     }
 }
 
-/// Decodes a stream NEW_IMAGE: nothing, an idempotency marker, a record, or what could
-/// be read of a malformed item.
+/// Decodes a stream NEW_IMAGE: nothing, an idempotency marker (written before the
+/// one-write design), a record, or what could be read of a malformed item.
 pub fn decode_image(item: &serde_dynamo::Item) -> Image {
     if item.is_empty() {
         Image::Absent
     } else if item.get("marker").is_some() {
         Image::Marker
     } else {
+        // An idempotent record is keyed by the start of its day and keeps its receipt
+        // time in `receivedAt` (aws::dynamo::record_item).
+        let mut item = item.clone();
+        if let Some(received) = item.get("receivedAt").cloned() {
+            item.insert("timestamp".to_owned(), received);
+        }
         match serde_dynamo::from_item::<_, NavigationRecord>(item.clone()) {
             Ok(r) => Image::Record(Box::new(r)),
             Err(e) => {

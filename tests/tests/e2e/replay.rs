@@ -213,4 +213,12 @@ async fn replay_on_aws_reads_the_table_and_sends_to_sqs() {
             .iter()
             .all(|b| b["clientId"] == "shop-a" && b["v"] == 1)
     );
+    // Idempotent records are keyed by their day in the table; their receipt time comes
+    // back intact.
+    let mut received: Vec<i64> = bodies
+        .iter()
+        .filter_map(|b| b["receivedAt"].as_i64())
+        .collect();
+    received.sort_unstable();
+    assert_eq!(received, vec![now - 2 * 3_600_000, now - 3_600_000]);
 }
