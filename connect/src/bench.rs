@@ -19,11 +19,16 @@ pub struct LoadOptions {
     pub seconds: u64,
 }
 
-fn body(route: &str, n: u64) -> String {
-    let client = match route {
+/// How an event on `route` names its demo client (RD Station: by the demo `tid`).
+fn demo_client(route: &str) -> serde_json::Value {
+    match route {
         "rdstation" => serde_json::json!({"tid": "GA4.100000000.200000000"}),
         other => serde_json::json!({"clientId": format!("demo-{other}")}),
-    };
+    }
+}
+
+fn body(route: &str, n: u64) -> String {
+    let client = demo_client(route);
     let mut v = serde_json::json!({
         "email": format!("shopper{}@example.com", n % 1000),
         "eventType": "product_view",
@@ -132,10 +137,7 @@ fn epoch_ms() -> i64 {
 /// One route's event `n`, with an address that names it.
 fn latency_body(route: &str, run: &str, n: u64) -> (String, String) {
     let email = format!("lat-{run}-{route}-{n}@bench.example");
-    let client = match route {
-        "rdstation" => serde_json::json!({"tid": "GA4.100000000.200000000"}),
-        other => serde_json::json!({"clientId": format!("demo-{other}")}),
-    };
+    let client = demo_client(route);
     let mut v = serde_json::json!({
         "email": email,
         "eventType": "product_view",

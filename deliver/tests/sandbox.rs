@@ -1044,6 +1044,19 @@ async fn messages_of_a_suppressed_email_already_in_flight_are_dropped() {
     assert!(env.dlq(Crm::SFMC).await.is_empty());
 }
 
+/// Two messages of `shop-w` handled with `secret` as its credentials secret.
+async fn webhook_with_secret(env: &Env, secret: Value) -> deliver::DeliverOutcome {
+    domain::SecretStore::put_secret(
+        &env.secrets,
+        "/connect/webhook/shop/credentials",
+        &domain::Secret::new(secret.to_string()),
+    )
+    .await
+    .expect("secret");
+    let batch = env.inbound(Crm::WEBHOOK, "shop-w", 2).await;
+    env.handler(Crm::WEBHOOK).handle(&batch).await
+}
+
 async fn webhook_calls(env: &Env) -> u64 {
     let stats: Value = env
         .http
@@ -1088,15 +1101,8 @@ async fn the_webhook_posts_signed_batches_of_its_batch_size() {
 #[tokio::test]
 async fn a_webhook_refusing_the_signature_dead_letters_with_its_status() {
     let env = env().await;
-    domain::SecretStore::put_secret(
-        &env.secrets,
-        "/connect/webhook/shop/credentials",
-        &domain::Secret::new(json!({"signingSecret": "not-the-receivers-secret"}).to_string()),
-    )
-    .await
-    .expect("secret");
-    let batch = env.inbound(Crm::WEBHOOK, "shop-w", 2).await;
-    let outcome = env.handler(Crm::WEBHOOK).handle(&batch).await;
+    let outcome =
+        webhook_with_secret(&env, json!({"signingSecret": "not-the-receivers-secret"})).await;
     assert!(outcome.redeliver.is_empty(), "{outcome:?}");
     let dlq = env.dlq(Crm::WEBHOOK).await;
     assert_eq!(dlq.len(), 2);
@@ -1155,15 +1161,7 @@ async fn an_unreachable_webhook_is_retried() {
 #[tokio::test]
 async fn an_unusable_webhook_secret_alerts_and_is_retried_not_dead_lettered() {
     let env = env().await;
-    domain::SecretStore::put_secret(
-        &env.secrets,
-        "/connect/webhook/shop/credentials",
-        &domain::Secret::new(json!({"signing_secret": "wrong key name"}).to_string()),
-    )
-    .await
-    .expect("secret");
-    let batch = env.inbound(Crm::WEBHOOK, "shop-w", 2).await;
-    let outcome = env.handler(Crm::WEBHOOK).handle(&batch).await;
+    let outcome = webhook_with_secret(&env, json!({"signing_secret": "wrong key name"})).await;
     assert_eq!(outcome.redeliver.len(), 2, "{outcome:?}");
     assert!(env.dlq(Crm::WEBHOOK).await.is_empty());
     assert_eq!(webhook_calls(&env).await, 0, "nothing is sent unsigned");
