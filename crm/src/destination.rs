@@ -26,8 +26,6 @@ pub struct TokenPolicy {
     /// A client may have no credentials secret and deliver with the API key of its
     /// `tid`'s RD Station config instead (CONVERSION events only).
     pub api_key_by_tid: bool,
-    /// How often the token schedule runs (`rate(30 minutes)`), for the deployment.
-    pub schedule: &'static str,
 }
 
 /// How a destination authenticates its calls.

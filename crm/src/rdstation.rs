@@ -280,7 +280,6 @@ impl crate::Destination for RdStation {
             rotating_refresh_token: true,
             reuse_tokens: false,
             api_key_by_tid: true,
-            schedule: "rate(1 hour)",
         })
     }
 

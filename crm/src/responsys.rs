@@ -424,7 +424,6 @@ impl crate::Destination for Responsys {
             rotating_refresh_token: false,
             reuse_tokens: false,
             api_key_by_tid: false,
-            schedule: "rate(30 minutes)",
         })
     }
 

@@ -275,7 +275,6 @@ impl crate::Destination for Sfmc {
             rotating_refresh_token: false,
             reuse_tokens: true,
             api_key_by_tid: false,
-            schedule: "rate(5 minutes)",
         })
     }
 

@@ -33,7 +33,10 @@ pub fn field(message: &DeliveryMessage, name: &str) -> Option<String> {
     }
 }
 
-fn parse<T: for<'de> Deserialize<'de> + Default>(client: &ClientConfig) -> Result<T, String> {
+/// A client's target as `T` (its defaults when there is none); the error names the key.
+pub(crate) fn parse<T: for<'de> Deserialize<'de> + Default>(
+    client: &ClientConfig,
+) -> Result<T, String> {
     match &client.target {
         None | Some(Value::Null) => Ok(T::default()),
         Some(v) => serde_json::from_value(v.clone())
@@ -46,13 +49,6 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(client: &ClientConfig) -> Resul
 /// the wrong type, and settings a kind needs. The message names the key.
 pub fn validate(client: &ClientConfig) -> Result<(), String> {
     crate::destination(client.crm).validate_target(client)
-}
-
-/// A client's target as `T` (its defaults when there is none).
-pub fn parse_target<T: for<'de> Deserialize<'de> + Default>(
-    client: &ClientConfig,
-) -> Result<T, String> {
-    parse(client)
 }
 
 /// Responsys target kinds.

@@ -44,7 +44,7 @@ pub struct WebhookTarget {
 impl WebhookTarget {
     /// The target of a client, checked.
     pub fn from_client(client: &ClientConfig) -> Result<Self, String> {
-        let t: WebhookTarget = crate::target::parse_target(client)?;
+        let t: WebhookTarget = crate::target::parse(client)?;
         let bad = |m: String| format!("client {} has an invalid target: {m}", client.client_id);
         let url = reqwest::Url::parse(&t.url)
             .map_err(|e| bad(format!("url {:?} is not a URL ({e})", t.url)))?;

@@ -18,8 +18,6 @@ pub struct Descriptor {
     /// CLI (`responsys`, `salesforce`, `rdstation`, `webhook`). Never changes once
     /// deployed.
     pub name: &'static str,
-    /// Human name for messages (`Oracle Responsys`).
-    pub label: &'static str,
     /// A request on this route names its client with `tid` (the RD Station tag's own
     /// field) instead of `clientId`; `tid` is then required.
     pub client_from_tid: bool,
@@ -29,22 +27,18 @@ pub struct Descriptor {
 pub static DESTINATIONS: &[Descriptor] = &[
     Descriptor {
         name: "responsys",
-        label: "Oracle Responsys",
         client_from_tid: false,
     },
     Descriptor {
         name: "salesforce",
-        label: "Salesforce Marketing Cloud",
         client_from_tid: false,
     },
     Descriptor {
         name: "rdstation",
-        label: "RD Station Marketing",
         client_from_tid: true,
     },
     Descriptor {
         name: "webhook",
-        label: "signed webhook",
         client_from_tid: false,
     },
 ];

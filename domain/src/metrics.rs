@@ -19,15 +19,6 @@ pub enum Kind {
     Duration,
 }
 
-/// Where a metric is produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Runtime {
-    /// By the Lambdas (EMF) and by `connect serve` (Prometheus).
-    Both,
-    /// Only by `connect serve` (on AWS, API Gateway and Lambda measure it).
-    Local,
-}
-
 /// One metric.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Metric {
@@ -39,8 +30,6 @@ pub struct Metric {
     pub labels: &'static [&'static str],
     /// Count or duration.
     pub kind: Kind,
-    /// Who produces it.
-    pub runtime: Runtime,
 }
 
 impl Metric {
@@ -104,7 +93,6 @@ pub const INGEST_REQUESTS: Metric = Metric {
     help: "Ingest HTTP requests by route and status (on AWS: API Gateway's Count)",
     labels: &["route", "status"],
     kind: Kind::Count,
-    runtime: Runtime::Local,
 };
 /// Ingest latency.
 pub const INGEST_LATENCY: Metric = Metric {
@@ -112,7 +100,6 @@ pub const INGEST_LATENCY: Metric = Metric {
     help: "Ingest request latency, from request read to response (on AWS: the Lambda's Duration)",
     labels: &["route"],
     kind: Kind::Duration,
-    runtime: Runtime::Local,
 };
 /// Events stored.
 pub const ACCEPTED: Metric = Metric {
@@ -120,7 +107,6 @@ pub const ACCEPTED: Metric = Metric {
     help: "Events stored (202)",
     labels: &[CRM, CLIENT],
     kind: Kind::Count,
-    runtime: Runtime::Both,
 };
 /// Repeated eventIds.
 pub const DUPLICATES: Metric = Metric {
@@ -128,7 +114,6 @@ pub const DUPLICATES: Metric = Metric {
     help: "Events not stored again because their eventId was seen (200 duplicate)",
     labels: &[CRM, CLIENT],
     kind: Kind::Count,
-    runtime: Runtime::Both,
 };
 /// Requests refused by the front door.
 pub const INGEST_REFUSED: Metric = Metric {
@@ -136,7 +121,6 @@ pub const INGEST_REFUSED: Metric = Metric {
     help: "Requests refused or discarded by the front door, by reason: origin_not_allowed, origin_required, signature_invalid, signature_expired, rate_limited, email_rate_limited, ip_rate_limited, bot, suppressed, consent_denied",
     labels: &[REASON],
     kind: Kind::Count,
-    runtime: Runtime::Both,
 };
 /// URL fields dropped.
 pub const FIELDS_DROPPED: Metric = Metric {
@@ -144,7 +128,6 @@ pub const FIELDS_DROPPED: Metric = Metric {
     help: "URL fields dropped from stored events because their host is not the client's",
     labels: &["field", REASON],
     kind: Kind::Count,
-    runtime: Runtime::Both,
 };
 /// Records handed to a delivery queue.
 pub const ROUTED: Metric = Metric {
@@ -152,7 +135,6 @@ pub const ROUTED: Metric = Metric {
     help: "Records handed on to their destination's delivery queue",
     labels: &[CRM],
     kind: Kind::Count,
-    runtime: Runtime::Both,
 };
 /// Records the fanout dead-lettered.
 pub const FANOUT_DEAD_LETTERED: Metric = Metric {
@@ -160,7 +142,6 @@ pub const FANOUT_DEAD_LETTERED: Metric = Metric {
     help: "Records put on their destination's DLQ by the fanout: too large, malformed, refused",
     labels: &[CRM],
     kind: Kind::Count,
-    runtime: Runtime::Both,
 };
 /// Records the fanout could not hand on.
 pub const FANOUT_FAILED: Metric = Metric {
@@ -168,7 +149,6 @@ pub const FANOUT_FAILED: Metric = Metric {
     help: "Records the fanout could not hand on this time; they are given again",
     labels: &[CRM],
     kind: Kind::Count,
-    runtime: Runtime::Both,
 };
 /// Changes the fanout skipped.
 pub const SKIPPED: Metric = Metric {
@@ -176,7 +156,6 @@ pub const SKIPPED: Metric = Metric {
     help: "Changes the fanout skipped, by reason",
     labels: &[REASON],
     kind: Kind::Count,
-    runtime: Runtime::Both,
 };
 /// Receipt → delivery queue.
 pub const FANOUT_LAG: Metric = Metric {
@@ -184,7 +163,6 @@ pub const FANOUT_LAG: Metric = Metric {
     help: "From a record's receipt to its message on the delivery queue (on AWS: the stream's IteratorAge)",
     labels: &[],
     kind: Kind::Duration,
-    runtime: Runtime::Local,
 };
 /// Messages delivered.
 pub const DELIVERED: Metric = Metric {
@@ -192,7 +170,6 @@ pub const DELIVERED: Metric = Metric {
     help: "Messages delivered to their destination",
     labels: &[CRM, CLIENT],
     kind: Kind::Count,
-    runtime: Runtime::Both,
 };
 /// Messages left for a later retry.
 pub const RETRIED: Metric = Metric {
@@ -200,7 +177,6 @@ pub const RETRIED: Metric = Metric {
     help: "Messages left for a later retry",
     labels: &[CRM, CLIENT],
     kind: Kind::Count,
-    runtime: Runtime::Both,
 };
 /// Messages held back by a throttle.
 pub const THROTTLED: Metric = Metric {
@@ -208,7 +184,6 @@ pub const THROTTLED: Metric = Metric {
     help: "Messages held back by a destination's throttle",
     labels: &[CRM, CLIENT],
     kind: Kind::Count,
-    runtime: Runtime::Both,
 };
 /// Messages dead-lettered by delivery.
 pub const DEAD_LETTERED: Metric = Metric {
@@ -216,7 +191,6 @@ pub const DEAD_LETTERED: Metric = Metric {
     help: "Messages sent to the DLQ by delivery",
     labels: &[CRM, CLIENT],
     kind: Kind::Count,
-    runtime: Runtime::Both,
 };
 /// Messages acknowledged without a write.
 pub const DELIVERY_SKIPPED: Metric = Metric {
@@ -224,7 +198,6 @@ pub const DELIVERY_SKIPPED: Metric = Metric {
     help: "Messages acknowledged without a write, by reason: skipped_unknown_contact (update-only miss), skipped_event_type, skipped_update_only_unsupported, skipped_suppressed (erased email)",
     labels: &[CRM, CLIENT, REASON],
     kind: Kind::Count,
-    runtime: Runtime::Both,
 };
 /// Receipt → delivered.
 pub const DELIVERY_LATENCY: Metric = Metric {
@@ -232,7 +205,6 @@ pub const DELIVERY_LATENCY: Metric = Metric {
     help: "From receipt to delivery",
     labels: &[CRM, CLIENT],
     kind: Kind::Duration,
-    runtime: Runtime::Both,
 };
 /// Token refreshes forced by a refusal.
 pub const TOKEN_REFRESHES_FORCED: Metric = Metric {
@@ -240,7 +212,6 @@ pub const TOKEN_REFRESHES_FORCED: Metric = Metric {
     help: "Token refreshes forced by a rejected token",
     labels: &[CRM],
     kind: Kind::Count,
-    runtime: Runtime::Both,
 };
 
 /// Every metric.

@@ -384,24 +384,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Appends delivery attempts of `crm` at `at_ms` (the delivery log).
-    pub async fn append_delivery_log(
-        &self,
-        crm: Crm,
-        at_ms: i64,
-        entries: Vec<(String, String, String, String)>,
-    ) -> Result<(), StoreError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        self.write(move |conn| {
-            let tx = conn.transaction()?;
-            insert_delivery_log(&tx, crm, at_ms, &entries)?;
-            tx.commit()
-        })
-        .await
-    }
-
     /// The delivery attempts of a record: (at ms, crm, outcome, detail), oldest first.
     pub async fn delivery_log_of(
         &self,
