@@ -251,6 +251,17 @@ pub async fn sandbox_records(http: &reqwest::Client, sandbox: &str) -> Vec<serde
         .expect("json")
 }
 
+/// The Prometheus text of a server's `/metrics` (`url` is that endpoint's URL).
+pub async fn metrics_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
 /// Runs `connect` (which must succeed) and parses what it printed as JSON.
 pub fn connect_json(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     let out = connect(args, env);

@@ -377,14 +377,7 @@ async fn no_attacker_event_reaches_a_crm_and_every_shopper_event_does() {
     // Refused requests stored nothing: what is stored is the shoppers' events, the
     // phishing event (without its URLs), the flood's 60 and the spray's accepted ones.
     assert_eq!(stored(&data), (legit.len() + 1 + 60 + accepted) as i64);
-    let metrics = control
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = tests::metrics_text(&control, &server.url("/metrics")).await;
     for reason in [
         "origin_not_allowed",
         "origin_required",

@@ -69,14 +69,7 @@ async fn each_route_reaches_its_sandbox_crm_within_a_second() {
     assert_eq!(hook["raw"]["event"]["productId"], "SKU-4");
     assert_eq!(hook["raw"]["event"]["productPrice"], 12.5);
     assert_eq!(hook["raw"]["crm"], "webhook");
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = tests::metrics_text(&http, &server.url("/metrics")).await;
     assert!(
         metrics
             .contains(r#"connect_delivered_total{crm="salesforce",clientId="demo-salesforce"} 1"#),

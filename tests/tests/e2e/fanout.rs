@@ -104,12 +104,7 @@ async fn records_reach_their_crm_queue_with_attributes() {
     assert_eq!(attrs["clientId"], "demo-responsys");
     assert_eq!(attrs["crm"], "responsys");
     assert_eq!(attrs["eventType"], "add_to_cart");
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = tests::metrics_text(&reqwest::Client::new(), &server.url("/metrics")).await;
     assert!(
         metrics.contains(r#"connect_routed_total{crm="rdstation"} 1"#),
         "{metrics}"

@@ -137,30 +137,23 @@ impl Rig {
                 let db = open_db(&self.data);
                 let missing: Vec<&String> =
                     acked.iter().filter(|e| !got.contains_key(*e)).collect();
-                let stored = missing
-                    .iter()
-                    .filter(|e| {
-                        db.query_row(
-                            "SELECT COUNT(*) FROM navigation WHERE json_extract(item, '$.email') = ?1",
-                            [e.as_str()],
-                            |r| r.get::<_, i64>(0),
-                        )
-                        .unwrap_or(0)
-                            > 0
-                    })
-                    .count();
-                let queued = missing
-                    .iter()
-                    .filter(|e| {
-                        db.query_row(
-                            "SELECT COUNT(*) FROM queue_messages WHERE json_extract(body, '$.event.email') = ?1",
-                            [e.as_str()],
-                            |r| r.get::<_, i64>(0),
-                        )
-                        .unwrap_or(0)
-                            > 0
-                    })
-                    .count();
+                // How many of the missing events a query (one `?1` email parameter) finds.
+                let found = |sql: &str| {
+                    missing
+                        .iter()
+                        .filter(|e| {
+                            db.query_row(sql, [e.as_str()], |r| r.get::<_, i64>(0))
+                                .unwrap_or(0)
+                                > 0
+                        })
+                        .count()
+                };
+                let stored = found(
+                    "SELECT COUNT(*) FROM navigation WHERE json_extract(item, '$.email') = ?1",
+                );
+                let queued = found(
+                    "SELECT COUNT(*) FROM queue_messages WHERE json_extract(body, '$.event.email') = ?1",
+                );
                 let where_: Vec<String> = missing
                     .iter()
                     .take(3)

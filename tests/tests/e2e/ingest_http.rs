@@ -411,15 +411,7 @@ async fn health_metrics_and_logs() {
         .await
         .expect("health");
     assert_eq!(res.status(), StatusCode::OK);
-    let text = env
-        .http
-        .get(env.server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = tests::metrics_text(&env.http, &env.server.url("/metrics")).await;
     assert!(
         text.contains(r#"connect_ingest_requests_total{route="responsys",status="202"} 1"#),
         "{text}"

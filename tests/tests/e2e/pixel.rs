@@ -111,14 +111,7 @@ async fn the_pixel_stores_what_the_post_route_would_and_always_answers_a_gif() {
             "caio@pixel.example"
         ]
     );
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = tests::metrics_text(&http, &server.url("/metrics")).await;
     assert!(
         metrics.contains(r#"connect_ingest_refused_total{reason="origin_not_allowed"} 1"#),
         "{metrics}"

@@ -166,14 +166,7 @@ async fn an_erased_person_is_gone_from_everything_and_stays_out() {
             .iter()
             .all(|r| r["email"] != ANA)
     );
-    let metrics = control
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = tests::metrics_text(&control, &server.url("/metrics")).await;
     assert!(
         metrics.contains(r#"connect_ingest_refused_total{reason="suppressed"} 2"#),
         "{metrics}"

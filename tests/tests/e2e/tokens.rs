@@ -102,14 +102,7 @@ async fn with_four_second_tokens_a_minute_of_deliveries_never_fails() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = tests::metrics_text(&http, &server.url("/metrics")).await;
     assert!(
         !metrics.contains("connect_retried_total{"),
         "no delivery had to be retried:\n{metrics}"
