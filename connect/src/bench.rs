@@ -128,12 +128,6 @@ pub struct LatencyOptions {
     pub wait: Duration,
 }
 
-fn epoch_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// One route's event `n`, with an address that names it.
 fn latency_body(route: &str, run: &str, n: u64) -> (String, String) {
     let email = format!("lat-{run}-{route}-{n}@bench.example");
@@ -161,7 +155,7 @@ pub async fn latency(opts: LatencyOptions) -> anyhow::Result<()> {
         .build()
         .context("HTTP client")?;
     let sandbox = opts.sandbox.trim_end_matches('/').to_owned();
-    let run = format!("{:x}", epoch_ms());
+    let run = format!("{:x}", domain::Clock::now_ms(&domain::SystemClock));
     let mut rows = Vec::new();
     for route in &opts.routes {
         http.delete(format!("{sandbox}/_sandbox/records"))
@@ -189,7 +183,10 @@ pub async fn latency(opts: LatencyOptions) -> anyhow::Result<()> {
                     .await;
                 match res {
                     Ok(r) if r.status().as_u16() == 202 => {
-                        accepted.lock().await.insert(email, epoch_ms());
+                        accepted
+                            .lock()
+                            .await
+                            .insert(email, domain::Clock::now_ms(&domain::SystemClock));
                     }
                     _ => {
                         refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

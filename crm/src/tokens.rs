@@ -147,7 +147,8 @@ impl<T: TokenStore, S: SecretStore, C: Clock> TokenManager<T, S, C> {
     }
 
     /// The credentials secret of a client whose destination signs every call with it
-    /// ([`crate::AuthPolicy::SignedWithSecret`]), through a short cache.
+    /// ([`crate::AuthPolicy::SignedWithSecret`]), checked by the destination, through a
+    /// short cache (an unusable secret is not cached: it is read again until fixed).
     pub async fn signing_secret(
         &self,
         client: &ClientConfig,
@@ -159,11 +160,14 @@ impl<T: TokenStore, S: SecretStore, C: Clock> TokenManager<T, S, C> {
         let missing = || TokenError::NoCredentials(client.client_id.to_string());
         self.signing
             .try_get_with(name.clone(), async {
-                self.secrets
+                let secret = self
+                    .secrets
                     .get_secret(&name)
                     .await
                     .map_err(TokenError::from)?
-                    .ok_or_else(missing)
+                    .ok_or_else(missing)?;
+                destination(client.crm).validate_credentials(secret.expose())?;
+                Ok(secret)
             })
             .await
             .map_err(|e: std::sync::Arc<TokenError>| (*e).clone())
@@ -179,9 +183,7 @@ impl<T: TokenStore, S: SecretStore, C: Clock> TokenManager<T, S, C> {
                 .await
                 .map(|(t, _)| Credential::Token(t)),
             crate::AuthPolicy::SignedWithSecret => {
-                let secret = self.signing_secret(client).await?;
-                dest.validate_credentials(secret.expose())?;
-                Ok(Credential::Secret(secret))
+                Ok(Credential::Secret(self.signing_secret(client).await?))
             }
         }
     }
