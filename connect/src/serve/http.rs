@@ -371,14 +371,11 @@ async fn metrics_route(State(app): State<Arc<App>>) -> impl IntoResponse {
     )
 }
 
-/// The public router: one ingest route per destination (the pixel and unknown paths go
-/// through the fallback, which answers them too), `/health`, and `/metrics` and
-/// `/privacy/erasure` where configured.
+/// The public router: `/health`, `/metrics` and `/privacy/erasure` where configured, and
+/// everything else to the ingest handler (which knows the destinations' routes and the
+/// pixel, and answers 404 for the rest).
 pub(super) fn router(app: &Arc<App>, metrics_on_main: bool) -> Router {
     let mut router = Router::new().route("/health", get(health));
-    for crm in domain::Crm::all() {
-        router = router.route(&crm.route(), any(ingest_route));
-    }
     if app.erasure.is_some() {
         router = router.route("/privacy/erasure", axum::routing::post(erasure_route));
     }
