@@ -14,6 +14,9 @@ class StageThrottling {
 
   apply() {
     const custom = this.serverless.service.custom || {};
+    // The cloudfront front door has no API Gateway stage (WAF's rate rule and ingest's
+    // reserved concurrency bound it).
+    if (custom.frontDoor === 'cloudfront') return;
     const rate = Number(custom.apiRateLimit);
     const burst = Number(custom.apiBurstLimit);
     if (!Number.isFinite(rate) || !Number.isFinite(burst) || rate <= 0 || burst <= 0) {

@@ -42,6 +42,8 @@ async function list({ resolveConfigurationProperty }) {
 // ingest: POST + OPTIONS on /{name}, GET + HEAD on the pixel /{name}/p.
 async function ingestEvents(ctx) {
   const events = [];
+  // The cloudfront front door reaches ingest through its function URL: no API routes.
+  if ((await require('./front-door.js').door(ctx)) === 'cloudfront') return events;
   for (const d of await list(ctx)) {
     events.push({ http: { path: d.name, method: 'post' } });
     events.push({ http: { path: d.name, method: 'options' } });

@@ -191,8 +191,14 @@ pub struct QueuesSection {
 pub struct DeliverySection {
     /// Delivery workers per CRM (default 2).
     pub workers_per_crm: Option<usize>,
-    /// Messages per receive, 1–10 (default 10).
+    /// Messages per receive, 1–100 (default 50).
     pub batch_size: Option<usize>,
+    /// After a receive smaller than `batch_size`, milliseconds a worker waits for more
+    /// messages before the next receive; the fanout waits as long after a partial read
+    /// of the change feed (default 10; 0: take whatever is there at once). The local
+    /// counterpart of SQS's `maximumBatchingWindow`: fewer, fuller batches (fewer
+    /// commits and CRM calls per event) for at most this much added latency per step.
+    pub batch_window_ms: Option<u64>,
     /// Seconds a received message stays hidden while a worker handles it (default 360,
     /// longer than a batch's worst case: token refresh plus CRM calls with timeouts).
     pub visibility_timeout_seconds: Option<u64>,
@@ -207,6 +213,12 @@ pub struct DeliverySection {
     /// 300000).
     pub breaker_open_max_ms: Option<u64>,
 }
+
+/// Default of `[delivery] batch_window_ms`.
+pub const DEFAULT_BATCH_WINDOW_MS: u64 = 10;
+/// Largest `[delivery] batch_window_ms` honoured (a larger one is capped: the window is
+/// latency added to every event under light load).
+pub const MAX_BATCH_WINDOW_MS: u64 = 1000;
 
 /// Default of `[delivery] visibility_timeout_seconds`.
 pub const DEFAULT_VISIBILITY_TIMEOUT_SECONDS: u64 = 360;

@@ -508,10 +508,12 @@ fn main() -> std::process::ExitCode {
         "warn"
     };
     let _guard = init_tracing(level, cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if matches!(cli.command, Command::Serve { .. }) {
+        serve::tune_runtime(&mut builder);
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

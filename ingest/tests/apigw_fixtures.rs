@@ -11,7 +11,7 @@ use base64::Engine;
 use domain::{
     AllowedOrigins, ClientConfig, ClientId, Crm, NavigationRecord, RdStationConfig, SystemClock,
 };
-use ingest::lambda::handle_apigw;
+use ingest::lambda::{handle_apigw, handle_function_url};
 use ingest::{IngestHandler, IngestSettings};
 use serde_json::Value;
 
@@ -229,4 +229,63 @@ async fn preflight_is_answered_from_allowed_origins() {
     let r = handle_apigw(&handler, evil, "req").await;
     assert_eq!(r.status_code, 204);
     assert_eq!(header(&r, "access-control-allow-origin"), None);
+}
+
+/// The `cloudfront` front door: the same event as a Lambda function URL (payload 2.0)
+/// request that CloudFront forwarded.
+fn function_url_fixture() -> aws_lambda_events::lambda_function_urls::LambdaFunctionUrlRequest {
+    let path = format!(
+        "{}/../fixtures/events/function-url-responsys-json.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).expect("fixture");
+    serde_json::from_str(&text).expect("function URL event")
+}
+
+#[tokio::test]
+async fn function_url_events_are_stored_and_pixels_answered() {
+    let Some((handler, ddb, names)) = setup().await else {
+        return;
+    };
+    let r = handle_function_url(&handler, function_url_fixture(), "lambda-req").await;
+    assert_eq!(r.status_code, 202, "{:?}", r.body);
+    assert!(!r.is_base64_encoded);
+    assert_eq!(
+        r.headers
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some(ORIGIN)
+    );
+    let answer: Value = serde_json::from_str(r.body.as_deref().expect("body")).expect("json");
+    let id = answer["recordId"].as_str().expect("recordId").to_owned();
+    assert_eq!(stored(&ddb, &names.navigation, &id).await.len(), 1);
+
+    // The same event as the GTM template's pixel: GET /responsys/p?d=<base64url>.
+    let mut pixel = function_url_fixture();
+    let event: Value = serde_json::from_str(pixel.body.as_deref().expect("body")).expect("json");
+    let mut event = event;
+    event["eventId"] = Value::String("pixel-through-cloudfront-1".into());
+    let d = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(event.to_string());
+    pixel.body = None;
+    pixel.raw_path = Some("/responsys/p".into());
+    pixel.raw_query_string = Some(format!("d={d}"));
+    pixel.query_string_parameters.insert("d".into(), d);
+    pixel.request_context.http.method = Some("GET".into());
+    pixel.headers.remove("origin");
+    pixel.headers.remove("content-type");
+    pixel.headers.insert(
+        "referer",
+        http::HeaderValue::from_static("https://www.loja-exemplo.com.br/produto/xyz"),
+    );
+    let r = handle_function_url(&handler, pixel, "lambda-req-2").await;
+    assert_eq!(r.status_code, 200);
+    assert!(r.is_base64_encoded);
+    let gif = base64::engine::general_purpose::STANDARD
+        .decode(r.body.as_deref().expect("body"))
+        .expect("base64");
+    assert_eq!(gif, ingest::PIXEL_GIF);
+    assert_eq!(
+        r.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("image/gif")
+    );
 }

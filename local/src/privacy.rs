@@ -13,11 +13,10 @@ impl SuppressionStore for SqliteStore {
     async fn is_suppressed(&self, client: &ClientId, email_key: &str) -> Result<bool, StoreError> {
         let (key, client) = (email_key.to_owned(), client.to_string());
         self.read(move |conn| {
-            conn.query_row(
+            conn.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM suppressions WHERE email_key = ?1 AND scope IN (?2, ?3))",
-                params![key, client, GLOBAL_SCOPE],
-                |r| r.get::<_, bool>(0),
             )
+            .and_then(|mut s| s.query_row(params![key, client, GLOBAL_SCOPE], |r| r.get::<_, bool>(0)))
             .map_err(|e| StoreError::Unavailable(e.to_string()))
         })
         .await

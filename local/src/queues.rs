@@ -193,22 +193,27 @@ impl LocalQueues {
                         if let Some(dlq) = &dead_letter
                             && count >= max_receive_count
                         {
-                            tx.execute(
+                            tx.prepare_cached(
                                 "UPDATE queue_messages SET queue = ?2, visible_at = ?3,
                                    receipt = NULL WHERE seq = ?1",
-                                params![seq, dlq, now],
-                            )?;
+                            )?
+                            .execute(params![seq, dlq, now])?;
                             moved_in_tx.store(true, std::sync::atomic::Ordering::Relaxed);
                             continue;
                         }
                         let receipt = format!("{seq}-{}", uuid::Uuid::new_v4().simple());
-                        tx.execute(
+                        tx.prepare_cached(
                             "UPDATE queue_messages SET receive_count = receive_count + 1,
                                visible_at = ?2, receipt = ?3,
                                first_received_at = COALESCE(first_received_at, ?4)
                              WHERE seq = ?1",
-                            params![seq, hidden_until, receipt, now],
-                        )?;
+                        )?
+                        .execute(params![
+                            seq,
+                            hidden_until,
+                            receipt,
+                            now
+                        ])?;
                         out.push(ReceivedMessage {
                             message_id,
                             receipt_handle: receipt,
@@ -376,14 +381,11 @@ impl LocalQueues {
         let queue = queue.to_owned();
         self.store
             .read(move |conn| {
-                conn.query_row(
-                    "SELECT MIN(visible_at) FROM queue_messages WHERE queue = ?1",
-                    [queue],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map(Option::flatten)
-                .map_err(unavailable)
+                conn.prepare_cached("SELECT MIN(visible_at) FROM queue_messages WHERE queue = ?1")
+                    .and_then(|mut s| s.query_row([queue], |r| r.get(0)))
+                    .optional()
+                    .map(Option::flatten)
+                    .map_err(unavailable)
             })
             .await
     }

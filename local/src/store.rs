@@ -345,8 +345,11 @@ impl SqliteStore {
     ) -> Result<Option<T>, StoreError> {
         self.read(move |conn| {
             let item: Option<String> = conn
-                .query_row(sql, rusqlite::params_from_iter(args.iter()), |r| r.get(0))
-                .optional()
+                .prepare_cached(sql)
+                .and_then(|mut s| {
+                    s.query_row(rusqlite::params_from_iter(args.iter()), |r| r.get(0))
+                        .optional()
+                })
                 .map_err(unavailable)?;
             item.as_deref().map(parse_item).transpose()
         })

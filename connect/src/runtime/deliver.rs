@@ -17,6 +17,9 @@ pub struct WorkerSettings {
     pub batch_size: usize,
     /// Visibility timeout of a receive.
     pub visibility_timeout: Duration,
+    /// After a receive of fewer than `batch_size` messages, how long to let more
+    /// accumulate before the next receive (zero: receive again at once).
+    pub batch_window: Duration,
     /// Longest sleep with nothing to do: sends in this process wake the workers at once;
     /// sends by another process (`connect dlq redrive`) are seen within this time.
     pub idle_poll: Duration,
@@ -34,6 +37,7 @@ impl Default for WorkerSettings {
             visibility_timeout: Duration::from_secs(
                 crate::config::DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
             ),
+            batch_window: Duration::from_millis(crate::config::DEFAULT_BATCH_WINDOW_MS),
             idle_poll: Duration::from_secs(1),
         }
     }
@@ -61,7 +65,21 @@ pub async fn run<D, T, S, A, C>(
         queue_name(crm, QueueKind::DeadLetter),
     );
     let mut sends = queues.watch_sends();
+    // Whether the last receive was full: then the next one runs at once; otherwise the
+    // worker first lets the batch window fill (under load, one call and one commit per
+    // batch instead of per handful of messages).
+    let mut last_full = false;
     while !*stop.borrow() {
+        if !last_full && !settings.batch_window.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(settings.batch_window) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        // The window may have seen the stop (a later `changed()` would not fire again).
+        if *stop.borrow() {
+            break;
+        }
         sends.borrow_and_update();
         let received = match queues
             .receive(
@@ -82,6 +100,7 @@ pub async fn run<D, T, S, A, C>(
                 continue;
             }
         };
+        last_full = received.len() >= settings.batch_size;
         if received.is_empty() {
             let now = domain::Clock::now_ms(&domain::SystemClock);
             let wait = match queues.next_visible_at(&queue).await {

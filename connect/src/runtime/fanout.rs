@@ -58,11 +58,15 @@ fn retry_delays() -> impl Iterator<Item = Duration> {
 
 /// Runs until `stop` turns true; the batch in hand is finished (sent and checkpointed)
 /// first.
+/// After a read of fewer than [`POLL_BATCH`] changes, it waits `batch_window` for more
+/// before the next read, so that under load a batch costs one send and one checkpoint
+/// for many events.
 pub async fn run<Q, A, C>(
     store: SqliteStore,
     handler: FanoutHandler<Q, A, C>,
     metrics: Arc<Metrics>,
     clock: C,
+    batch_window: Duration,
     mut stop: watch::Receiver<bool>,
 ) where
     Q: QueueSender,
@@ -83,7 +87,18 @@ pub async fn run<Q, A, C>(
             }
         }
     };
+    let mut last_full = false;
     while !*stop.borrow() {
+        if !last_full && !batch_window.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(batch_window) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        // The window may have seen the stop (a later `changed()` would not fire again).
+        if *stop.borrow() {
+            break;
+        }
         inserts.borrow_and_update();
         let changes = match store.changes_after(checkpoint, POLL_BATCH).await {
             Ok(c) => c,
@@ -95,6 +110,7 @@ pub async fn run<Q, A, C>(
                 continue;
             }
         };
+        last_full = changes.len() >= POLL_BATCH;
         let Some(last) = changes.last().map(|c| c.seq) else {
             tokio::select! {
                 _ = inserts.changed() => {}

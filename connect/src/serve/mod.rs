@@ -44,6 +44,24 @@ pub struct ServeOptions {
 /// Default address of the in-process sandbox.
 pub const DEFAULT_SANDBOX_LISTEN: &str = "127.0.0.1:3900";
 
+/// Most threads of tokio's blocking pool in `serve` (SQLite reads, file I/O, DNS).
+/// Tokio's default (512) lets reads that queue on the reader connection each take a
+/// thread — 27 of them under `wrk -c64`, each with its own allocator heap and stack.
+/// Past this many, blocking work waits its turn instead.
+pub const MAX_BLOCKING_THREADS: usize = 8;
+
+/// The runtime of `serve`: one async worker per core but one, leaving a core to the
+/// SQLite writer thread (it fsyncs each group commit) and the kernel's network work —
+/// measured less CPU per event and more throughput than a worker per core on 2 cores
+/// (BENCHMARKS.md); at least one. `TOKIO_WORKER_THREADS` overrides it.
+pub fn tune_runtime(builder: &mut tokio::runtime::Builder) {
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        builder.worker_threads(cores.saturating_sub(1).max(1));
+    }
+    builder.max_blocking_threads(MAX_BLOCKING_THREADS);
+}
+
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     let file = match &opts.config {
@@ -259,11 +277,18 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         },
         "fanout",
     );
+    let batch_window = Duration::from_millis(
+        file.delivery
+            .batch_window_ms
+            .unwrap_or(config::DEFAULT_BATCH_WINDOW_MS)
+            .min(config::MAX_BATCH_WINDOW_MS),
+    );
     let fanout_task = tokio::spawn(runtime::fanout::run(
         store.clone(),
         fanout,
         Arc::clone(&metrics),
         SystemClock,
+        batch_window,
         stop_rx,
     ));
     let listener = tokio::net::TcpListener::bind(listen)
@@ -307,6 +332,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
                 .unwrap_or(config::DEFAULT_VISIBILITY_TIMEOUT_SECONDS)
                 .max(1),
         ),
+        batch_window,
         ..runtime::deliver::WorkerSettings::default()
     };
     let mut workers = Vec::new();

@@ -2,18 +2,27 @@
 //!
 //! Env: `NAVIGATION_TABLE`, `CLIENTS_TABLE`, `RDSTATION_CONFIG_TABLE`, `RECORD_TTL_HOURS`,
 //! `ALERT_TOPIC_ARN` (refusal alerts), `REFUSAL_ALERT_THRESHOLD` (default 500; 0: off),
-//! `SUPPRESSION_TABLE` (LGPD suppressions; the installation key from Secrets Manager).
+//! `SUPPRESSION_TABLE` (LGPD suppressions; the installation key from Secrets Manager),
+//! `INGEST_EVENT_SOURCE` (`apigateway`, the default, or `function-url`).
 //! Signing keys are read from Secrets Manager (`/connect/signing/{clientId}` by default).
 
 use aws::env::{self, ALERT_TOPIC_ARN, CLIENTS_TABLE, NAVIGATION_TABLE, RDSTATION_CONFIG_TABLE};
 use aws::{DynamoClientDirectory, DynamoRecordStore, SecretsManager, SnsAlerts};
 use aws_lambda_events::apigw::ApiGatewayProxyRequest;
+use aws_lambda_events::lambda_function_urls::LambdaFunctionUrlRequest;
 use domain::SystemClock;
 use domain::alerts::{DEFAULT_ALERT_WINDOW_MS, DedupAlerts};
-use ingest::lambda::handle_apigw;
+use ingest::lambda::{handle_apigw, handle_function_url};
 use ingest::{IngestHandler, IngestSettings};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use std::sync::Arc;
+
+/// Env var naming the front door's event shape (serverless.yml's `custom.frontDoor`):
+/// [`API_GATEWAY`] (REST API proxy events, the default) or [`FUNCTION_URL`] (function
+/// URL events, behind CloudFront).
+const INGEST_EVENT_SOURCE: &str = "INGEST_EVENT_SOURCE";
+const API_GATEWAY: &str = "apigateway";
+const FUNCTION_URL: &str = "function-url";
 
 /// Env var of [`IngestSettings::refusal_alert_threshold`].
 const REFUSAL_ALERT_THRESHOLD: &str = "REFUSAL_ALERT_THRESHOLD";
@@ -59,10 +68,32 @@ async fn main() -> Result<(), Error> {
         )));
     }
     let handler = &handler;
-    lambda_runtime::run(service_fn(
-        move |event: LambdaEvent<ApiGatewayProxyRequest>| async move {
-            Ok::<_, Error>(handle_apigw(handler, event.payload, &event.context.request_id).await)
-        },
-    ))
-    .await
+    match std::env::var(INGEST_EVENT_SOURCE).as_deref() {
+        Ok(FUNCTION_URL) => {
+            lambda_runtime::run(service_fn(
+                move |event: LambdaEvent<LambdaFunctionUrlRequest>| async move {
+                    Ok::<_, Error>(
+                        handle_function_url(handler, event.payload, &event.context.request_id)
+                            .await,
+                    )
+                },
+            ))
+            .await
+        }
+        Ok(API_GATEWAY) | Err(std::env::VarError::NotPresent) => {
+            lambda_runtime::run(service_fn(
+                move |event: LambdaEvent<ApiGatewayProxyRequest>| async move {
+                    Ok::<_, Error>(
+                        handle_apigw(handler, event.payload, &event.context.request_id).await,
+                    )
+                },
+            ))
+            .await
+        }
+        Ok(other) => Err(format!(
+            "{INGEST_EVENT_SOURCE} must be {API_GATEWAY} or {FUNCTION_URL}, not {other:?}"
+        )
+        .into()),
+        Err(e) => Err(format!("{INGEST_EVENT_SOURCE}: {e}").into()),
+    }
 }

@@ -1,14 +1,26 @@
 //! The packaged CloudFormation template (`osls package --stage ci`, run by
-//! `./scripts/test`): least privilege per function, and the event-source settings.
+//! `./scripts/test`): least privilege per function, the event-source settings, and
+//! both front doors (`rest`, and `cloudfront` packaged with `--param="front-door=cloudfront"`).
 
 use serde_json::Value;
 use std::collections::BTreeSet;
 
 fn template() -> Option<Value> {
-    let path = concat!(
+    packaged(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../.serverless/cloudformation-template-update-stack.json"
-    );
+    ))
+}
+
+/// The template of the `cloudfront` front door (`--param="front-door=cloudfront"`).
+fn cloudfront_template() -> Option<Value> {
+    packaged(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../.serverless-cloudfront/cloudformation-template-update-stack.json"
+    ))
+}
+
+fn packaged(path: &str) -> Option<Value> {
     match std::fs::read_to_string(path) {
         Ok(text) => Some(serde_json::from_str(&text).expect("template JSON")),
         Err(_) if std::env::var("CONNECT_REQUIRE_TEMPLATE").is_err() => {
@@ -502,4 +514,125 @@ fn every_destination_of_the_registry_is_deployed_from_the_list() {
         assert!(outputs[format!("{cap}QueueUrl")].is_object(), "{name}");
         assert!(outputs[format!("{cap}DlqUrl")].is_object(), "{name}");
     }
+}
+
+#[test]
+fn the_cloudfront_door_keeps_the_waf_and_lets_only_its_distribution_call_ingest() {
+    let (Some(rest), Some(cf)) = (template(), cloudfront_template()) else {
+        return;
+    };
+    let ingest_env = |t: &Value| {
+        t["Resources"]["IngestLambdaFunction"]["Properties"]["Environment"]["Variables"]
+            ["INGEST_EVENT_SOURCE"]
+            .clone()
+    };
+    // The default door: API Gateway events, the ACL regional and associated to the stage.
+    assert_eq!(ingest_env(&rest), "apigateway");
+    assert_eq!(
+        rest["Resources"]["WebAcl"]["Properties"]["Scope"],
+        "REGIONAL"
+    );
+    assert!(rest["Resources"].get("WebAclAssociation").is_some());
+    assert!(rest["Resources"].get("IngestDistribution").is_none());
+
+    let r = &cf["Resources"];
+    let of_type = |ty: &str| {
+        r.as_object()
+            .expect("resources")
+            .iter()
+            .filter(|(_, v)| v["Type"] == ty)
+            .map(|(k, _)| k.clone())
+            .collect::<Vec<_>>()
+    };
+    // No API Gateway at all; ingest reads function URL events.
+    let apigw: Vec<_> = r
+        .as_object()
+        .expect("resources")
+        .iter()
+        .filter(|(_, v)| {
+            v["Type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("AWS::ApiGateway"))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(apigw.is_empty(), "{apigw:?}");
+    assert_eq!(ingest_env(&cf), "function-url");
+    // The same WAF rules, scoped to CloudFront and attached to the distribution.
+    assert_eq!(r["WebAcl"]["Properties"]["Scope"], "CLOUDFRONT");
+    assert_eq!(
+        r["WebAcl"]["Properties"]["Rules"],
+        rest["Resources"]["WebAcl"]["Properties"]["Rules"]
+    );
+    let dist = &r["IngestDistribution"]["Properties"]["DistributionConfig"];
+    assert_eq!(dist["WebACLId"]["Fn::GetAtt"][0], "WebAcl");
+    assert!(
+        dist.get("Logging").is_none(),
+        "the pixel's query holds an email: no access log"
+    );
+    // Only the distribution can call the URL: IAM auth, signed by its origin access control.
+    assert_eq!(
+        of_type("AWS::Lambda::Url"),
+        vec!["IngestFunctionUrl".to_owned()]
+    );
+    assert_eq!(r["IngestFunctionUrl"]["Properties"]["AuthType"], "AWS_IAM");
+    let origin = &dist["Origins"][0];
+    assert_eq!(
+        origin["OriginAccessControlId"]["Fn::GetAtt"][0],
+        "IngestOriginAccessControl"
+    );
+    let oac = &r["IngestOriginAccessControl"]["Properties"]["OriginAccessControlConfig"];
+    assert_eq!(oac["OriginAccessControlOriginType"], "lambda");
+    assert_eq!(oac["SigningBehavior"], "always");
+    let permissions = of_type("AWS::Lambda::Permission");
+    let ingest_permissions: Vec<&Value> = permissions
+        .iter()
+        .map(|k| &r[k]["Properties"])
+        .filter(|p| {
+            p["FunctionName"]
+                .to_string()
+                .contains("IngestLambdaFunction")
+        })
+        .collect();
+    assert_eq!(ingest_permissions.len(), 2, "{ingest_permissions:?}");
+    for p in ingest_permissions {
+        assert_eq!(p["Principal"], "cloudfront.amazonaws.com");
+        assert!(
+            p["SourceArn"].to_string().contains("IngestDistribution"),
+            "only this distribution: {p}"
+        );
+    }
+    // Nothing cached; only what ingest reads is forwarded (the viewer's address for
+    // the per-IP limits, the pixel's `d`), no cookies.
+    let behavior = &dist["DefaultCacheBehavior"];
+    assert_eq!(
+        behavior["CachePolicyId"],
+        "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
+    );
+    assert_eq!(behavior["ViewerProtocolPolicy"], "https-only");
+    let policy = &r["IngestOriginRequestPolicy"]["Properties"]["OriginRequestPolicyConfig"];
+    let headers = policy["HeadersConfig"]["Headers"].to_string();
+    for h in [
+        "Origin",
+        "Referer",
+        "CloudFront-Viewer-Address",
+        "x-amz-content-sha256",
+    ] {
+        assert!(headers.contains(h), "{h} not forwarded: {headers}");
+    }
+    assert_eq!(policy["CookiesConfig"]["CookieBehavior"], "none");
+    assert_eq!(
+        policy["QueryStringsConfig"]["QueryStrings"],
+        serde_json::json!(["d"])
+    );
+    // Alarmed, and the URL to give the GTM template is the distribution's.
+    assert_eq!(
+        r["Api5xxAlarm"]["Properties"]["Namespace"],
+        "AWS/CloudFront"
+    );
+    assert!(
+        cf["Outputs"]["ApiUrl"]["Value"]
+            .to_string()
+            .contains("IngestDistribution")
+    );
 }
