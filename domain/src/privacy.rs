@@ -24,7 +24,9 @@ pub const MIN_KEY_BYTES: usize = 16;
 /// Keyed hashes of emails (HMAC-SHA256 with the installation key).
 #[derive(Clone)]
 pub struct EmailKeyer {
-    key: Vec<u8>,
+    /// HMAC-SHA256 with the key already absorbed (its inner and outer pads): each
+    /// hash clones it instead of hashing the key again.
+    keyed: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for EmailKeyer {
@@ -36,7 +38,10 @@ impl std::fmt::Debug for EmailKeyer {
 impl EmailKeyer {
     /// A keyer with `key` (the installation secret).
     pub fn new(key: &[u8]) -> Self {
-        EmailKeyer { key: key.to_vec() }
+        // HMAC takes a key of any length.
+        let keyed = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
+            .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
+        EmailKeyer { keyed }
     }
 
     /// A keyer with a random key of this process (hashes are not comparable across
@@ -44,14 +49,11 @@ impl EmailKeyer {
     pub fn ephemeral() -> Self {
         let mut key = uuid::Uuid::new_v4().as_bytes().to_vec();
         key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-        EmailKeyer { key }
+        EmailKeyer::new(&key)
     }
 
     fn mac(&self, purpose: &str, email: &str) -> [u8; 32] {
-        let mut mac = match <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key) {
-            Ok(m) => m,
-            Err(_) => <Hmac<Sha256> as KeyInit>::new(&Default::default()),
-        };
+        let mut mac = self.keyed.clone();
         mac.update(purpose.as_bytes());
         mac.update(b":");
         mac.update(email.as_bytes());
