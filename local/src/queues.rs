@@ -3,6 +3,12 @@
 //! `ApproximateReceiveCount`, and a move to the dead-letter queue once a message was
 //! received `max_receive_count` times without being deleted. Stored in the same SQLite
 //! file as everything else.
+//!
+//! The server's queue writes commit with `synchronous = NORMAL` (`Durability::Relaxed`
+//! in the store): a power loss can only drop the newest of them, together with every
+//! commit after, and what they recorded is redone from what stays durable (a lost send
+//! with its fanout checkpoint, a lost receive or delete by the message becoming
+//! visible again).
 
 use crate::store::SqliteStore;
 use async_trait::async_trait;
@@ -127,7 +133,7 @@ impl LocalQueues {
             .collect();
         let ids: Vec<String> = rows.iter().map(|(id, _, _)| id.clone()).collect();
         self.store
-            .write(move |conn| {
+            .write_relaxed(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 {
                     let mut insert = tx.prepare_cached(
@@ -165,7 +171,7 @@ impl LocalQueues {
         let moved_in_tx = Arc::clone(&moved);
         let received = self
             .store
-            .write(move |conn| {
+            .write_relaxed(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let mut out = Vec::new();
                 {
@@ -249,7 +255,7 @@ impl LocalQueues {
     ) -> Result<Vec<bool>, StoreError> {
         let queue = queue.to_owned();
         self.store
-            .write(move |conn| {
+            .write_relaxed(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 crate::store::insert_delivery_log(&tx, crm, at_ms, &log)?;
                 let mut deleted = Vec::with_capacity(receipts.len());
@@ -278,7 +284,7 @@ impl LocalQueues {
         };
         let (queue, receipt) = (queue.to_owned(), receipt_handle.to_owned());
         self.store
-            .write(move |conn| {
+            .write_relaxed(move |conn| {
                 conn.execute(
                     "DELETE FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
                     params![seq, queue, receipt],
@@ -303,7 +309,7 @@ impl LocalQueues {
         let (queue, receipt) = (queue.to_owned(), receipt_handle.to_owned());
         let changed = self
             .store
-            .write(move |conn| {
+            .write_relaxed(move |conn| {
                 conn.execute(
                     "UPDATE queue_messages SET visible_at = ?4
                      WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",

@@ -74,7 +74,25 @@ pub struct StoreOptions {
     pub tool: bool,
 }
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// A job on the writer connection; it gets the error instead when the connection could
+/// not be set to the job's durability.
+type Job = Box<dyn FnOnce(Result<&mut Connection, rusqlite::Error>) + Send>;
+
+/// How durable a writer job's commits must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// The store's `synchronous` setting (FULL by default: fsync'd before the answer).
+    Configured,
+    /// `synchronous = NORMAL` for this job: its commit survives a process crash but
+    /// the last ones may roll back on power loss. Only for writes whose loss is repaired
+    /// by redoing them: the WAL is a log, so a power loss drops a suffix of commits and
+    /// never one without those after it — the fsync of the next FULL commit (every
+    /// accepted event's group commit) also makes every earlier relaxed commit durable.
+    /// Used by the local queues (send, receive, acknowledge, visibility) and the
+    /// fanout's checkpoint: a lost send is lost with its checkpoint (re-sent from the
+    /// feed), a lost receive or delete makes the message visible again (at-least-once).
+    Relaxed,
+}
 
 enum Op {
     Put {
@@ -89,7 +107,7 @@ enum Op {
         now_s: i64,
         reply: oneshot::Sender<Result<usize, StoreError>>,
     },
-    Job(Job),
+    Job(Job, Durability),
     Shutdown,
 }
 
@@ -270,6 +288,8 @@ impl SqliteStore {
             conn: writer,
             dedup,
             changes: change_tx,
+            configured: options.synchronous,
+            relaxed: false,
         };
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -306,13 +326,37 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.write_with(Durability::Configured, f).await
+    }
+
+    /// [`SqliteStore::write`] with [`Durability::Relaxed`] commits (the server's own
+    /// queue and checkpoint writes; an operator tool's writes keep the configured
+    /// durability: what it reports done stays done).
+    pub(crate) async fn write_relaxed<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let durability = if self.inner.tool {
+            Durability::Configured
+        } else {
+            Durability::Relaxed
+        };
+        self.write_with(durability, f).await
+    }
+
+    async fn write_with<T, F>(&self, durability: Durability, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let _ = reply.send(f(conn).map_err(unavailable));
+        let job: Job = Box::new(move |conn: Result<&mut Connection, rusqlite::Error>| {
+            let _ = reply.send(conn.and_then(f).map_err(unavailable));
         });
         self.inner
             .tx
-            .send(Op::Job(job))
+            .send(Op::Job(job, durability))
             .await
             .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
         rx.await
@@ -682,7 +726,9 @@ impl SqliteStore {
     /// moves back).
     pub async fn commit_checkpoint(&self, consumer: &str, seq: i64) -> Result<(), StoreError> {
         let consumer = consumer.to_owned();
-        self.write(move |conn| {
+        // Relaxed: a checkpoint lost to a power failure is lost with the sends before
+        // it (Durability::Relaxed), which are then redone from the feed.
+        self.write_relaxed(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
                 "INSERT INTO checkpoints (consumer, seq) VALUES (?1, ?2)
@@ -741,6 +787,16 @@ fn load_dedup(conn: &Connection) -> rusqlite::Result<HashSet<u128>> {
     Ok(set)
 }
 
+/// Answers every put of a group that could not be committed with `error`.
+fn fail_puts(puts: &mut Vec<Op>, error: &rusqlite::Error) {
+    tracing::error!(error = %error, records = puts.len(), "the writer could not be set to its durability; the group is refused");
+    for op in puts.drain(..) {
+        if let Op::Put { reply, .. } = op {
+            let _ = reply.send(Err(StoreError::Unavailable(error.to_string())));
+        }
+    }
+}
+
 /// The writer thread's state.
 ///
 /// Duplicates of idempotent records are found in `dedup`, an in-memory set of the
@@ -752,6 +808,10 @@ struct Writer {
     conn: Connection,
     dedup: HashSet<u128>,
     changes: watch::Sender<i64>,
+    /// The store's `synchronous` setting.
+    configured: Synchronous,
+    /// Whether the connection is set to `synchronous = NORMAL` for relaxed jobs now.
+    relaxed: bool,
 }
 
 impl Writer {
@@ -774,13 +834,23 @@ impl Writer {
                 }
             }
             if !puts.is_empty() {
-                self.commit_group(&mut puts);
+                // Accepted events are committed with the configured durability, always.
+                match self.set_relaxed(false) {
+                    Ok(()) => self.commit_group(&mut puts),
+                    Err(e) => fail_puts(&mut puts, &e),
+                }
             }
             for op in others.drain(..) {
                 match op {
-                    Op::Job(job) => job(&mut self.conn),
+                    Op::Job(job, durability) => {
+                        match self.set_relaxed(durability == Durability::Relaxed) {
+                            Ok(()) => job(Ok(&mut self.conn)),
+                            Err(e) => job(Err(e)),
+                        }
+                    }
                     Op::Sweep { now_s, reply } => {
-                        let _ = reply.send(self.sweep(now_s).map_err(unavailable));
+                        let result = self.set_relaxed(false).and_then(|()| self.sweep(now_s));
+                        let _ = reply.send(result.map_err(unavailable));
                     }
                     Op::Put { .. } | Op::Shutdown => {}
                 }
@@ -793,6 +863,18 @@ impl Writer {
         let _ = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+
+    /// Sets the connection to `synchronous = NORMAL` (relaxed) or back to the
+    /// configured level, when it is not already there.
+    fn set_relaxed(&mut self, relaxed: bool) -> rusqlite::Result<()> {
+        if self.configured == Synchronous::Normal || self.relaxed == relaxed {
+            return Ok(());
+        }
+        let level = if relaxed { "NORMAL" } else { "FULL" };
+        self.conn.pragma_update(None, "synchronous", level)?;
+        self.relaxed = relaxed;
+        Ok(())
     }
 
     fn commit_group(&mut self, puts: &mut Vec<Op>) {
@@ -1007,5 +1089,49 @@ impl ClientDirectory for SqliteStore {
             Ok(clients)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(conn: &mut Connection) -> rusqlite::Result<i64> {
+        conn.query_row("PRAGMA synchronous", [], |r| r.get(0))
+    }
+
+    /// Relaxed jobs run at NORMAL (1); every other write, and the group commit of
+    /// accepted events, at the configured FULL (2) again.
+    #[tokio::test]
+    async fn relaxed_jobs_never_leave_the_writer_relaxed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
+        assert_eq!(store.write(level).await, Ok(2));
+        assert_eq!(store.write_relaxed(level).await, Ok(1));
+        assert_eq!(store.write(level).await, Ok(2));
+        store.write_relaxed(level).await.expect("relaxed");
+        let event = domain::GtmEvent::parse(
+            Crm::RESPONSYS,
+            serde_json::json!({"clientId": "shop", "email": "ana@example.com", "eventType": "purchase"}),
+        )
+        .expect("valid");
+        let client = domain::ClientId::parse("shop").expect("id");
+        let record =
+            domain::NavigationRecord::new(event, client, Crm::RESPONSYS, 1_706_457_600_000, 48);
+        assert!(store.put_if_absent(&record).await.is_ok());
+        // The group commit switched back before committing; the next relaxed job
+        // switches again.
+        assert_eq!(store.write_relaxed(level).await, Ok(1));
+
+        // An operator tool's writes keep the configured durability.
+        let tool = SqliteStore::open(
+            dir.path(),
+            StoreOptions {
+                tool: true,
+                ..StoreOptions::default()
+            },
+        )
+        .expect("tool");
+        assert_eq!(tool.write_relaxed(level).await, Ok(2));
     }
 }
