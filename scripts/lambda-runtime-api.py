@@ -43,6 +43,7 @@ class Run:
         self.done_at = {}  # request id -> when its response came
         self.errors = []
         self.first_next = None
+        self.stopping = False
         self.cond = threading.Condition()
 
 
@@ -81,8 +82,12 @@ class Api(BaseHTTPRequestHandler):
             if run.first_next is None:
                 run.first_next = now
             if not run.events:
-                # Nothing more: hold the poll until the harness stops the process.
-                run.cond.wait(timeout=60)
+                # Nothing more: hold the poll until the harness stops the process (a
+                # notify for another invocation's response must not release it: the
+                # runtime would take the empty answer for a malformed event).
+                deadline = now + 60
+                while not run.stopping and time.monotonic() < deadline:
+                    run.cond.wait(timeout=0.5)
                 self._reply(500)
                 return
             event = run.events.pop(0)
@@ -177,6 +182,9 @@ def measure(binary, env, event):
     with RUN.cond:
         while len(RUN.done_at) < INVOCATIONS and time.monotonic() < deadline and proc.poll() is None:
             RUN.cond.wait(timeout=0.5)
+    with RUN.cond:
+        RUN.stopping = True
+        RUN.cond.notify_all()
     rss_kb = 0
     try:
         with open(f"/proc/{proc.pid}/status") as f:
@@ -192,7 +200,7 @@ def measure(binary, env, event):
     ids = getattr(RUN, "ids", [])
     durations = [RUN.done_at[i] - t for i, t in zip(ids, RUN.next_at) if i in RUN.done_at]
     if RUN.first_next is None or len(durations) < INVOCATIONS:
-        raise SystemExit(f"{binary}: {len(durations)} invocations answered; stderr: {err.decode(errors='replace')[-800:]}")
+        raise SystemExit(f"{binary}: {len(durations)} invocations answered (handed {len(ids)}, answered {len(RUN.done_at)}, exit {proc.returncode}, errors {RUN.errors[:2]}); stderr: {err.decode(errors='replace')[-800:]}")
     return {
         "init_ms": (RUN.first_next - started) * 1000,
         "first_ms": durations[0] * 1000,
