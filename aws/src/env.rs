@@ -93,3 +93,25 @@ pub fn parse_ttl_hours(v: &str) -> Result<u32, String> {
     }
     Ok(hours)
 }
+
+/// How long one attempt of an AWS call may take before the SDK abandons it and retries
+/// (standard retry mode: 3 attempts). In-region DynamoDB, SQS, SNS and Secrets Manager
+/// calls take milliseconds; without it a stalled connection holds the invocation until
+/// the function's own timeout (the SDK sets only a connect timeout by default).
+pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// The longest a whole AWS call (its attempts and back-offs) may take.
+pub const OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(7);
+
+/// The SDK configuration of a Lambda: the default chain (environment, container
+/// credentials) with [`ATTEMPT_TIMEOUT`] and [`OPERATION_TIMEOUT`].
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .operation_timeout(OPERATION_TIMEOUT)
+                .build(),
+        )
+        .load()
+        .await
+}

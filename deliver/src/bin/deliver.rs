@@ -115,9 +115,7 @@ fn settings(crm: Crm) -> Result<DeliverSettings, Error> {
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let crm: Crm = env::required(CRM)?.parse()?;
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
+    let config = aws::env::sdk_config().await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
     let privacy = aws::privacy::from_env(
         &dynamodb,
