@@ -50,13 +50,18 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// The load generators' HTTP client (10 s per request).
+fn client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("HTTP client")
+}
+
 /// Runs the load and prints a one-line JSON report.
 pub async fn load(opts: LoadOptions) -> anyhow::Result<()> {
     anyhow::ensure!(opts.rate > 0, "--rate must be at least 1");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("HTTP client")?;
+    let http = client()?;
     let url = format!("{}/{}", opts.url.trim_end_matches('/'), opts.route);
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let statuses = Arc::new(Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
@@ -150,10 +155,7 @@ fn latency_body(route: &str, run: &str, n: u64) -> (String, String) {
 /// how many accepted events never arrived.
 pub async fn latency(opts: LatencyOptions) -> anyhow::Result<()> {
     anyhow::ensure!(opts.rate > 0, "--rate must be at least 1");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("HTTP client")?;
+    let http = client()?;
     let sandbox = opts.sandbox.trim_end_matches('/').to_owned();
     let run = format!("{:x}", domain::Clock::now_ms(&domain::SystemClock));
     let mut rows = Vec::new();

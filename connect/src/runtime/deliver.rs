@@ -2,6 +2,7 @@
 //! `local::queues`), run the deliver handler, delete what is done. They wake as soon as
 //! a message is sent, or when the next hidden message becomes visible.
 
+use super::sleep_or_stop;
 use crate::metrics::Metrics;
 use deliver::{DeliverHandler, InboundMessage};
 use domain::{AlertSink, ClientDirectory, Clock, Crm, QueueKind, SecretStore, TokenStore};
@@ -70,14 +71,10 @@ pub async fn run<D, T, S, A, C>(
     // batch instead of per handful of messages).
     let mut last_full = false;
     while !*stop.borrow() {
-        if !last_full && !settings.batch_window.is_zero() {
-            tokio::select! {
-                () = tokio::time::sleep(settings.batch_window) => {}
-                _ = stop.changed() => {}
-            }
-        }
-        // The window may have seen the stop (a later `changed()` would not fire again).
-        if *stop.borrow() {
+        if !last_full
+            && !settings.batch_window.is_zero()
+            && sleep_or_stop(&mut stop, settings.batch_window).await
+        {
             break;
         }
         sends.borrow_and_update();
@@ -93,10 +90,7 @@ pub async fn run<D, T, S, A, C>(
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(crm = crm.as_str(), error = %e, "receive failed");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.changed() => {}
-                }
+                sleep_or_stop(&mut stop, Duration::from_secs(1)).await;
                 continue;
             }
         };

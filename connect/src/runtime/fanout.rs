@@ -3,6 +3,7 @@
 //! batch (at-least-once), never skips it. It wakes as soon as an insert commits and takes
 //! whatever accumulated as one batch under load.
 
+use super::sleep_or_stop;
 use crate::metrics::Metrics;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use domain::{AlertSink, ChangeKind, ChangeRecord, Clock, Image, NavigationRecord, QueueSender};
@@ -81,7 +82,7 @@ pub async fn run<Q, A, C>(
             Ok(c) => break c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the fanout checkpoint; retrying");
-                if sleep_or_stop(&mut stop, delays.next()).await {
+                if sleep_or_stop(&mut stop, delays.next().unwrap_or(MAX_RETRY_DELAY)).await {
                     return;
                 }
             }
@@ -89,14 +90,7 @@ pub async fn run<Q, A, C>(
     };
     let mut last_full = false;
     while !*stop.borrow() {
-        if !last_full && !batch_window.is_zero() {
-            tokio::select! {
-                () = tokio::time::sleep(batch_window) => {}
-                _ = stop.changed() => {}
-            }
-        }
-        // The window may have seen the stop (a later `changed()` would not fire again).
-        if *stop.borrow() {
+        if !last_full && !batch_window.is_zero() && sleep_or_stop(&mut stop, batch_window).await {
             break;
         }
         inserts.borrow_and_update();
@@ -104,7 +98,7 @@ pub async fn run<Q, A, C>(
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the change feed; retrying");
-                if sleep_or_stop(&mut stop, delays.next()).await {
+                if sleep_or_stop(&mut stop, delays.next().unwrap_or(MAX_RETRY_DELAY)).await {
                     return;
                 }
                 continue;
@@ -139,21 +133,11 @@ pub async fn run<Q, A, C>(
             }
         }
         if outcome.first_failure.is_some() {
-            if sleep_or_stop(&mut stop, delays.next()).await {
+            if sleep_or_stop(&mut stop, delays.next().unwrap_or(MAX_RETRY_DELAY)).await {
                 return;
             }
         } else {
             delays = retry_delays();
         }
     }
-}
-
-/// Sleeps `delay` unless `stop` turns true first; returns whether to stop.
-async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, delay: Option<Duration>) -> bool {
-    let delay = delay.unwrap_or(MAX_RETRY_DELAY);
-    tokio::select! {
-        () = tokio::time::sleep(delay) => {}
-        _ = stop.changed() => {}
-    }
-    *stop.borrow()
 }
