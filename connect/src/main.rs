@@ -500,6 +500,11 @@ pub(crate) fn open_tool_store(data: &std::path::Path) -> anyhow::Result<local::S
 }
 
 fn main() -> std::process::ExitCode {
+    // No transparent huge pages for this process, also where the system enables them for
+    // every mapping (`always`): a 2 MiB page per touched allocator region would double
+    // the resident set for no measurable CPU gain (BENCHMARKS.md). Best effort.
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let cli = Cli::parse();
     // The server logs every request; operator commands only say what went wrong.
     let level = if matches!(cli.command, Command::Serve { .. }) {
