@@ -35,6 +35,9 @@ impl std::fmt::Debug for EmailKeyer {
     }
 }
 
+/// The purpose string of suppression keys.
+const SUPPRESS_PURPOSE: &str = "suppress:v1";
+
 impl EmailKeyer {
     /// A keyer with `key` (the installation secret).
     pub fn new(key: &[u8]) -> Self {
@@ -52,7 +55,7 @@ impl EmailKeyer {
         EmailKeyer::new(&key)
     }
 
-    fn mac(&self, purpose: &str, email: &str) -> [u8; 32] {
+    pub(crate) fn mac(&self, purpose: &str, email: &str) -> [u8; 32] {
         let mut mac = self.keyed.clone();
         mac.update(purpose.as_bytes());
         mac.update(b":");
@@ -62,13 +65,13 @@ impl EmailKeyer {
 
     /// The suppression key of an email: 64 hex digits.
     pub fn key(&self, email: &Email) -> String {
-        hex::encode(self.mac("suppress:v1", email.as_str()))
+        crate::hex_lower(&self.mac(SUPPRESS_PURPOSE, email.as_str()))
     }
 
     /// A short id of an email for logs: 16 hex digits (correlates log lines; reveals
     /// nothing without the key).
     pub fn log_id(&self, email: &Email) -> String {
-        hex::encode(&self.mac("log:v1", email.as_str())[..8])
+        crate::hex_lower(&self.mac("log:v1", email.as_str())[..8])
     }
 
     /// Parses an installation secret: the key as hex (≥ 16 bytes), else its raw bytes.
@@ -140,7 +143,7 @@ impl<T: SuppressionStore + ?Sized> SuppressionStore for std::sync::Arc<T> {
 // ---------------------------------------------------------------- cached checks
 
 use moka::Expiry;
-use moka::future::Cache;
+use moka::sync::Cache;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -153,13 +156,12 @@ const MAX_ENTRIES: u64 = 100_000;
 
 struct ByAnswer;
 
-impl Expiry<(ClientId, String), bool> for ByAnswer {
-    fn expire_after_create(
-        &self,
-        _: &(ClientId, String),
-        v: &bool,
-        _: Instant,
-    ) -> Option<Duration> {
+/// A cached answer's key: the client and the email's suppression MAC (fixed size: no
+/// hex string is made per request; the hex key is made on a miss only).
+type AnswerKey = (ClientId, [u8; 32]);
+
+impl Expiry<AnswerKey, bool> for ByAnswer {
+    fn expire_after_create(&self, _: &AnswerKey, v: &bool, _: Instant) -> Option<Duration> {
         Some(if *v {
             SUPPRESSED_TTL
         } else {
@@ -173,7 +175,9 @@ impl Expiry<(ClientId, String), bool> for ByAnswer {
 pub struct Privacy {
     keyer: EmailKeyer,
     store: Option<Arc<dyn SuppressionStore>>,
-    cache: Cache<(ClientId, String), bool>,
+    /// A synchronous cache: a hit (nearly every event) is a lookup, with no future to
+    /// drive; concurrent misses of one key may both ask the store (a read, harmless).
+    cache: Cache<AnswerKey, bool, foldhash::fast::RandomState>,
 }
 
 impl std::fmt::Debug for Privacy {
@@ -200,7 +204,7 @@ impl Privacy {
             cache: Cache::builder()
                 .max_capacity(MAX_ENTRIES)
                 .expire_after(ByAnswer)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
         }
     }
 
@@ -215,17 +219,21 @@ impl Privacy {
         client: &ClientId,
         email: &Email,
     ) -> Result<bool, StoreError> {
-        let Some(store) = self.store.clone() else {
+        let Some(store) = &self.store else {
             return Ok(false);
         };
-        let key = self.keyer.key(email);
-        let (c, k) = (client.clone(), key.clone());
-        self.cache
-            .try_get_with((client.clone(), key), async move {
-                store.is_suppressed(&c, &k).await
-            })
-            .await
-            .map_err(|e| (*e).clone())
+        let key = (
+            client.clone(),
+            self.keyer.mac(SUPPRESS_PURPOSE, email.as_str()),
+        );
+        if let Some(answer) = self.cache.get(&key) {
+            return Ok(answer);
+        }
+        let answer = store
+            .is_suppressed(client, &crate::hex_lower(&key.1))
+            .await?;
+        self.cache.insert(key, answer);
+        Ok(answer)
     }
 
     /// Forgets every cached answer.

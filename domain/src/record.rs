@@ -96,19 +96,28 @@ impl NavigationRecord {
 /// that crosses midnight UTC is stored again — tags retry within seconds). Without one,
 /// the id is random.
 pub fn record_id(client_id: &ClientId, event_id: Option<&str>, now_ms: i64) -> String {
-    let date = crate::time::yyyymmdd(now_ms);
-    let id = match event_id {
+    use std::fmt::Write;
+    // One allocation: this runs for every accepted event.
+    let mut out = String::with_capacity(client_id.as_str().len() + 1 + 8 + 1 + 32);
+    out.push_str(client_id.as_str());
+    out.push('-');
+    let (y, m, d) = crate::time::civil_from_days(now_ms.div_euclid(crate::time::MS_PER_DAY));
+    let _ = write!(out, "{y:04}{m:02}{d:02}-");
+    match event_id {
         Some(event_id) => {
             use sha2::{Digest, Sha256};
             let mut h = Sha256::new();
             h.update(client_id.as_str().as_bytes());
             h.update([0u8]);
             h.update(event_id.as_bytes());
-            hex::encode(&h.finalize()[..16])
+            out.push_str(&crate::hex_lower(&h.finalize()[..16]));
         }
-        None => uuid::Uuid::new_v4().simple().to_string(),
-    };
-    format!("{client_id}-{date}-{id}")
+        None => {
+            let mut buf = uuid::Uuid::encode_buffer();
+            out.push_str(uuid::Uuid::new_v4().simple().encode_lower(&mut buf));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -132,6 +141,23 @@ mod tests {
         assert_ne!(
             record_id(&cid("client-abc"), None, t),
             record_id(&cid("client-abc"), None, t)
+        );
+        // The id stored records already carry: SHA-256(client, 0, eventId), first 16
+        // bytes, lower-case hex (computed independently here).
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(b"client-abc\0e-1");
+        assert_eq!(
+            a,
+            format!("client-abc-20240128-{}", hex::encode(&digest[..16]))
+        );
+        let random = record_id(&cid("client-abc"), None, t);
+        let suffix = random.strip_prefix("client-abc-20240128-").expect("prefix");
+        assert_eq!(suffix.len(), 32, "{random}");
+        assert!(
+            suffix
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+            "{random}"
         );
     }
 }

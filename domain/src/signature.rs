@@ -46,7 +46,7 @@ fn mac(key: &[u8], client_id: &str, email: &str, expires: i64) -> Hmac<Sha256> {
 
 /// The signature of `(client_id, email, expires)` with `key`, as lower-case hex.
 pub fn sign(key: &[u8], client_id: &str, email: &str, expires: i64) -> String {
-    hex::encode(mac(key, client_id, email, expires).finalize().into_bytes())
+    crate::hex_lower(&mac(key, client_id, email, expires).finalize().into_bytes())
 }
 
 /// Checks a signature in constant time, then its expiry against `now_s` (epoch

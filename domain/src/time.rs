@@ -1,7 +1,7 @@
 //! Calendar arithmetic on epoch milliseconds (UTC), without a clock.
 
 /// Milliseconds in a day.
-const MS_PER_DAY: i64 = 86_400_000;
+pub(crate) const MS_PER_DAY: i64 = 86_400_000;
 
 /// The UTC calendar date `yyyymmdd` of an epoch-milliseconds instant.
 pub fn yyyymmdd(epoch_ms: i64) -> String {
@@ -54,7 +54,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 }
 
 /// Howard Hinnant's `civil_from_days`: days since 1970-01-01 → (year, month, day).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

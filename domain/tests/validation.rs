@@ -1,6 +1,6 @@
 //! Table tests of every validation rule of the GTM event, valid and invalid.
 
-use domain::event::{MAX_PROPERTIES, parse_price};
+use domain::event::{EventParseError, MAX_PROPERTIES, parse_price};
 use domain::{Crm, EventType, GtmEvent};
 use serde_json::{Value, json};
 
@@ -19,7 +19,9 @@ type Case<'a> = (&'a str, Value, Option<(&'a str, &'a str)>);
 
 fn check(crm: Crm, cases: Vec<Case<'_>>) {
     for (name, body, expected) in cases {
+        let bytes = serde_json::to_vec(&body).expect("json");
         let result = GtmEvent::parse(crm, body);
+        assert_same(crm, &bytes, name);
         match (expected, result) {
             (None, Ok(_)) => {}
             (None, Err(errors)) => panic!("{name}: expected valid, got {errors:?}"),
@@ -510,4 +512,87 @@ fn an_extra_field_without_a_name_is_named_in_the_error() {
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].field, "properties");
     assert_eq!(errors[0].rule, "property_name");
+}
+
+/// `parse_json` (the request path: no JSON tree of the body) answers exactly as `parse` of
+/// the body's JSON tree: the same event, the same field errors in the same order, the
+/// same syntax error.
+fn assert_same(crm: Crm, body: &[u8], name: &str) {
+    let direct = GtmEvent::parse_json(crm, body);
+    match serde_json::from_slice::<Value>(body) {
+        Err(tree_error) => match direct {
+            Err(EventParseError::Malformed(e)) => {
+                assert_eq!(e.to_string(), tree_error.to_string(), "{name}");
+                assert_eq!(
+                    (e.line(), e.column()),
+                    (tree_error.line(), tree_error.column())
+                );
+            }
+            other => panic!("{name}: the tree says malformed ({tree_error}), parse_json {other:?}"),
+        },
+        Ok(value) => match (GtmEvent::parse(crm, value), direct) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a, b, "{name}");
+                // Same properties in the same order (map equality ignores order).
+                let keys = |e: &GtmEvent| e.properties.keys().cloned().collect::<Vec<_>>();
+                assert_eq!(keys(&a), keys(&b), "{name}");
+            }
+            (Err(a), Err(EventParseError::Invalid(b))) => assert_eq!(a, b, "{name}"),
+            (a, b) => panic!("{name}: parse {a:?}, parse_json {b:?}"),
+        },
+    }
+}
+
+#[test]
+fn parse_json_answers_as_parse_of_the_json_tree() {
+    let bodies: &[&str] = &[
+        r#"{"clientId":"client-abc","email":"ana@example.com","eventType":"product_view"}"#,
+        // Escapes in values and in names (owned, not borrowed, strings).
+        r#"{"clientId":"client-abc","email":"ana\u0040example.com","e\u0076entType":"lead"}"#,
+        r#"{"clientId":"client-abc","email":" Ana@Example.COM ","eventType":"purchase","productPrice":"199,90","productId":12345,"productName":7.5,"eventId":"e-1","consent":"granted","tid":"t-1"}"#,
+        // Repeated names: the last value counts, also when it is null.
+        r#"{"clientId":"client-abc","email":"x@example.com","email":"ana@example.com","eventType":"lead"}"#,
+        r#"{"clientId":"client-abc","email":"ana@example.com","email":null,"eventType":"lead"}"#,
+        r#"{"clientId":"client-abc","email":"ana@example.com","eventType":"lead","cart":"c-1","cart":"c-2"}"#,
+        // Properties: order, nulls, arrays, nested objects, numbers.
+        r#"{"zeta":1,"clientId":"client-abc","alpha":"a","email":"ana@example.com","mid":null,"eventType":"lead","list":[1,"two",null,true],"big":18446744073709551615,"neg":-3,"f":1.5e3}"#,
+        r#"{"clientId":"client-abc","email":"ana@example.com","eventType":"lead","nested":{"a":1}}"#,
+        r#"{"clientId":"client-abc","email":"ana@example.com","eventType":"lead","deep":[[1]]}"#,
+        r#"{"clientId":"client-abc","email":"ana@example.com","eventType":"lead","":"empty name"}"#,
+        // Wrong types for every known field, and nulls.
+        r#"{"clientId":7,"email":["a"],"eventType":{"x":1},"productId":true,"productName":[],"productPrice":{},"productImage":1,"productUrl":false,"tid":[],"eventId":{},"sig":5,"sigExp":"soon","consent":3}"#,
+        r#"{"clientId":null,"email":null,"eventType":null,"productPrice":null,"sig":null,"sigExp":null,"consent":null}"#,
+        r#"{"clientId":"client-abc","email":"ana@example.com","eventType":"lead","sig":"ab12","sigExp":1900000000}"#,
+        r#"{"clientId":"client-abc","email":"ana@example.com","eventType":"lead","sigExp":"1900000000"}"#,
+        r#"{}"#,
+        // Not an object.
+        r#"[]"#,
+        r#"[{"email":"ana@example.com"}]"#,
+        r#""text""#,
+        r#"42"#,
+        r#"-1.5"#,
+        r#"true"#,
+        r#"null"#,
+        // Not JSON.
+        r#"{"#,
+        r#"{"email":}"#,
+        r#"{"email":"ana@example.com"} trailing"#,
+        r#"{"email":"unterminated}"#,
+        r#"{"email":"bad \x escape"}"#,
+        r#"{"n":1e400}"#,
+        r#"{"email":"ana@example.com",}"#,
+        "",
+        "   ",
+        "{\"email\":\"\u{0}\"}",
+    ];
+    for crm in Crm::all() {
+        for body in bodies {
+            assert_same(crm, body.as_bytes(), body);
+        }
+        // Nesting past serde_json's recursion limit, in a property and as the body.
+        let deep = format!(r#"{{"p":{}{}}}"#, "[".repeat(200), "]".repeat(200));
+        assert_same(crm, deep.as_bytes(), "deep property");
+        let deep_body = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_same(crm, deep_body.as_bytes(), "deep body");
+    }
 }

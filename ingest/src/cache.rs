@@ -55,7 +55,9 @@ fn unshare(e: Arc<StoreError>) -> StoreError {
 pub struct CachedDirectory<D> {
     inner: Arc<D>,
     positive_ttl: Duration,
-    clients: Cache<ClientId, Option<ClientConfig>>,
+    /// Shared: a hit hands out a pointer, not a deep copy of the client's settings
+    /// (origins, target, policy: a dozen allocations per request otherwise).
+    clients: Cache<ClientId, Option<Arc<ClientConfig>>>,
     tids: Cache<String, Option<RdStationConfig>>,
     origins: Cache<Crm, Vec<String>>,
 }
@@ -84,14 +86,24 @@ impl<D> CachedDirectory<D> {
     }
 }
 
+impl<D: ClientDirectory + 'static> CachedDirectory<D> {
+    /// The client `id`, shared with the cache.
+    pub async fn shared_client(
+        &self,
+        id: &ClientId,
+    ) -> Result<Option<Arc<ClientConfig>>, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        self.clients
+            .try_get_with_by_ref(id, async move { Ok(inner.client(id).await?.map(Arc::new)) })
+            .await
+            .map_err(unshare)
+    }
+}
+
 #[async_trait]
 impl<D: ClientDirectory + 'static> ClientDirectory for CachedDirectory<D> {
     async fn client(&self, id: &ClientId) -> Result<Option<ClientConfig>, StoreError> {
-        let inner = Arc::clone(&self.inner);
-        self.clients
-            .try_get_with_by_ref(id, async move { inner.client(id).await })
-            .await
-            .map_err(unshare)
+        Ok(self.shared_client(id).await?.map(|c| (*c).clone()))
     }
 
     async fn rdstation_by_tid(&self, tid: &str) -> Result<Option<RdStationConfig>, StoreError> {

@@ -4,6 +4,7 @@ use crate::bots;
 use crate::cache::{CachedDirectory, DEFAULT_NEGATIVE_TTL, DEFAULT_POSITIVE_TTL};
 use crate::limits::Limits;
 use crate::signing::SigningKeys;
+use domain::event::EventParseError;
 use domain::record::DEFAULT_RECORD_TTL_HOURS;
 use domain::signature::{self, SignatureError};
 use domain::{
@@ -12,6 +13,7 @@ use domain::{
 };
 use http::HeaderMap;
 use serde_json::{Value, json};
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -111,7 +113,7 @@ pub struct IngestResponse {
     /// HTTP status.
     pub status: u16,
     /// Response headers (lower-case names).
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
     /// JSON body (empty for 204).
     pub body: String,
     /// What happened.
@@ -131,13 +133,36 @@ pub struct IngestResponse {
 
 impl IngestResponse {
     fn new(status: u16, body: Value, outcome: Outcome) -> Self {
+        IngestResponse::with_body(status, body.to_string(), outcome)
+    }
+
+    /// An accepted (202) or duplicate (200) event: `{"recordId": …}`, written directly
+    /// (the answer of nearly every request).
+    fn record(record_id: &str, outcome: Outcome) -> Self {
+        #[derive(serde::Serialize)]
+        struct Answer<'a> {
+            #[serde(rename = "recordId")]
+            record_id: &'a str,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            duplicate: bool,
+        }
+        let duplicate = outcome == Outcome::Duplicate;
+        let body = serde_json::to_string(&Answer {
+            record_id,
+            duplicate,
+        })
+        .unwrap_or_default();
+        IngestResponse::with_body(if duplicate { 200 } else { 202 }, body, outcome)
+    }
+
+    fn with_body(status: u16, body: String, outcome: Outcome) -> Self {
         IngestResponse {
             status,
             headers: vec![
-                ("content-type", "application/json".to_owned()),
-                ("cache-control", "no-store".to_owned()),
+                ("content-type", Cow::Borrowed("application/json")),
+                ("cache-control", Cow::Borrowed("no-store")),
             ],
-            body: body.to_string(),
+            body,
             outcome,
             crm: None,
             client_id: None,
@@ -160,7 +185,7 @@ impl IngestResponse {
         let mut r = IngestResponse::refused(429, code, message);
         r.headers.push((
             "retry-after",
-            wait.as_secs_f64().ceil().max(1.0).to_string(),
+            Cow::Owned(wait.as_secs_f64().ceil().max(1.0).to_string()),
         ));
         r
     }
@@ -189,8 +214,10 @@ impl IngestResponse {
             json!({"error": "unavailable", "message": "the event could not be stored; retry shortly"}),
             Outcome::Unavailable,
         );
-        r.headers
-            .push(("retry-after", RETRY_AFTER_UNAVAILABLE_SECONDS.to_string()));
+        r.headers.push((
+            "retry-after",
+            Cow::Owned(RETRY_AFTER_UNAVAILABLE_SECONDS.to_string()),
+        ));
         r
     }
 
@@ -198,7 +225,7 @@ impl IngestResponse {
         self.headers
             .iter()
             .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 }
 
@@ -313,17 +340,20 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
 
     /// Handles one request and logs one line about it.
     pub async fn handle(&self, req: IngestRequest<'_>) -> IngestResponse {
-        let started = Instant::now();
+        // The clock is read for the log line only (a filtered line costs nothing).
+        let started = tracing::enabled!(tracing::Level::INFO).then(Instant::now);
         let mut email_hash = None;
         let mut response = self.route(req, &mut email_hash).await;
-        response.headers.push(("vary", "Origin".to_owned()));
+        response.headers.push(("vary", Cow::Borrowed("Origin")));
         if matches!(
             response.outcome,
             Outcome::Refused(_) | Outcome::Discarded(_)
         ) {
             self.count_refusal(&response).await;
         }
-        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let latency_us = started.map_or(0, |t| {
+            u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
+        });
         tracing::info!(
             requestId = req.request_id,
             method = req.method,
@@ -374,7 +404,7 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
                     "method_not_allowed",
                     format!("method {other} is not allowed; use POST"),
                 );
-                r.headers.push(("allow", ALLOWED_METHODS.to_owned()));
+                r.headers.push(("allow", Cow::Borrowed(ALLOWED_METHODS)));
                 r
             }
         };
@@ -409,13 +439,19 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
                 .filter(|h| !h.is_empty())
                 .unwrap_or(DEFAULT_ALLOWED_HEADERS);
             r.headers
-                .push(("access-control-allow-origin", origin.to_owned()));
-            r.headers
-                .push(("access-control-allow-methods", ALLOWED_METHODS.to_owned()));
-            r.headers
-                .push(("access-control-allow-headers", requested.to_owned()));
-            r.headers
-                .push(("access-control-max-age", CORS_MAX_AGE_SECONDS.to_string()));
+                .push(("access-control-allow-origin", Cow::Owned(origin.to_owned())));
+            r.headers.push((
+                "access-control-allow-methods",
+                Cow::Borrowed(ALLOWED_METHODS),
+            ));
+            r.headers.push((
+                "access-control-allow-headers",
+                Cow::Owned(requested.to_owned()),
+            ));
+            r.headers.push((
+                "access-control-max-age",
+                Cow::Owned(CORS_MAX_AGE_SECONDS.to_string()),
+            ));
         }
         r
     }
@@ -456,15 +492,15 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
                     "method_not_allowed",
                     format!("method {other} is not allowed on the pixel route; use GET"),
                 );
-                r.headers.push(("allow", "GET, HEAD".to_owned()));
+                r.headers.push(("allow", Cow::Borrowed("GET, HEAD")));
                 return r;
             }
         };
         r.status = 200;
         r.pixel = true;
         r.headers = vec![
-            ("content-type", "image/gif".to_owned()),
-            ("cache-control", "no-store".to_owned()),
+            ("content-type", Cow::Borrowed("image/gif")),
+            ("cache-control", Cow::Borrowed("no-store")),
         ];
         r
     }
@@ -496,7 +532,7 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
             if allowed {
                 response
                     .headers
-                    .push(("access-control-allow-origin", origin.to_owned()));
+                    .push(("access-control-allow-origin", Cow::Owned(origin.to_owned())));
             }
         }
         response
@@ -507,7 +543,7 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
         crm: Crm,
         req: IngestRequest<'_>,
         email_hash: &mut Option<String>,
-    ) -> (IngestResponse, Option<ClientConfig>) {
+    ) -> (IngestResponse, Option<Arc<ClientConfig>>) {
         let content_type = header(req.headers, "content-type").map(media_type);
         match content_type.as_deref() {
             Some("application/json" | "text/plain") => {}
@@ -558,9 +594,9 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
                 None,
             );
         }
-        let value: Value = match serde_json::from_slice(body) {
-            Ok(v) => v,
-            Err(e) => {
+        let event = match GtmEvent::parse_json(crm, body) {
+            Ok(event) => event,
+            Err(EventParseError::Malformed(e)) => {
                 return (
                     IngestResponse::new(
                         400,
@@ -575,12 +611,14 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
                     None,
                 );
             }
+            Err(EventParseError::Invalid(details)) => {
+                return (IngestResponse::invalid(details), None);
+            }
         };
-        let event = match GtmEvent::parse(crm, value) {
-            Ok(event) => event,
-            Err(details) => return (IngestResponse::invalid(details), None),
-        };
-        *email_hash = Some(self.privacy.keyer().log_id(&event.email));
+        // Only for the request's log line: not computed when that line is filtered out.
+        if tracing::enabled!(tracing::Level::INFO) {
+            *email_hash = Some(self.privacy.keyer().log_id(&event.email));
+        }
         let event_type = event.event_type;
 
         let client = match self.resolve_client(crm, &event).await {
@@ -615,11 +653,7 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
                 event.event_id.as_deref(),
                 self.clock.now_ms(),
             );
-            let r = IngestResponse::new(
-                202,
-                json!({"recordId": record_id}),
-                Outcome::Discarded(reason),
-            );
+            let r = IngestResponse::record(&record_id, Outcome::Discarded(reason));
             return (annotate(r), Some(client));
         }
         let mut event = event;
@@ -634,11 +668,7 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
                 self.clock.now_ms(),
                 self.settings.record_ttl_hours,
             );
-            let r = IngestResponse::new(
-                202,
-                json!({"recordId": record.record_id}),
-                Outcome::Discarded("bot"),
-            );
+            let r = IngestResponse::record(&record.record_id, Outcome::Discarded("bot"));
             return (annotate(r), Some(client));
         }
         let record = NavigationRecord::new(
@@ -649,14 +679,10 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
             self.settings.record_ttl_hours,
         );
         let response = match self.store.put_if_absent(&record).await {
-            Ok(PutOutcome::Created) => {
-                IngestResponse::new(202, json!({"recordId": record.record_id}), Outcome::Stored)
+            Ok(PutOutcome::Created) => IngestResponse::record(&record.record_id, Outcome::Stored),
+            Ok(PutOutcome::Duplicate) => {
+                IngestResponse::record(&record.record_id, Outcome::Duplicate)
             }
-            Ok(PutOutcome::Duplicate) => IngestResponse::new(
-                200,
-                json!({"recordId": record.record_id, "duplicate": true}),
-                Outcome::Duplicate,
-            ),
             Err(e) => IngestResponse::unavailable(&e),
         };
         let mut response = annotate(response);
@@ -831,7 +857,7 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
         &self,
         crm: Crm,
         event: &GtmEvent,
-    ) -> Result<ClientConfig, Box<IngestResponse>> {
+    ) -> Result<Arc<ClientConfig>, Box<IngestResponse>> {
         let client_id = if crm.requires_client_id() {
             event.client_id.clone()
         } else {
@@ -866,7 +892,7 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
                 format!("is required on {}", crm.route()),
             )])));
         };
-        let client = match self.directory.client(&client_id).await {
+        let client = match self.directory.shared_client(&client_id).await {
             Ok(Some(client)) => client,
             Ok(None) => {
                 return Err(Box::new(IngestResponse::error(

@@ -33,7 +33,7 @@ struct FrontDoorRequest<'a> {
 /// What the front door sends back: status, headers, and a text or binary body.
 struct FrontDoorResponse {
     status: u16,
-    headers: Vec<(&'static str, String)>,
+    headers: Vec<(&'static str, std::borrow::Cow<'static, str>)>,
     body: Option<Payload>,
 }
 
@@ -54,7 +54,7 @@ async fn handle<S: RecordStore, D: ClientDirectory + 'static, C: Clock>(
             Err(_) => {
                 return text_response(
                     400,
-                    vec![("content-type", "application/json".to_owned())],
+                    vec![("content-type", "application/json".into())],
                     json!({"error": "malformed_body", "message": "the body is not valid base64"})
                         .to_string(),
                 );
@@ -88,7 +88,7 @@ async fn handle<S: RecordStore, D: ClientDirectory + 'static, C: Clock>(
 
 fn text_response(
     status: u16,
-    headers: Vec<(&'static str, String)>,
+    headers: Vec<(&'static str, std::borrow::Cow<'static, str>)>,
     body: String,
 ) -> FrontDoorResponse {
     FrontDoorResponse {
@@ -98,7 +98,7 @@ fn text_response(
     }
 }
 
-fn header_map(headers: Vec<(&'static str, String)>) -> HeaderMap {
+fn header_map(headers: Vec<(&'static str, std::borrow::Cow<'static, str>)>) -> HeaderMap {
     let mut out = HeaderMap::new();
     for (name, value) in headers {
         if let Ok(value) = HeaderValue::from_str(&value) {

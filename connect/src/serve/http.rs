@@ -291,7 +291,14 @@ async fn ingest_route(
     *out.status_mut() =
         StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     for (name, value) in response.headers {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        // Validated either way; the static values (most of them) are not copied.
+        let value = match value {
+            std::borrow::Cow::Borrowed(s) => {
+                HeaderValue::from_maybe_shared(bytes::Bytes::from_static(s.as_bytes()))
+            }
+            std::borrow::Cow::Owned(s) => HeaderValue::from_maybe_shared(bytes::Bytes::from(s)),
+        };
+        if let Ok(value) = value {
             out.headers_mut()
                 .append(HeaderName::from_static(name), value);
         }
