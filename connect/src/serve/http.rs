@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use domain::{NavigationRecord, PutOutcome, RecordStore, StoreError, SystemClock};
@@ -214,15 +214,18 @@ fn json_response(status: u16, body: String) -> Response {
     r
 }
 
-async fn ingest_route(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn ingest_route(State(app): State<Arc<App>>, request: axum::extract::Request) -> Response {
     let started = Instant::now();
+    // Taken apart, not extracted piece by piece: the `HeaderMap` and `Uri` extractors
+    // copy what this request owns anyway.
+    let (parts, body) = request.into_parts();
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
+    // The listener gives every request its peer; without one (a request not from the
+    // listener), the unspecified address.
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
     let source = app.ip_limit.source(peer.ip(), &headers);
     if method != Method::OPTIONS
         && let Err(wait) = app.ip_limit.check(source)
@@ -257,7 +260,8 @@ async fn ingest_route(
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() <= 128)
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    let source_ip = source.to_string();
+    // For the request's log line only.
+    let source_ip = tracing::enabled!(tracing::Level::INFO).then(|| source.to_string());
     let response = app
         .handler
         .handle(IngestRequest {
@@ -266,7 +270,7 @@ async fn ingest_route(
             headers: &headers,
             body: &bytes,
             query: uri.query(),
-            source_ip: Some(&source_ip),
+            source_ip: source_ip.as_deref(),
             request_id: &request_id,
         })
         .await;
@@ -315,6 +319,9 @@ async fn ingest_route(
 async fn read_body(body: Body) -> Option<bytes::Bytes> {
     use futures_util::StreamExt;
     let mut stream = body.into_data_stream();
+    // A body that arrives in one chunk (nearly all: events are a few hundred bytes) is
+    // kept as it is; only a body in several chunks is copied into one buffer.
+    let mut first: Option<bytes::Bytes> = None;
     let mut buf = bytes::BytesMut::new();
     let mut total = 0usize;
     while let Some(chunk) = stream.next().await {
@@ -324,10 +331,20 @@ async fn read_body(body: Body) -> Option<bytes::Bytes> {
             return None;
         }
         if total <= SHELL_BODY_LIMIT {
-            buf.extend_from_slice(&chunk);
+            match first.take() {
+                None if buf.is_empty() => first = Some(chunk),
+                Some(earlier) => {
+                    buf.extend_from_slice(&earlier);
+                    buf.extend_from_slice(&chunk);
+                }
+                None => buf.extend_from_slice(&chunk),
+            }
         }
     }
-    (total <= SHELL_BODY_LIMIT).then(|| buf.freeze())
+    if total > SHELL_BODY_LIMIT {
+        return None;
+    }
+    Some(first.unwrap_or_else(|| buf.freeze()))
 }
 
 /// 200 while the store takes writes: 503 when an event could not be stored within the
@@ -423,4 +440,40 @@ pub(super) fn spawn_housekeeping(
         }
     });
     (refusal_flusher, ip_retainer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunked(chunks: Vec<&'static [u8]>) -> Body {
+        let frames = chunks
+            .into_iter()
+            .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::from_static(c)));
+        Body::from_stream(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn bodies_read_whole_in_one_chunk_or_many() {
+        let cases: Vec<Vec<&'static [u8]>> = vec![
+            vec![],
+            vec![b"{\"a\":1}"],
+            vec![b"{\"a\"", b":1}"],
+            vec![b"", b"{\"a\":", b"", b"1}"],
+            vec![b"{", b"\"a\"", b":", b"1", b"}"],
+        ];
+        for chunks in cases {
+            let whole: Vec<u8> = chunks.concat();
+            let read = read_body(chunked(chunks.clone())).await.expect("body");
+            assert_eq!(&read[..], &whole[..], "{chunks:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_refused() {
+        static BIG: [u8; SHELL_BODY_LIMIT] = [b' '; SHELL_BODY_LIMIT];
+        assert!(read_body(chunked(vec![&BIG])).await.is_some());
+        assert!(read_body(chunked(vec![&BIG, b"x"])).await.is_none());
+        assert!(read_body(chunked(vec![b"x", &BIG])).await.is_none());
+    }
 }
