@@ -17,17 +17,20 @@ impl AllowedOrigins {
     /// origin except the opaque `null` (sandboxed frames, `file:` pages, some
     /// redirects), which is allowed only when listed as `null`.
     pub fn allows(&self, origin: &str) -> bool {
-        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        // Compared ASCII-case-insensitively in place (this runs for every request; the
+        // answer is the same as comparing lower-cased copies).
+        let origin = origin.trim_end_matches('/');
         self.0.iter().any(|pattern| {
-            let pattern = pattern.trim_end_matches('/').to_ascii_lowercase();
-            if pattern == origin || (pattern == "*" && origin != "null") {
+            let pattern = pattern.trim_end_matches('/');
+            if pattern.eq_ignore_ascii_case(origin)
+                || (pattern == "*" && !origin.eq_ignore_ascii_case("null"))
+            {
                 return true;
             }
             match pattern.split_once("://*.") {
-                Some((scheme, suffix)) => origin
-                    .strip_prefix(scheme)
+                Some((scheme, suffix)) => strip_prefix_ignore_case(origin, scheme)
                     .and_then(|rest| rest.strip_prefix("://"))
-                    .and_then(|host| host.strip_suffix(suffix))
+                    .and_then(|host| strip_suffix_ignore_case(host, suffix))
                     .is_some_and(|sub| sub.ends_with('.') && sub.len() > 1),
                 None => false,
             }
@@ -80,6 +83,23 @@ impl AllowedOrigins {
             Some(strip_port(host).to_owned())
         })
     }
+}
+
+/// `s` without `prefix`, compared ASCII-case-insensitively.
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.as_bytes().get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix.as_bytes())
+        .then(|| s.get(prefix.len()..))
+        .flatten()
+}
+
+/// `s` without `suffix`, compared ASCII-case-insensitively.
+fn strip_suffix_ignore_case<'a>(s: &'a str, suffix: &str) -> Option<&'a str> {
+    let cut = s.len().checked_sub(suffix.len())?;
+    s.as_bytes()[cut..]
+        .eq_ignore_ascii_case(suffix.as_bytes())
+        .then(|| s.get(..cut))
+        .flatten()
 }
 
 fn strip_port(host: &str) -> &str {
@@ -273,6 +293,72 @@ pub struct RdStationConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rule as first written: lower-cased copies compared.
+    fn allows_by_copies(patterns: &[String], origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        patterns.iter().any(|pattern| {
+            let pattern = pattern.trim_end_matches('/').to_ascii_lowercase();
+            if pattern == origin || (pattern == "*" && origin != "null") {
+                return true;
+            }
+            match pattern.split_once("://*.") {
+                Some((scheme, suffix)) => origin
+                    .strip_prefix(scheme)
+                    .and_then(|rest| rest.strip_prefix("://"))
+                    .and_then(|host| host.strip_suffix(suffix))
+                    .is_some_and(|sub| sub.ends_with('.') && sub.len() > 1),
+                None => false,
+            }
+        })
+    }
+
+    #[test]
+    fn origins_compared_in_place_answer_as_lower_cased_copies() {
+        let patterns = [
+            "https://www.Shop.example",
+            "https://*.Loja.example/",
+            "HTTP://*.x.example",
+            "*",
+            "null",
+            "https://ünï.example",
+            "https://*.ünï.example",
+            "",
+        ];
+        let origins = [
+            "https://www.shop.example",
+            "HTTPS://WWW.SHOP.EXAMPLE/",
+            "https://m.loja.example",
+            "https://M.LOJA.EXAMPLE",
+            "https://loja.example",
+            "https://.loja.example",
+            "https://evilloja.example",
+            "http://a.x.example",
+            "http://x.example",
+            "null",
+            "NULL",
+            "https://ünï.example",
+            "https://a.ünï.example",
+            "https://a.ÜNÏ.example",
+            "",
+            "/",
+            "https://",
+            "ü",
+        ];
+        for n in 0..patterns.len() {
+            for pattern in [&patterns[n..=n], &patterns[..n]] {
+                let list: Vec<String> = pattern.iter().map(|p| (*p).to_owned()).collect();
+                let allowed = AllowedOrigins(list.clone());
+                for origin in origins {
+                    assert_eq!(
+                        allowed.allows(origin),
+                        allows_by_copies(&list, origin),
+                        "{list:?} {origin}"
+                    );
+                }
+            }
+        }
+    }
     use crate::crm::Crm;
 
     #[test]

@@ -304,10 +304,14 @@ impl HttpUrl {
                 format!("must be at most {MAX_URL_LEN} characters"),
             ));
         }
-        let lower = s.to_ascii_lowercase();
-        let rest = lower
-            .strip_prefix("https://")
-            .or_else(|| lower.strip_prefix("http://"));
+        // The scheme compared without a lower-cased copy (every event with a URL).
+        let after = |scheme: &str| {
+            s.as_bytes()
+                .get(..scheme.len())
+                .filter(|head| head.eq_ignore_ascii_case(scheme.as_bytes()))
+                .and_then(|_| s.get(scheme.len()..))
+        };
+        let rest = after("https://").or_else(|| after("http://"));
         let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
         let ok = host.is_some_and(|h| {
             let h = h.rsplit_once('@').map_or(h, |(_, h)| h);

@@ -282,6 +282,26 @@ fn url_rules() {
                 Some(("productUrl", "url")),
             ),
             (
+                "upper-case scheme",
+                with("productUrl", json!("HTTPS://Shop.example/p/1")),
+                None,
+            ),
+            (
+                "mixed-case http",
+                with("productImage", json!("hTtP://cdn.example/i.jpg")),
+                None,
+            ),
+            (
+                "scheme only, upper case",
+                with("productUrl", json!("HTTPS://")),
+                Some(("productUrl", "url")),
+            ),
+            (
+                "non-ASCII before the scheme's end",
+                with("productUrl", json!("httpü://shop.example")),
+                Some(("productUrl", "url")),
+            ),
+            (
                 "ftp",
                 with("productImage", json!("ftp://cdn.example/i.jpg")),
                 Some(("productImage", "url")),
