@@ -69,18 +69,18 @@ impl AllowedOrigins {
         self.0.iter().any(|p| p.trim() == "*")
     }
 
-    /// The host patterns of the origins: `shop.example` (that host and its
+    /// The host patterns of the origins, as written: `shop.example` (that host and its
     /// subdomains) for `https://shop.example`, `loja.example` for
     /// `https://*.loja.example`; `*` for the wildcard.
-    fn host_bases(&self) -> impl Iterator<Item = String> + '_ {
+    fn host_bases(&self) -> impl Iterator<Item = &str> + '_ {
         self.0.iter().filter_map(|p| {
-            let p = p.trim().trim_end_matches('/').to_ascii_lowercase();
+            let p = p.trim().trim_end_matches('/');
             if p == "*" {
                 return Some(p);
             }
-            let host = p.split_once("://").map(|(_, h)| h.to_owned())?;
-            let host = host.strip_prefix("*.").unwrap_or(&host);
-            Some(strip_port(host).to_owned())
+            let host = p.split_once("://").map(|(_, h)| h)?;
+            let host = host.strip_prefix("*.").unwrap_or(host);
+            Some(strip_port(host))
         })
     }
 }
@@ -109,13 +109,27 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-/// Whether `host` is `base` or one of its subdomains.
+/// Whether `host` is `base` or one of its subdomains (ASCII case ignored).
 fn host_under(host: &str, base: &str) -> bool {
     !base.is_empty()
-        && (host == base
-            || host
-                .strip_suffix(base)
+        && (host.eq_ignore_ascii_case(base)
+            || strip_suffix_ignore_case(host, base)
                 .is_some_and(|sub| sub.ends_with('.') && sub.len() > 1))
+}
+
+/// The host of an absolute http(s) URL as written (case kept), without port or user
+/// info: [`host_of`] without the lower-cased copy.
+fn url_host(url: &str) -> Option<&str> {
+    let (scheme, rest) = url.trim().split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host_port.is_empty() || host_port.starts_with(':') {
+        return None;
+    }
+    Some(strip_port(host_port))
 }
 
 /// The origin (`scheme://host[:port]`, lower-case) of an absolute http(s) URL, as a
@@ -256,20 +270,20 @@ impl ClientConfig {
     /// Whether `url`'s host is one of the client's: under an allowed origin's host, or
     /// under an `allowed_url_hosts` entry. With the `*` origin every host is.
     pub fn owns_url_host(&self, url: &str) -> bool {
-        let Some(host) = host_of(url) else {
+        // Hosts compared ASCII-case-insensitively as written (every event with a URL;
+        // the same answer as comparing lower-cased copies).
+        let Some(host) = url_host(url) else {
             return false;
         };
         let extra = self.policy.allowed_url_hosts.iter().map(|h| {
-            let h = h.trim().trim_end_matches('/').to_ascii_lowercase();
-            let h = h
-                .split_once("://")
-                .map_or(h.clone(), |(_, rest)| rest.to_owned());
-            h.strip_prefix("*.").map_or(h.clone(), str::to_owned)
+            let h = h.trim().trim_end_matches('/');
+            let h = h.split_once("://").map_or(h, |(_, rest)| rest);
+            h.strip_prefix("*.").unwrap_or(h)
         });
         self.allowed_origins
             .host_bases()
             .chain(extra)
-            .any(|base| base == "*" || host_under(&host, &base))
+            .any(|base| base == "*" || host_under(host, base))
     }
 }
 
@@ -435,6 +449,89 @@ mod tests {
                 allowed_url_hosts: extra.iter().map(|s| (*s).to_owned()).collect(),
                 ..ClientPolicy::default()
             },
+        }
+    }
+
+    /// `owns_url_host` as first written: lower-cased copies of the host and the bases.
+    fn owns_by_copies(c: &ClientConfig, url: &str) -> bool {
+        let Some(host) = host_of(url) else {
+            return false;
+        };
+        let bases = c.allowed_origins.0.iter().filter_map(|p| {
+            let p = p.trim().trim_end_matches('/').to_ascii_lowercase();
+            if p == "*" {
+                return Some(p);
+            }
+            let host = p.split_once("://").map(|(_, h)| h.to_owned())?;
+            let host = host.strip_prefix("*.").unwrap_or(&host);
+            Some(strip_port(host).to_owned())
+        });
+        let extra = c.policy.allowed_url_hosts.iter().map(|h| {
+            let h = h.trim().trim_end_matches('/').to_ascii_lowercase();
+            let h = h
+                .split_once("://")
+                .map_or(h.clone(), |(_, rest)| rest.to_owned());
+            h.strip_prefix("*.").map_or(h.clone(), str::to_owned)
+        });
+        bases.chain(extra).any(|base| {
+            base == "*"
+                || (!base.is_empty()
+                    && (host == base
+                        || host
+                            .strip_suffix(base.as_str())
+                            .is_some_and(|sub| sub.ends_with('.') && sub.len() > 1)))
+        })
+    }
+
+    #[test]
+    fn url_hosts_compared_in_place_answer_as_lower_cased_copies() {
+        let clients = [
+            client(
+                &["https://WWW.Shop.example", "https://*.Loja.example:8443"],
+                &[],
+            ),
+            client(
+                &["HTTP://shop.example/"],
+                &["CDN.images.example", "*.Akamai.example"],
+            ),
+            client(&["*"], &[]),
+            client(
+                &["null", "https://ünï.example"],
+                &["https://Cdn.Ünï.example/"],
+            ),
+            client(&[""], &[""]),
+        ];
+        let urls = [
+            "https://www.shop.example/p/1",
+            "HTTPS://WWW.SHOP.EXAMPLE:443/p",
+            "https://img.WWW.shop.example/p.png",
+            "https://shop.example/p/1",
+            "http://M.LOJA.example/p",
+            "https://loja.example",
+            "https://.loja.example",
+            "https://cdn.images.example/a.png",
+            "https://x.AKAMAI.example/a.png",
+            "https://user@www.shop.example@evil.example/",
+            "https://www.shop.example.evil.example/",
+            "https://ünï.example/x",
+            "https://cdn.ünï.example/x",
+            "https://CDN.ÜNÏ.example/x",
+            "ftp://www.shop.example/",
+            "https://:443/",
+            "https:///p",
+            "www.shop.example",
+            "",
+        ];
+        for c in &clients {
+            for url in urls {
+                assert_eq!(
+                    c.owns_url_host(url),
+                    owns_by_copies(c, url),
+                    "{:?} {:?} {url}",
+                    c.allowed_origins,
+                    c.policy.allowed_url_hosts
+                );
+            }
         }
     }
 
