@@ -260,8 +260,9 @@ async fn ingest_route(State(app): State<Arc<App>>, request: axum::extract::Reque
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() <= 128)
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    // For the request's log line only.
-    let source_ip = tracing::enabled!(tracing::Level::INFO).then(|| source.to_string());
+    // For the request's log line only (written by the handler, under its target).
+    let source_ip = tracing::enabled!(target: "ingest::handler", tracing::Level::INFO)
+        .then(|| source.to_string());
     let response = app
         .handler
         .handle(IngestRequest {
