@@ -117,9 +117,10 @@ fn host_under(host: &str, base: &str) -> bool {
                 .is_some_and(|sub| sub.ends_with('.') && sub.len() > 1))
 }
 
-/// The host of an absolute http(s) URL as written (case kept), without port or user
-/// info: [`host_of`] without the lower-cased copy.
-fn url_host(url: &str) -> Option<&str> {
+/// The scheme and `host[:port]` of an absolute http(s) URL, as written (case kept,
+/// user info dropped); `None` for anything else. The one reading of a URL's authority
+/// that [`origin_of`], [`host_of`], the URL-host checks and `HttpUrl` share.
+pub(crate) fn http_authority(url: &str) -> Option<(&str, &str)> {
     let (scheme, rest) = url.trim().split_once("://")?;
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
         return None;
@@ -129,31 +130,29 @@ fn url_host(url: &str) -> Option<&str> {
     if host_port.is_empty() || host_port.starts_with(':') {
         return None;
     }
-    Some(strip_port(host_port))
+    Some((scheme, host_port))
+}
+
+/// The host of an absolute http(s) URL as written (case kept), without port or user
+/// info: [`host_of`] without the lower-cased copy.
+fn url_host(url: &str) -> Option<&str> {
+    http_authority(url).map(|(_, host_port)| strip_port(host_port))
 }
 
 /// The origin (`scheme://host[:port]`, lower-case) of an absolute http(s) URL, as a
 /// browser would send it in `Origin`; `None` for anything else.
 pub fn origin_of(url: &str) -> Option<String> {
-    let url = url.trim();
-    let (scheme, rest) = url.split_once("://")?;
-    let scheme = scheme.to_ascii_lowercase();
-    if scheme != "http" && scheme != "https" {
-        return None;
-    }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if host_port.is_empty() || host_port.starts_with(':') {
-        return None;
-    }
-    Some(format!("{scheme}://{}", host_port.to_ascii_lowercase()))
+    let (scheme, host_port) = http_authority(url)?;
+    Some(format!(
+        "{}://{}",
+        scheme.to_ascii_lowercase(),
+        host_port.to_ascii_lowercase()
+    ))
 }
 
 /// The host (lower-case, without port or user info) of an absolute http(s) URL.
 pub fn host_of(url: &str) -> Option<String> {
-    let origin = origin_of(url)?;
-    let (_, host_port) = origin.split_once("://")?;
-    Some(strip_port(host_port).to_owned())
+    url_host(url).map(str::to_ascii_lowercase)
 }
 
 /// Who may create a contact the CRM does not know yet.

@@ -304,19 +304,8 @@ impl HttpUrl {
                 format!("must be at most {MAX_URL_LEN} characters"),
             ));
         }
-        // The scheme compared without a lower-cased copy (every event with a URL).
-        let after = |scheme: &str| {
-            s.as_bytes()
-                .get(..scheme.len())
-                .filter(|head| head.eq_ignore_ascii_case(scheme.as_bytes()))
-                .and_then(|_| s.get(scheme.len()..))
-        };
-        let rest = after("https://").or_else(|| after("http://"));
-        let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
-        let ok = host.is_some_and(|h| {
-            let h = h.rsplit_once('@').map_or(h, |(_, h)| h);
-            !h.is_empty() && !h.starts_with(':')
-        }) && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+        let ok = crate::client::http_authority(s).is_some()
+            && !s.chars().any(|c| c.is_whitespace() || c.is_control());
         if !ok {
             return Err(RuleError::new(
                 "url",

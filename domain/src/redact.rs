@@ -30,16 +30,22 @@ pub fn emails(text: &str) -> String {
 /// (`203.0.113.0/24`), the /48 of an IPv6 one; `-` for anything else. A full IP is
 /// personal data.
 pub fn ip_prefix(ip: &str) -> String {
-    match ip.trim().parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(v4)) => {
+    ip.trim()
+        .parse::<std::net::IpAddr>()
+        .map_or_else(|_| "-".to_owned(), ip_network)
+}
+
+/// [`ip_prefix`] of an address already parsed.
+pub fn ip_network(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
             let [a, b, c, _] = v4.octets();
             format!("{a}.{b}.{c}.0/24")
         }
-        Ok(std::net::IpAddr::V6(v6)) => {
+        std::net::IpAddr::V6(v6) => {
             let s = v6.segments();
             format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
         }
-        Err(_) => "-".to_owned(),
     }
 }
 

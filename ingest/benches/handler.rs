@@ -133,7 +133,7 @@ fn request<'a>(headers: &'a http::HeaderMap, body: &'a [u8]) -> IngestRequest<'a
         headers,
         body,
         query: None,
-        source_ip: Some("203.0.113.7"),
+        source_ip: Some(std::net::IpAddr::from([203, 0, 113, 7])),
         request_id: "bench",
     }
 }

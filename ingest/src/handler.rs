@@ -81,8 +81,8 @@ pub struct IngestRequest<'a> {
     pub body: &'a [u8],
     /// The query string, without `?` (the pixel route's `d=`). Never logged.
     pub query: Option<&'a str>,
-    /// Caller's address, for logs.
-    pub source_ip: Option<&'a str>,
+    /// Caller's address, for logs (only its network is written: /24 or /48).
+    pub source_ip: Option<std::net::IpAddr>,
     /// Request id, for logs.
     pub request_id: &'a str,
 }
@@ -358,7 +358,7 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
             requestId = req.request_id,
             method = req.method,
             path = req.path,
-            sourceNet = req.source_ip.map_or_else(|| "-".to_owned(), domain::redact::ip_prefix),
+            sourceNet = req.source_ip.map_or_else(|| "-".to_owned(), domain::redact::ip_network),
             crm = response.crm.map_or("-", Crm::as_str),
             clientId = response.client_id.as_deref().unwrap_or("-"),
             eventType = response.event_type.map_or("-", EventType::as_str),

@@ -71,7 +71,8 @@ async fn handle<S: RecordStore, D: ClientDirectory + 'static, C: Clock>(
             headers: req.headers,
             body: &body,
             query: query.as_deref(),
-            source_ip: req.source_ip,
+            // The front doors give the address as text; a malformed one is not logged.
+            source_ip: req.source_ip.and_then(|ip| ip.trim().parse().ok()),
             request_id: req.request_id,
         })
         .await;

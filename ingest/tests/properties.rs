@@ -101,7 +101,7 @@ fn check(body: &[u8], content_type: &str, origin: Option<&str>) -> Result<(), Te
         headers: &headers,
         body,
         query: None,
-        source_ip: Some("203.0.113.9"),
+        source_ip: Some(std::net::IpAddr::from([203, 0, 113, 9])),
         request_id: "prop",
     }));
     prop_assert!(

@@ -260,9 +260,6 @@ async fn ingest_route(State(app): State<Arc<App>>, request: axum::extract::Reque
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() <= 128)
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    // For the request's log line only (written by the handler, under its target).
-    let source_ip = tracing::enabled!(target: "ingest::handler", tracing::Level::INFO)
-        .then(|| source.to_string());
     let response = app
         .handler
         .handle(IngestRequest {
@@ -271,7 +268,7 @@ async fn ingest_route(State(app): State<Arc<App>>, request: axum::extract::Reque
             headers: &headers,
             body: &bytes,
             query: uri.query(),
-            source_ip: source_ip.as_deref(),
+            source_ip: Some(source),
             request_id: &request_id,
         })
         .await;

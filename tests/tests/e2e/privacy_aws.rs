@@ -200,7 +200,7 @@ async fn erase_on_aws_clears_table_and_queues_and_ingest_honours_the_suppression
                 headers: &headers,
                 body: body.as_bytes(),
                 query: None,
-                source_ip: Some("203.0.113.5"),
+                source_ip: Some(std::net::IpAddr::from([203, 0, 113, 5])),
                 request_id: "r",
             })
             .await;
