@@ -10,6 +10,7 @@
 //! one fsync per event, while every caller is answered only after its commit.
 
 pub mod alerts;
+mod dedup;
 pub mod privacy;
 pub mod queues;
 pub mod schema;

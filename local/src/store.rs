@@ -1,5 +1,6 @@
 //! The SQLite store: one writer thread with group commit, one reader connection.
 
+use crate::dedup::{DedupKey, DedupSet, dedup_key};
 use crate::schema;
 use async_trait::async_trait;
 use domain::{
@@ -7,7 +8,6 @@ use domain::{
     RecordStore, StoreError,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -25,11 +25,16 @@ pub const MAX_GROUP_COMMIT: usize = 512;
 pub const WRITE_QUEUE_CAPACITY: usize = 8192;
 /// How long a connection waits on a lock held by another process before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Page cache per connection, in KiB (negative `cache_size` = KiB; SQLite's default
-/// size). Inserts append at the right edge of each B-tree, so the pages they touch stay
-/// in even this cache; 8 MiB a connection (three connections) measured no faster
-/// under `scripts/bench-cpu` and held 4–5 MB more at peak (BENCHMARKS.md).
+/// Page cache of the writer connection, in KiB (negative `cache_size` = KiB; SQLite's
+/// default size). Inserts append at the right edge of each B-tree, so the pages they
+/// touch stay in even this cache; 8 MiB a connection measured no faster under
+/// `scripts/bench-cpu` and held 4–5 MB more at peak (BENCHMARKS.md).
 pub const CACHE_SIZE_KIB: i64 = -2 * 1024;
+/// Page cache of the reader and checkpoint connections, in KiB: half the writer's.
+/// Measured against the writer's 2 MiB under `wrk` (durable, BENCHMARKS.md): 1 MiB
+/// costs no CPU and holds about 1 MB less; 256 KiB held 4 MB less but cost ~3 µs more
+/// per event (its queries then read more pages from the WAL file, presumably).
+pub const READER_CACHE_SIZE_KIB: i64 = -1024;
 /// How often a background thread copies committed WAL pages into the database file
 /// (PASSIVE: never blocks the writer). The writer's own auto-checkpoint (every 1000
 /// pages) then finds little left to copy, so commits do not stall on checkpoint I/O,
@@ -138,25 +143,6 @@ pub(crate) fn insert_delivery_log(
     Ok(())
 }
 
-/// The dedup key of an idempotent record: the first 96 bits of SHA-256(recordId).
-/// 96 bits, not 128: 13 bytes a slot in the set instead of 17 (a `u128` is 16-aligned),
-/// a quarter less memory for the largest structure of the process. A different record
-/// taken for a duplicate needs a 96-bit collision: with 10 million records stored, about
-/// 10^-22 per new record.
-type DedupKey = [u8; 12];
-
-/// The set of stored idempotent records' keys. The keys are SHA-256 output (uniform,
-/// and no one picks them: hash flooding is not possible), so a fast hasher serves.
-type DedupSet = HashSet<DedupKey, foldhash::fast::RandomState>;
-
-fn dedup_key(record_id: &str) -> DedupKey {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(record_id.as_bytes());
-    let mut key = [0u8; 12];
-    key.copy_from_slice(&digest[..12]);
-    key
-}
-
 struct Inner {
     path: PathBuf,
     tx: mpsc::Sender<Op>,
@@ -223,7 +209,11 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn open_conn(path: &Path, synchronous: Synchronous) -> Result<Connection, rusqlite::Error> {
+fn open_conn(
+    path: &Path,
+    synchronous: Synchronous,
+    cache_size_kib: i64,
+) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -241,7 +231,7 @@ fn open_conn(path: &Path, synchronous: Synchronous) -> Result<Connection, rusqli
         },
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.pragma_update(None, "cache_size", CACHE_SIZE_KIB)?;
+    conn.pragma_update(None, "cache_size", cache_size_kib)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
 }
@@ -271,12 +261,13 @@ impl SqliteStore {
             path: path.clone(),
             source,
         };
-        let mut writer = open_conn(&path, options.synchronous).map_err(sqlite)?;
+        let mut writer = open_conn(&path, options.synchronous, CACHE_SIZE_KIB).map_err(sqlite)?;
         schema::migrate(&mut writer).map_err(|source| OpenError::Schema {
             path: path.clone(),
             source,
         })?;
-        let reader = open_conn(&path, options.synchronous).map_err(sqlite)?;
+        let reader =
+            open_conn(&path, options.synchronous, READER_CACHE_SIZE_KIB).map_err(sqlite)?;
         let last_seq: i64 = writer
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM navigation", [], |r| {
                 r.get(0)
@@ -287,8 +278,10 @@ impl SqliteStore {
         } else {
             load_dedup(&writer).map_err(sqlite)?
         };
+        tracing::debug!(keys = dedup.len(), "idempotent records' keys loaded");
         let tool = options.tool;
-        let checkpoint_conn = open_conn(&path, options.synchronous).map_err(sqlite)?;
+        let checkpoint_conn =
+            open_conn(&path, options.synchronous, READER_CACHE_SIZE_KIB).map_err(sqlite)?;
         let (stop_checkpoints, stop_rx) = std::sync::mpsc::channel();
         let checkpointer = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
@@ -792,11 +785,7 @@ fn checkpoint_loop(conn: &Connection, stop: &std::sync::mpsc::Receiver<()>) {
 fn load_dedup(conn: &Connection) -> rusqlite::Result<DedupSet> {
     let mut stmt = conn.prepare("SELECT record_id FROM navigation WHERE event_id IS NOT NULL")?;
     let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    let mut set = DedupSet::default();
-    for id in ids {
-        set.insert(dedup_key(&id?));
-    }
-    Ok(set)
+    ids.map(|id| id.map(|id| dedup_key(&id))).collect()
 }
 
 /// Answers every put of a group that could not be committed with `error`.

@@ -48,7 +48,7 @@ pub const DEFAULT_SANDBOX_LISTEN: &str = "127.0.0.1:3900";
 /// Tokio's default (512) lets reads that queue on the reader connection each take a
 /// thread — 27 of them under `wrk -c64`, each with its own allocator heap and stack.
 /// Past this many, blocking work waits its turn instead.
-pub const MAX_BLOCKING_THREADS: usize = 8;
+pub const MAX_BLOCKING_THREADS: usize = 2;
 
 /// The runtime of `serve`: one async worker per core but one, leaving a core to the
 /// SQLite writer thread (it fsyncs each group commit) and the kernel's network work —
