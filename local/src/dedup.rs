@@ -65,11 +65,11 @@ impl FromIterator<DedupKey> for DedupSet {
     /// Builds the set in one pass and one sort per run (the start-up load: inserting
     /// keys one by one would move half a run each time).
     fn from_iter<I: IntoIterator<Item = DedupKey>>(keys: I) -> Self {
-        let mut set = DedupSet {
-            runs: empty_runs(),
-            len: 0,
-        };
+        let mut set = DedupSet::default();
         for key in keys {
+            if set.runs.is_empty() {
+                set.runs = empty_runs();
+            }
             let (run, rest) = split(&key);
             if let Some(run) = set.runs.get_mut(run) {
                 run.push(rest);
@@ -217,6 +217,9 @@ mod tests {
         assert_eq!(built.len(), 5_000);
         assert_eq!(built.len(), by_insert.len());
         assert_eq!(built.runs, by_insert.runs);
+        // No key, no runs (1.5 MB of them).
+        let none: DedupSet = std::iter::empty().collect();
+        assert!(none.runs.is_empty() && !none.contains(&[0; 12]));
     }
 
     #[test]
