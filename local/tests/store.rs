@@ -99,13 +99,19 @@ async fn concurrent_puts_are_group_committed_and_survive_reopen() {
     let reopened = SqliteStore::open(dir.path(), StoreOptions::default()).expect("reopen");
     assert_eq!(reopened.record_count().await, Ok(500));
     assert_eq!(*reopened.watch_changes().borrow(), 500);
-    // The dedup set is rebuilt from the table: a retried event is still a duplicate.
-    let retry = record("shop-a", Some("e-7"), 1_706_457_659_000);
-    assert_eq!(
-        reopened.put_if_absent(&retry).await,
-        Ok(PutOutcome::Duplicate)
-    );
+    // The dedup set is rebuilt from the table: every retried event is still a duplicate,
+    // a new one is not.
+    for i in 0..500 {
+        let retry = record("shop-a", Some(&format!("e-{i}")), 1_706_457_659_000);
+        assert_eq!(
+            reopened.put_if_absent(&retry).await,
+            Ok(PutOutcome::Duplicate),
+            "e-{i}"
+        );
+    }
     assert_eq!(reopened.record_count().await, Ok(500));
+    let new = record("shop-a", Some("e-500"), 1_706_457_659_000);
+    assert_eq!(reopened.put_if_absent(&new).await, Ok(PutOutcome::Created));
     reopened.shutdown().await;
 }
 
@@ -215,6 +221,14 @@ async fn sweeper_deletes_only_expired_records() {
     );
     assert_eq!(store.record(&old.record_id).await, Ok(None));
     assert!(store.record(&new.record_id).await.expect("read").is_some());
+    // The swept record's key left the dedup set with it; the kept one's did not.
+    let again = record("shop-a", Some("new"), 2_000_000_000_000);
+    assert_eq!(store.put_if_absent(&again).await, Ok(PutOutcome::Duplicate));
+    let old_again = record("shop-a", Some("old"), 2_000_000_000_000);
+    assert_eq!(
+        store.put_if_absent(&old_again).await,
+        Ok(PutOutcome::Created)
+    );
     store.health().await.expect("healthy");
     store.shutdown().await;
 }
