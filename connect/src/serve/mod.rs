@@ -47,7 +47,10 @@ pub const DEFAULT_SANDBOX_LISTEN: &str = "127.0.0.1:3900";
 /// Most threads of tokio's blocking pool in `serve` (SQLite reads, file I/O, DNS).
 /// Tokio's default (512) lets reads that queue on the reader connection each take a
 /// thread — 27 of them under `wrk -c64`, each with its own allocator heap and stack.
-/// Past this many, blocking work waits its turn instead.
+/// The store's reads share one connection behind a lock, so one thread reads while a
+/// second can serve a DNS lookup or a file; more only wait on the lock (8 held 3–5 MB
+/// more at peak for the same CPU, BENCHMARKS.md). Past this many, blocking work waits
+/// its turn.
 pub const MAX_BLOCKING_THREADS: usize = 2;
 
 /// The runtime of `serve`: one async worker per core but one, leaving a core to the
