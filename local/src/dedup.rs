@@ -11,7 +11,8 @@
 //! keys, and no doubling of the table (old and new both held) as it grows. A lookup is a
 //! binary search of a run of n / 16,384 keys; an insert or a removal moves half a run
 //! on average (3 KB with 10 million keys stored, 200 bytes with 600,000). 65,536 runs
-//! of 80 bits were tried: at 600,000 keys their headers and per-run slack held 2 MB more.
+//! of 80 bits were tried: at 540,000 keys their headers and per-run slack held 2 MB more
+//! (the `memory` test below).
 
 /// The dedup key of an idempotent record: the first 96 bits of SHA-256(recordId).
 pub type DedupKey = [u8; 12];
