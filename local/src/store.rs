@@ -30,11 +30,11 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// touch stay in even this cache; 8 MiB a connection measured no faster under
 /// `scripts/bench-cpu` and held 4–5 MB more at peak (BENCHMARKS.md).
 pub const CACHE_SIZE_KIB: i64 = -2 * 1024;
-/// Page cache of the reader and checkpoint connections, in KiB: half the writer's.
-/// Measured against the writer's 2 MiB under `wrk` (durable, BENCHMARKS.md): 1 MiB
-/// costs no CPU and holds about 1 MB less; 256 KiB held 4 MB less but cost ~3 µs more
-/// per event (its queries then read more pages from the WAL file, presumably).
-pub const READER_CACHE_SIZE_KIB: i64 = -1024;
+/// Page cache of the reader and checkpoint connections, in KiB: the writer's. Smaller
+/// caches were measured under `wrk` (durable, BENCHMARKS.md): 256 KiB held 4 MB less at
+/// peak but cost ~3 µs more per event; 1 MiB held ~1 MB less, its CPU within this
+/// host's noise in 10 s runs but not clearly so in 30 s ones, so the reader keeps 2 MiB.
+pub const READER_CACHE_SIZE_KIB: i64 = CACHE_SIZE_KIB;
 /// How often a background thread copies committed WAL pages into the database file
 /// (PASSIVE: never blocks the writer). The writer's own auto-checkpoint (every 1000
 /// pages) then finds little left to copy, so commits do not stall on checkpoint I/O,
