@@ -40,12 +40,13 @@ fn split(key: &DedupKey) -> (usize, Rest) {
 /// A set of [`DedupKey`]s (see the module).
 pub struct DedupSet {
     runs: Box<[Vec<Rest>]>,
-    len: usize,
 }
 
 impl std::fmt::Debug for DedupSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DedupSet").field("len", &self.len).finish()
+        f.debug_struct("DedupSet")
+            .field("len", &self.len())
+            .finish()
     }
 }
 
@@ -55,7 +56,6 @@ impl Default for DedupSet {
     fn default() -> Self {
         DedupSet {
             runs: Box::default(),
-            len: 0,
         }
     }
 }
@@ -82,16 +82,15 @@ impl FromIterator<DedupKey> for DedupSet {
             run.sort_unstable();
             run.dedup();
             run.shrink_to_fit();
-            set.len += run.len();
         }
         set
     }
 }
 
 impl DedupSet {
-    /// Keys in the set.
+    /// Keys in the set (a sum over the runs: for logs and tests, not the write path).
     pub fn len(&self) -> usize {
-        self.len
+        self.runs.iter().map(Vec::len).sum()
     }
 
     /// Whether `key` is in the set.
@@ -120,7 +119,6 @@ impl DedupSet {
                     run.reserve_exact((run.len() / 8).max(4));
                 }
                 run.insert(at, rest);
-                self.len += 1;
                 true
             }
         }
@@ -135,7 +133,6 @@ impl DedupSet {
         match run.binary_search(&rest) {
             Ok(at) => {
                 run.remove(at);
-                self.len -= 1;
                 // Give back what a run no longer needs (records expire in bulk).
                 if run.capacity() > 2 * run.len() + 8 {
                     run.shrink_to(run.len() + run.len() / 8);

@@ -25,16 +25,13 @@ pub const MAX_GROUP_COMMIT: usize = 512;
 pub const WRITE_QUEUE_CAPACITY: usize = 8192;
 /// How long a connection waits on a lock held by another process before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Page cache of the writer connection, in KiB (negative `cache_size` = KiB; SQLite's
-/// default size). Inserts append at the right edge of each B-tree, so the pages they
-/// touch stay in even this cache; 8 MiB a connection measured no faster under
-/// `scripts/bench-cpu` and held 4–5 MB more at peak (BENCHMARKS.md).
+/// Page cache per connection, in KiB (negative `cache_size` = KiB; SQLite's default
+/// size). Inserts append at the right edge of each B-tree, so the pages they touch stay
+/// in even this cache; 8 MiB a connection measured no faster under `scripts/bench-cpu`
+/// and held 4–5 MB more at peak. Smaller caches for the reader were measured too
+/// (BENCHMARKS.md): 256 KiB held 4 MB less but cost ~3 µs more per event; 1 MiB held
+/// ~1 MB less, its CPU not clearly the same in 30 s runs.
 pub const CACHE_SIZE_KIB: i64 = -2 * 1024;
-/// Page cache of the reader and checkpoint connections, in KiB: the writer's. Smaller
-/// caches were measured under `wrk` (durable, BENCHMARKS.md): 256 KiB held 4 MB less at
-/// peak but cost ~3 µs more per event; 1 MiB held ~1 MB less, its CPU within this
-/// host's noise in 10 s runs but not clearly so in 30 s ones, so the reader keeps 2 MiB.
-pub const READER_CACHE_SIZE_KIB: i64 = CACHE_SIZE_KIB;
 /// How often a background thread copies committed WAL pages into the database file
 /// (PASSIVE: never blocks the writer). The writer's own auto-checkpoint (every 1000
 /// pages) then finds little left to copy, so commits do not stall on checkpoint I/O,
@@ -209,11 +206,7 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn open_conn(
-    path: &Path,
-    synchronous: Synchronous,
-    cache_size_kib: i64,
-) -> Result<Connection, rusqlite::Error> {
+fn open_conn(path: &Path, synchronous: Synchronous) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -231,7 +224,7 @@ fn open_conn(
         },
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.pragma_update(None, "cache_size", cache_size_kib)?;
+    conn.pragma_update(None, "cache_size", CACHE_SIZE_KIB)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
 }
@@ -261,13 +254,12 @@ impl SqliteStore {
             path: path.clone(),
             source,
         };
-        let mut writer = open_conn(&path, options.synchronous, CACHE_SIZE_KIB).map_err(sqlite)?;
+        let mut writer = open_conn(&path, options.synchronous).map_err(sqlite)?;
         schema::migrate(&mut writer).map_err(|source| OpenError::Schema {
             path: path.clone(),
             source,
         })?;
-        let reader =
-            open_conn(&path, options.synchronous, READER_CACHE_SIZE_KIB).map_err(sqlite)?;
+        let reader = open_conn(&path, options.synchronous).map_err(sqlite)?;
         let last_seq: i64 = writer
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM navigation", [], |r| {
                 r.get(0)
@@ -280,8 +272,7 @@ impl SqliteStore {
         };
         tracing::debug!(keys = dedup.len(), "idempotent records' keys loaded");
         let tool = options.tool;
-        let checkpoint_conn =
-            open_conn(&path, options.synchronous, READER_CACHE_SIZE_KIB).map_err(sqlite)?;
+        let checkpoint_conn = open_conn(&path, options.synchronous).map_err(sqlite)?;
         let (stop_checkpoints, stop_rx) = std::sync::mpsc::channel();
         let checkpointer = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
