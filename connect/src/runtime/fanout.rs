@@ -15,8 +15,13 @@ use tokio::sync::watch;
 
 /// Checkpoint name of the fanout in the store.
 pub const CONSUMER: &str = "fanout";
-/// Most changes handed to the handler at once.
-pub const POLL_BATCH: usize = 2000;
+/// Most changes handed to the handler at once. Under load the fanout lags the writer
+/// now and then and reads full batches: a batch's records, decoded records and queue
+/// messages are live together, so this bounds the process's peak memory. 500 (down from
+/// 2,000) took 6–10 MB off `serve --demo`'s peak RSS under `scripts/bench-cpu` at the
+/// same CPU per event: the per-batch costs (a read, a relaxed queue transaction, a
+/// checkpoint) are small once spread over a few hundred events (BENCHMARKS.md).
+pub const POLL_BATCH: usize = 500;
 /// Longest pause after a failed batch (doubling from 50 ms, jittered).
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 
