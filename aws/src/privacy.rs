@@ -4,7 +4,7 @@
 use crate::env::SUPPRESSION_TABLE;
 use crate::{DynamoSuppressions, SecretsManager};
 use domain::SecretStore;
-use domain::privacy::{EmailKeyer, INSTALLATION_KEY_SECRET, Privacy, SuppressionStore};
+use domain::privacy::{EmailKeyer, INSTALLATION_KEY_SECRET, KeyLoader, Privacy, SuppressionStore};
 use std::sync::Arc;
 
 /// Env var naming the installation key's secret (serverless.yml sets one per stage).
@@ -18,27 +18,55 @@ pub fn installation_key_name() -> String {
 }
 
 /// The privacy guard of a Lambda: with `SUPPRESSION_TABLE` set, the installation key is
-/// required (a missing secret fails the cold start, so no event slips past a
-/// suppression); without it, a per-container key and no suppression list (logged).
-pub async fn from_env(
-    dynamodb: &aws_sdk_dynamodb::Client,
-    secrets: &SecretsManager,
-) -> Result<Privacy, String> {
+/// required. It is read from Secrets Manager in the background from the cold start
+/// (which then does not wait for it; the read overlaps the runtime's first poll and the
+/// first event's other lookups), and every check that needs it waits for it. A missing
+/// or unreadable secret is logged and fails those checks, so no event slips past a
+/// suppression: ingest refuses the event with a 503 (API Gateway's 5XX alarm), deliver
+/// retries the message; the next check reads the secret again. Without the table, a
+/// per-container key and no suppression list (logged). Call within the Tokio runtime.
+pub fn from_env(dynamodb: &aws_sdk_dynamodb::Client, secrets: &SecretsManager) -> Privacy {
     let Ok(table) = std::env::var(SUPPRESSION_TABLE) else {
         tracing::warn!("SUPPRESSION_TABLE is not set: no suppression checks");
-        return Ok(Privacy::default());
+        return Privacy::default();
     };
-    let name = installation_key_name();
-    let secret = secrets
-        .get_secret(&name)
-        .await
-        .map_err(|e| format!("reading {name}: {e}"))?
-        .ok_or_else(|| format!("the secret {name} is missing"))?;
-    let keyer = EmailKeyer::from_secret(secret.expose())?;
-    Ok(Privacy::new(
-        keyer,
+    from_parts(dynamodb, secrets, table, installation_key_name())
+}
+
+/// [`from_env`] with the suppression table and the key's secret named: the read of the
+/// key is started here.
+pub fn from_parts(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    secrets: &SecretsManager,
+    table: String,
+    secret_name: String,
+) -> Privacy {
+    let privacy = Privacy::deferred(
+        key_loader(secrets.clone(), secret_name),
         Some(
             Arc::new(DynamoSuppressions::new(dynamodb.clone(), table)) as Arc<dyn SuppressionStore>
         ),
-    ))
+    );
+    let preload = privacy.clone();
+    tokio::spawn(async move {
+        if let Err(e) = preload.preload().await {
+            tracing::error!(error = %e, "cannot read the installation key; events wait for it and are refused until it can be read");
+        }
+    });
+    privacy
+}
+
+/// Reads the installation key's secret `name`.
+fn key_loader(secrets: SecretsManager, name: String) -> KeyLoader {
+    Arc::new(move || {
+        let (secrets, name) = (secrets.clone(), name.clone());
+        Box::pin(async move {
+            let secret = secrets
+                .get_secret(&name)
+                .await
+                .map_err(|e| format!("reading {name}: {e}"))?
+                .ok_or_else(|| format!("the secret {name} is missing"))?;
+            EmailKeyer::from_secret(secret.expose())
+        })
+    })
 }

@@ -170,10 +170,30 @@ impl Expiry<AnswerKey, bool> for ByAnswer {
     }
 }
 
+/// Reads the installation key (a Lambda reads it from Secrets Manager); an `Err` is
+/// the reason, without the key.
+pub type KeyLoader = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<EmailKeyer, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Where the keyer comes from.
+#[derive(Clone)]
+enum KeySource {
+    Ready(EmailKeyer),
+    /// Read at the first need (or by [`Privacy::preload`]); a failed read is not kept,
+    /// so the next need reads again.
+    Deferred {
+        cell: Arc<tokio::sync::OnceCell<EmailKeyer>>,
+        load: KeyLoader,
+    },
+}
+
 /// Keyed hashing and suppression checks.
 #[derive(Clone)]
 pub struct Privacy {
-    keyer: EmailKeyer,
+    keyer: KeySource,
     store: Option<Arc<dyn SuppressionStore>>,
     /// A synchronous cache: a hit (nearly every event) is a lookup, with no future to
     /// drive; concurrent misses of one key may both ask the store (a read, harmless).
@@ -198,6 +218,26 @@ impl Default for Privacy {
 impl Privacy {
     /// With the installation's keyer and suppression list.
     pub fn new(keyer: EmailKeyer, store: Option<Arc<dyn SuppressionStore>>) -> Self {
+        Privacy::with_source(KeySource::Ready(keyer), store)
+    }
+
+    /// With a keyer read by `load` when first needed, and the suppression list `store`
+    /// (which needs no key to be built). Until the key is read, every check that needs
+    /// it waits for it; when it cannot be read, they fail (no event passes a check
+    /// that could not be made) and the next one reads again. A Lambda starts the read
+    /// with [`Privacy::preload`] as it starts, so that it overlaps the runtime's first
+    /// poll and the first event's other lookups instead of delaying the cold start.
+    pub fn deferred(load: KeyLoader, store: Option<Arc<dyn SuppressionStore>>) -> Self {
+        Privacy::with_source(
+            KeySource::Deferred {
+                cell: Arc::new(tokio::sync::OnceCell::new()),
+                load,
+            },
+            store,
+        )
+    }
+
+    fn with_source(keyer: KeySource, store: Option<Arc<dyn SuppressionStore>>) -> Self {
         Privacy {
             keyer,
             store,
@@ -208,9 +248,21 @@ impl Privacy {
         }
     }
 
-    /// The keyer.
-    pub fn keyer(&self) -> &EmailKeyer {
-        &self.keyer
+    /// The keyer; a deferred one is read now if it was not yet.
+    pub async fn keyer(&self) -> Result<&EmailKeyer, StoreError> {
+        match &self.keyer {
+            KeySource::Ready(keyer) => Ok(keyer),
+            KeySource::Deferred { cell, load } => cell
+                .get_or_try_init(|| load())
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("the installation key: {e}"))),
+        }
+    }
+
+    /// Reads a deferred keyer now (nothing for a ready one); the error is also what the
+    /// checks waiting for it get.
+    pub async fn preload(&self) -> Result<(), StoreError> {
+        self.keyer().await.map(drop)
     }
 
     /// Whether `email` is suppressed for `client` (errors are not cached).
@@ -224,7 +276,7 @@ impl Privacy {
         };
         let key = (
             client.clone(),
-            self.keyer.mac(SUPPRESS_PURPOSE, email.as_str()),
+            self.keyer().await?.mac(SUPPRESS_PURPOSE, email.as_str()),
         );
         if let Some(answer) = self.cache.get(&key) {
             return Ok(answer);
@@ -273,5 +325,149 @@ mod tests {
             EmailKeyer::from_secret(&secret).expect("ok").key(&ana)
         );
         assert_eq!(format!("{a:?}"), "EmailKeyer([redacted])");
+    }
+
+    /// A suppression list of (scope, email key) pairs that counts its reads.
+    #[derive(Default)]
+    struct Listed {
+        keys: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    }
+
+    #[async_trait]
+    impl SuppressionStore for Listed {
+        async fn is_suppressed(
+            &self,
+            client: &ClientId,
+            email_key: &str,
+        ) -> Result<bool, StoreError> {
+            let keys = self.keys.lock().expect("lock");
+            Ok(keys.contains(&(client.to_string(), email_key.to_owned()))
+                || keys.contains(&(GLOBAL_SCOPE.to_owned(), email_key.to_owned())))
+        }
+        async fn suppress(&self, scope: &str, email_key: &str, _: i64) -> Result<(), StoreError> {
+            let mut keys = self.keys.lock().expect("lock");
+            keys.insert((scope.to_owned(), email_key.to_owned()));
+            Ok(())
+        }
+        async fn unsuppress(&self, scope: &str, email_key: &str) -> Result<bool, StoreError> {
+            let mut keys = self.keys.lock().expect("lock");
+            Ok(keys.remove(&(scope.to_owned(), email_key.to_owned())))
+        }
+        async fn audit(&self, _: &AuditRecord) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    /// A loader that fails its first `failures` reads, then gives `secret`'s keyer;
+    /// counts its reads.
+    fn loader(
+        secret: &str,
+        failures: usize,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> KeyLoader {
+        let secret = secret.to_owned();
+        Arc::new(move || {
+            let n = reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let secret = secret.clone();
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                if n < failures {
+                    Err("the secret connect/installation-key is missing".to_owned())
+                } else {
+                    EmailKeyer::from_secret(&secret)
+                }
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn a_deferred_key_is_read_once_and_checks_wait_for_it() {
+        let secret = EmailKeyer::generate_secret();
+        let ready = EmailKeyer::from_secret(&secret).expect("key");
+        let list = Arc::new(Listed::default());
+        let ana = Email::parse("ana@example.com").expect("email");
+        let bia = Email::parse("bia@example.com").expect("email");
+        let client = ClientId::parse("shop-1").expect("client");
+        list.suppress(
+            client.as_str(),
+            &crate::hex_lower(&ready.mac(SUPPRESS_PURPOSE, ana.as_str())),
+            0,
+        )
+        .await
+        .expect("suppress");
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let privacy = Privacy::deferred(
+            loader(&secret, 0, Arc::clone(&reads)),
+            Some(Arc::clone(&list) as Arc<dyn SuppressionStore>),
+        );
+        assert_eq!(
+            reads.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "nothing read before a need"
+        );
+        let (a, b) = tokio::join!(
+            privacy.is_suppressed(&client, &ana),
+            privacy.is_suppressed(&client, &bia)
+        );
+        assert_eq!(
+            (a, b),
+            (Ok(true), Ok(false)),
+            "the installation's key, the list's answers"
+        );
+        assert_eq!(
+            privacy.keyer().await.expect("keyer").key(&ana),
+            ready.key(&ana),
+            "the same hashes as a key read up front"
+        );
+        privacy.preload().await.expect("preload");
+        privacy
+            .clone()
+            .preload()
+            .await
+            .expect("a clone shares the key");
+        assert_eq!(
+            reads.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "read once for every check and clone"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_key_fails_the_checks_and_is_read_again_at_the_next() {
+        let secret = EmailKeyer::generate_secret();
+        let list = Arc::new(Listed::default());
+        let ana = Email::parse("ana@example.com").expect("email");
+        let client = ClientId::parse("shop-1").expect("client");
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let privacy = Privacy::deferred(
+            loader(&secret, 2, Arc::clone(&reads)),
+            Some(Arc::clone(&list) as Arc<dyn SuppressionStore>),
+        );
+        let Err(StoreError::Unavailable(message)) = privacy.preload().await else {
+            panic!("a missing secret must fail the read");
+        };
+        assert!(
+            message.contains("installation key") && message.contains("missing"),
+            "{message}"
+        );
+        assert!(
+            matches!(
+                privacy.is_suppressed(&client, &ana).await,
+                Err(StoreError::Unavailable(_))
+            ),
+            "no answer without the key: the event is not let through"
+        );
+        assert_eq!(
+            privacy.is_suppressed(&client, &ana).await,
+            Ok(false),
+            "read again, then answered"
+        );
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 3);
+        let without_list = Privacy::deferred(loader(&secret, usize::MAX, Arc::clone(&reads)), None);
+        assert_eq!(
+            without_list.is_suppressed(&client, &ana).await,
+            Ok(false),
+            "no suppression list: no key needed"
+        );
     }
 }

@@ -616,12 +616,21 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
             }
         };
         // Only for the request's log line: not computed when that line is filtered out.
-        if tracing::enabled!(tracing::Level::INFO) {
-            *email_hash = Some(self.privacy.keyer().log_id(&event.email));
-        }
+        // A Lambda's keyer may still be on its way from Secrets Manager (its cold start
+        // does not wait for it): it is awaited alongside the client's lookup.
+        let log_id = async {
+            if tracing::enabled!(tracing::Level::INFO) {
+                let keyer = self.privacy.keyer().await.ok();
+                keyer.map(|k| k.log_id(&event.email))
+            } else {
+                None
+            }
+        };
+        let (client, log_id) = tokio::join!(self.resolve_client(crm, &event), log_id);
+        *email_hash = log_id;
         let event_type = event.event_type;
 
-        let client = match self.resolve_client(crm, &event).await {
+        let client = match client {
             Ok(client) => client,
             Err(response) => return (*response, None),
         };

@@ -289,3 +289,85 @@ async fn function_url_events_are_stored_and_pixels_answered() {
         Some("image/gif")
     );
 }
+
+/// The Lambda's privacy wiring (`aws::privacy::from_env`, here with its table and secret
+/// named): the installation key is read in the background; while its secret is missing,
+/// events are refused with a 503 and nothing is stored (no event passes a suppression
+/// check that could not be made); once the secret exists, the next event reads it, is
+/// checked against the suppression list and stored, and a suppressed email is not.
+#[tokio::test]
+async fn without_the_installation_key_events_are_refused_until_it_can_be_read() {
+    use domain::privacy::{EmailKeyer, SuppressionStore};
+    let Some((handler, ddb, names)) = setup().await else {
+        return;
+    };
+    let Some(config) = emulator_config().await else {
+        return;
+    };
+    let secrets = aws::SecretsManager::new(aws_sdk_secretsmanager::Client::new(&config));
+    let secret_name = format!("{}/installation-key", unique("key"));
+    let privacy = aws::privacy::from_parts(
+        &ddb,
+        &secrets,
+        names.suppressions.clone(),
+        secret_name.clone(),
+    );
+    let handler = handler.with_privacy(privacy);
+
+    let r = handle_apigw(&handler, fixture("apigw-responsys-json.json"), "req-1").await;
+    assert_eq!(r.status_code, 503, "{:?}", r.body);
+    let refused = body(&r);
+    assert_eq!(
+        refused["error"], "unavailable",
+        "a retryable refusal (the cause is logged, not told to the public): {refused}"
+    );
+    assert!(
+        !refused
+            .to_string()
+            .to_lowercase()
+            .contains("user@example.com"),
+        "no email in the answer"
+    );
+    let event_id = "3f1c9a4e-7d1b-4c55-9d0e-2b8f6a1e0c11";
+
+    // The operator creates the secret: the next event reads it and goes through (the
+    // same event again: 202, not a duplicate, so the refused one was not stored).
+    let secret = EmailKeyer::generate_secret();
+    aws_sdk_secretsmanager::Client::new(&config)
+        .create_secret()
+        .name(&secret_name)
+        .secret_string(&secret)
+        .send()
+        .await
+        .expect("secret");
+    let r = handle_apigw(&handler, fixture("apigw-responsys-json.json"), "req-2").await;
+    assert_eq!(r.status_code, 202, "{:?}", r.body);
+    assert_ne!(body(&r)["duplicate"], Value::Bool(true));
+    let id = body(&r)["recordId"].as_str().expect("recordId").to_owned();
+    assert_eq!(stored(&ddb, &names.navigation, &id).await.len(), 1);
+
+    // A suppressed email (keyed with the secret just read) is not stored.
+    let keyer = EmailKeyer::from_secret(&secret).expect("key");
+    aws::DynamoSuppressions::new(ddb.clone(), &names.suppressions)
+        .suppress(
+            domain::privacy::GLOBAL_SCOPE,
+            &keyer.key(&domain::event::Email::parse("other@example.com").expect("email")),
+            0,
+        )
+        .await
+        .expect("suppress");
+    let mut request = fixture("apigw-responsys-json.json");
+    let text = request.body.take().expect("body");
+    request.body = Some(
+        text.replace("User@Example.com", "other@example.com")
+            .replace(event_id, "another-event-id"),
+    );
+    let r = handle_apigw(&handler, request, "req-3").await;
+    assert!(r.status_code < 300, "{:?}", r.body);
+    let record_id = body(&r)["recordId"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        record_id.is_empty() || stored(&ddb, &names.navigation, &record_id).await.is_empty(),
+        "a suppressed email is not stored: {:?}",
+        r.body
+    );
+}

@@ -120,8 +120,7 @@ async fn main() -> Result<(), Error> {
     let privacy = aws::privacy::from_env(
         &dynamodb,
         &SecretsManager::new(aws_sdk_secretsmanager::Client::new(&config)),
-    )
-    .await?;
+    );
     let queues = SqsQueues::new(aws_sdk_sqs::Client::new(&config))
         .with_queue(crm, QueueKind::Delivery, env::required(QUEUE_URL)?)
         .with_queue(crm, QueueKind::DeadLetter, env::required(DLQ_URL)?);

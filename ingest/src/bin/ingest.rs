@@ -49,7 +49,7 @@ async fn main() -> Result<(), Error> {
     let config = aws::env::sdk_config().await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
     let secrets = SecretsManager::new(aws_sdk_secretsmanager::Client::new(&config));
-    let privacy = aws::privacy::from_env(&dynamodb, &secrets).await?;
+    let privacy = aws::privacy::from_env(&dynamodb, &secrets);
     let mut handler = IngestHandler::new(
         DynamoRecordStore::new(dynamodb.clone(), navigation),
         DynamoClientDirectory::new(dynamodb, clients, rdstation),
