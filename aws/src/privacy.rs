@@ -24,7 +24,7 @@ pub fn installation_key_name() -> String {
 /// or unreadable secret is logged and fails those checks, so no event slips past a
 /// suppression: ingest refuses the event with a 503 (API Gateway's 5XX alarm), deliver
 /// retries the message; the next check reads the secret again. Without the table, a
-/// per-container key and no suppression list (logged). Call within the Tokio runtime.
+/// per-container key and no suppression list (logged).
 pub fn from_env(dynamodb: &aws_sdk_dynamodb::Client, secrets: &SecretsManager) -> Privacy {
     let Ok(table) = std::env::var(SUPPRESSION_TABLE) else {
         tracing::warn!("SUPPRESSION_TABLE is not set: no suppression checks");
@@ -47,12 +47,15 @@ pub fn from_parts(
             Arc::new(DynamoSuppressions::new(dynamodb.clone(), table)) as Arc<dyn SuppressionStore>
         ),
     );
-    let preload = privacy.clone();
-    tokio::spawn(async move {
-        if let Err(e) = preload.preload().await {
-            tracing::error!(error = %e, "cannot read the installation key; events wait for it and are refused until it can be read");
-        }
-    });
+    // Outside a Tokio runtime there is nothing to read it on now: the first check reads it.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let preload = privacy.clone();
+        runtime.spawn(async move {
+            if let Err(e) = preload.preload().await {
+                tracing::error!(error = %e, "cannot read the installation key; events wait for it and are refused until it can be read");
+            }
+        });
+    }
     privacy
 }
 

@@ -327,7 +327,7 @@ mod tests {
         assert_eq!(format!("{a:?}"), "EmailKeyer([redacted])");
     }
 
-    /// A suppression list of (scope, email key) pairs that counts its reads.
+    /// A suppression list of (scope, email key) pairs.
     #[derive(Default)]
     struct Listed {
         keys: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
