@@ -22,7 +22,7 @@ pub fn installation_key_name() -> String {
 /// (which then does not wait for it; the read overlaps the runtime's first poll and the
 /// first event's other lookups), and every check that needs it waits for it. A missing
 /// or unreadable secret is logged and fails those checks, so no event slips past a
-/// suppression: ingest refuses the event with a 503 (API Gateway's 5XX alarm), deliver
+/// suppression: ingest refuses the event with a 503 (the front door's 5xx alarm), deliver
 /// retries the message; the next check reads the secret again. Without the table, a
 /// per-container key and no suppression list (logged).
 pub fn from_env(dynamodb: &aws_sdk_dynamodb::Client, secrets: &SecretsManager) -> Privacy {
@@ -52,7 +52,7 @@ pub fn from_parts(
         let preload = privacy.clone();
         runtime.spawn(async move {
             if let Err(e) = preload.preload().await {
-                tracing::error!(error = %e, "cannot read the installation key; events wait for it and are refused until it can be read");
+                tracing::error!(error = %e, "cannot read the installation key; suppression checks fail (ingest answers 503, deliver retries) until it can be read");
             }
         });
     }
