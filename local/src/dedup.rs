@@ -165,7 +165,8 @@ mod tests {
                 let mut key = [0u8; 12];
                 key[..8].copy_from_slice(&next().to_le_bytes());
                 key[8..].copy_from_slice(&next().to_le_bytes()[..4]);
-                // 64 distinct runs only: long runs, inserts in their middle.
+                // 16 distinct runs only (the first 14 bits: 2 of byte 0, 2 of byte
+                // 1's top 6): long runs, inserts in their middle.
                 key[0] &= 0x03;
                 key[1] &= 0x0f;
                 key

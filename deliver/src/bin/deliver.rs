@@ -117,17 +117,16 @@ async fn main() -> Result<(), Error> {
     let crm: Crm = env::required(CRM)?.parse()?;
     let config = aws::env::sdk_config().await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
-    let privacy = aws::privacy::from_env(
-        &dynamodb,
-        &SecretsManager::new(aws_sdk_secretsmanager::Client::new(&config)),
-    );
+    // One Secrets Manager client: the installation key's read and the CRM credentials.
+    let secrets = SecretsManager::new(aws_sdk_secretsmanager::Client::new(&config));
+    let privacy = aws::privacy::from_env(&dynamodb, &secrets);
     let queues = SqsQueues::new(aws_sdk_sqs::Client::new(&config))
         .with_queue(crm, QueueKind::Delivery, env::required(QUEUE_URL)?)
         .with_queue(crm, QueueKind::DeadLetter, env::required(DLQ_URL)?);
     let http = crm::CrmHttp::new(&crm::HttpSettings::default())?;
     let tokens = std::sync::Arc::new(crm::TokenManager::new(
         DynamoTokens::new(dynamodb.clone(), env::required(TOKENS_TABLE)?),
-        SecretsManager::new(aws_sdk_secretsmanager::Client::new(&config)),
+        secrets,
         SystemClock,
         http.clone(),
     ));
