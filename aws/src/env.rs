@@ -102,10 +102,94 @@ pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// The longest a whole AWS call (its attempts and back-offs) may take.
 pub const OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(7);
 
+/// Env var choosing the roots the Lambdas trust for AWS endpoints: `amazon` (the
+/// default: [`AMAZON_TRUST_SERVICES`] only) or `system` (the operating system's store,
+/// as the SDK does by default — for an `AWS_ENDPOINT_URL` certified by another CA).
+pub const AWS_TRUST_STORE: &str = "CONNECT_AWS_TRUST_STORE";
+
+/// The roots of Amazon Trust Services, which certify every AWS endpoint Connect calls
+/// (DynamoDB, SQS, SNS, Secrets Manager, STS; AWS finished moving its service
+/// endpoints to this CA in 2022): Amazon Root CA 1–4 and the Starfield Services root
+/// that cross-signs them.
+pub const AMAZON_TRUST_SERVICES: &str = include_str!("../certs/amazon-trust-services.pem");
+
+/// Which roots the AWS clients trust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustStore {
+    /// [`AMAZON_TRUST_SERVICES`] only.
+    Amazon,
+    /// The operating system's roots (`SSL_CERT_FILE`, `SSL_CERT_DIR` or the platform's).
+    System,
+}
+
+impl TrustStore {
+    /// Reads [`AWS_TRUST_STORE`].
+    pub fn from_env() -> Result<Self, String> {
+        Self::parse(std::env::var(AWS_TRUST_STORE).ok().as_deref())
+    }
+
+    /// Parses a value of [`AWS_TRUST_STORE`] (`None`: unset).
+    pub fn parse(value: Option<&str>) -> Result<Self, String> {
+        match value.map(str::trim) {
+            None | Some("" | "amazon") => Ok(TrustStore::Amazon),
+            Some("system") => Ok(TrustStore::System),
+            Some(other) => Err(format!(
+                "{AWS_TRUST_STORE} must be amazon or system, not {other:?}"
+            )),
+        }
+    }
+
+    fn tls_context(self) -> aws_smithy_http_client::tls::TlsContext {
+        use aws_smithy_http_client::tls::{TlsContext, TrustStore as Roots};
+        let roots = match self {
+            TrustStore::Amazon => Roots::empty()
+                .with_native_roots(false)
+                .with_pem_certificate(AMAZON_TRUST_SERVICES.as_bytes()),
+            TrustStore::System => Roots::default(),
+        };
+        // `build` only stores its fields (aws-smithy-http-client 1.5); were it to fail,
+        // the SDK's own default context (the system's roots) is the fallback.
+        TlsContext::builder()
+            .with_trust_store(roots)
+            .build()
+            .unwrap_or_default()
+    }
+}
+
+/// One HTTPS client for every SDK client and credentials provider of a Lambda: the
+/// client the SDK builds by default (rustls with aws-lc, proxies from the environment),
+/// trusting `trust`'s roots, built once.
+///
+/// Both are cold-start costs. The SDK's default loads the system's roots (a PEM bundle
+/// of ~150 certificates and a directory of them: ~2.5 ms, as long as a whole
+/// hello-world Lambda's init), and each SDK client and credentials provider builds its
+/// own client, TLS configuration and connection pool; here clients built from one
+/// [`aws_config::SdkConfig`] with the same timeouts share one of each.
+pub fn shared_https_client(trust: TrustStore) -> aws_sdk_dynamodb::config::SharedHttpClient {
+    use aws_smithy_http_client::{Builder, ConnectorBuilder, proxy::ProxyConfig, tls};
+    let context = trust.tls_context();
+    Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut connector = ConnectorBuilder::default()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .tls_context(context.clone());
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
+}
+
 /// The SDK configuration of a Lambda: the default chain (environment, container
-/// credentials) with [`ATTEMPT_TIMEOUT`] and [`OPERATION_TIMEOUT`].
-pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
+/// credentials) with [`ATTEMPT_TIMEOUT`] and [`OPERATION_TIMEOUT`], over one
+/// [`shared_https_client`] trusting the roots [`AWS_TRUST_STORE`] names.
+pub async fn sdk_config() -> Result<aws_config::SdkConfig, String> {
+    let trust = TrustStore::from_env()?;
+    Ok(aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(shared_https_client(trust))
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
                 .operation_attempt_timeout(ATTEMPT_TIMEOUT)
@@ -113,5 +197,5 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
                 .build(),
         )
         .load()
-        .await
+        .await)
 }

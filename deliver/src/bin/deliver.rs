@@ -115,7 +115,7 @@ fn settings(crm: Crm) -> Result<DeliverSettings, Error> {
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let crm: Crm = env::required(CRM)?.parse()?;
-    let config = aws::env::sdk_config().await;
+    let config = aws::env::sdk_config().await?;
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
     // One Secrets Manager client: the installation key's read and the CRM credentials.
     let secrets = SecretsManager::new(aws_sdk_secretsmanager::Client::new(&config));

@@ -75,7 +75,7 @@ fn emit_metrics(outcome: &FanoutOutcome) {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let config = aws::env::sdk_config().await;
+    let config = aws::env::sdk_config().await?;
     let mut queues = SqsQueues::new(aws_sdk_sqs::Client::new(&config));
     for crm in Crm::all() {
         queues = queues

@@ -46,7 +46,7 @@ async fn main() -> Result<(), Error> {
     let clients = env::required(CLIENTS_TABLE)?;
     let rdstation = env::required(RDSTATION_CONFIG_TABLE)?;
     // SDK clients are built once per container, outside the handler.
-    let config = aws::env::sdk_config().await;
+    let config = aws::env::sdk_config().await?;
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
     let secrets = SecretsManager::new(aws_sdk_secretsmanager::Client::new(&config));
     let privacy = aws::privacy::from_env(&dynamodb, &secrets);

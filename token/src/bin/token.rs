@@ -18,7 +18,7 @@ const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let crm: Crm = env::required(CRM)?.parse()?;
-    let config = aws::env::sdk_config().await;
+    let config = aws::env::sdk_config().await?;
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
     let http = crm::CrmHttp::new(&crm::HttpSettings::default())?;
     let handler = TokenHandler::new(
