@@ -108,9 +108,9 @@ pub const OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 pub const AWS_TRUST_STORE: &str = "CONNECT_AWS_TRUST_STORE";
 
 /// The roots of Amazon Trust Services, which certify every AWS endpoint Connect calls
-/// (DynamoDB, SQS, SNS, Secrets Manager, STS; AWS finished moving its service
-/// endpoints to this CA in 2022): Amazon Root CA 1–4 and the Starfield Services root
-/// that cross-signs them.
+/// (DynamoDB, SQS, SNS, Secrets Manager, STS; AWS has moved its service endpoints to
+/// this CA since 2018, S3 and CloudFront last, in 2021–22): Amazon Root CA 1–4 and the
+/// Starfield Services root that cross-signs them.
 pub const AMAZON_TRUST_SERVICES: &str = include_str!("../certs/amazon-trust-services.pem");
 
 /// Which roots the AWS clients trust.
