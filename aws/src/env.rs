@@ -168,6 +168,9 @@ impl TrustStore {
 pub fn shared_https_client(trust: TrustStore) -> aws_sdk_dynamodb::config::SharedHttpClient {
     use aws_smithy_http_client::{Builder, ConnectorBuilder, proxy::ProxyConfig, tls};
     let context = trust.tls_context();
+    // `build_with_connector_fn` is how aws-smithy-runtime builds the SDK's own default
+    // client (`default_https_client`); it is doc-hidden, so an upgrade of the crate
+    // (pinned by Cargo.lock) may need this mirrored again.
     Builder::new().build_with_connector_fn(move |settings, components| {
         let mut connector = ConnectorBuilder::default()
             .tls_provider(tls::Provider::Rustls(
