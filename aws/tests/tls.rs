@@ -10,7 +10,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -85,41 +84,18 @@ async fn endpoint() -> (u16, Arc<AtomicUsize>) {
             let acceptor = acceptor.clone();
             let count = Arc::clone(&count);
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
                 count.fetch_add(1, Ordering::SeqCst);
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = tls.read(&mut buf).await {
-                    if n == 0 {
-                        return;
-                    }
-                    request.extend_from_slice(&buf[..n]);
-                    let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if request.len() < end + 4 + length {
-                        continue;
-                    }
-                    request.drain(..end + 4 + length);
-                    let body = br#"{"TableNames":[]}"#;
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n",
-                        body.len()
-                    );
-                    if tls.write_all(response.as_bytes()).await.is_err()
-                        || tls.write_all(body).await.is_err()
-                    {
-                        return;
-                    }
-                }
+                let list_tables = hyper::service::service_fn(|_| async {
+                    hyper::Response::builder()
+                        .header("content-type", "application/x-amz-json-1.0")
+                        .body(r#"{"TableNames":[]}"#.to_owned())
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), list_tables)
+                    .await;
             });
         }
     });
