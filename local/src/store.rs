@@ -7,6 +7,7 @@ use domain::{
     ClientConfig, ClientDirectory, ClientId, Crm, NavigationRecord, PutOutcome, RdStationConfig,
     RecordStore, StoreError,
 };
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -214,6 +215,11 @@ fn open_conn(path: &Path, synchronous: Synchronous) -> Result<Connection, rusqli
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // The query planner stability guarantee: a plan never depends on a bound value. Without
+    // it, SQLite (built with STAT4) marks a statement whose `LIMIT ?` or range bound is a
+    // parameter to be re-prepared at every rebind, which made the cached receive and
+    // change-feed statements parse their SQL again at each call.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(
         None,
@@ -1090,6 +1096,37 @@ mod tests {
 
     fn level(conn: &mut Connection) -> rusqlite::Result<i64> {
         conn.query_row("PRAGMA synchronous", [], |r| r.get(0))
+    }
+
+    /// How often a cached `... LIMIT ?` query was parsed again over four calls with
+    /// different limits.
+    fn reprepares(conn: &Connection) -> i32 {
+        let sql = "SELECT seq FROM navigation WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+        for limit in [1, 2, 3, 4] {
+            let mut stmt = conn.prepare_cached(sql).expect("prepare");
+            let rows: Vec<i64> = stmt
+                .query_map(params![0, limit], |r| r.get(0))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows");
+            assert!(rows.len() <= limit);
+        }
+        let stmt = conn.prepare_cached(sql).expect("prepare");
+        stmt.get_status(rusqlite::StatementStatus::RePrepare)
+    }
+
+    /// The store's connections keep one plan per cached statement: rebinding a `LIMIT ?`
+    /// (the queue receive, the change feed) does not parse the SQL again.
+    #[test]
+    fn cached_statements_are_not_prepared_again_at_each_call() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(SqliteStore::open(dir.path(), StoreOptions::default()).expect("open"));
+        let path = dir.path().join(DB_FILE);
+        let conn = open_conn(&path, Synchronous::Full).expect("conn");
+        assert_eq!(reprepares(&conn), 0);
+        // Without the planner's stability guarantee, this SQLite parses it at every call.
+        let plain = Connection::open(&path).expect("plain");
+        assert!(reprepares(&plain) > 0, "the control no longer re-prepares");
     }
 
     /// Relaxed jobs run at NORMAL (1); every other write, and the group commit of
