@@ -364,18 +364,20 @@ impl<Q: QueueSender, A: AlertSink, C: Clock> FanoutHandler<Q, A, C> {
             .await;
     }
 
-    /// Sends one (CRM, queue) group in batches of ≤ 10 entries and ≤ the batch payload
-    /// limit. Returns, per message, whether its queue accepted it.
+    /// Sends one (CRM, queue) group in batches of ≤ `max_batch_entries` entries (10 for
+    /// SQS) and ≤ the batch payload limit. Returns, per message, whether its queue
+    /// accepted it.
     async fn send_group(&self, group: Vec<Pending>) -> Vec<(usize, Crm, QueueKind, bool)> {
+        let max_entries = self.settings.max_batch_entries.max(1);
         let mut results = Vec::with_capacity(group.len());
         let mut batch: Vec<Pending> = Vec::new();
-        let mut bytes = 0;
+        let mut bytes: usize = 0;
         let mut batches = Vec::new();
         for p in group {
             let size = message_size(&p.message);
             if !batch.is_empty()
-                && (batch.len() == MAX_BATCH_ENTRIES
-                    || bytes + size > self.settings.max_batch_bytes)
+                && (batch.len() >= max_entries
+                    || bytes.saturating_add(size) > self.settings.max_batch_bytes)
             {
                 batches.push(std::mem::take(&mut batch));
                 bytes = 0;

@@ -29,6 +29,8 @@ struct Queues {
     accepted_log: Mutex<Vec<(Crm, QueueKind, OutgoingMessage)>>,
     entry_faults: Mutex<HashMap<String, Fault>>,
     call_errors: Mutex<HashMap<Crm, usize>>,
+    /// Entries one call takes beyond SQS's 10 (the local queues take a whole poll).
+    max_entries: Option<usize>,
 }
 
 impl Queues {
@@ -70,7 +72,11 @@ impl QueueSender for Queues {
         queue: QueueKind,
         messages: &[OutgoingMessage],
     ) -> Result<Vec<SendFailure>, QueueError> {
-        assert!(messages.len() <= 10, "SQS takes at most 10 entries");
+        let max = self.max_entries.unwrap_or(10);
+        assert!(
+            messages.len() <= max,
+            "the queue takes at most {max} entries"
+        );
         self.calls
             .lock()
             .expect("lock")
@@ -265,6 +271,39 @@ async fn twenty_five_records_take_three_calls_per_crm() {
         assert_eq!(outcome.routed.get(&crm), Some(&25));
     }
     assert!(queues.calls(Crm::RDSTATION, QueueKind::Delivery).is_empty());
+}
+
+/// The local queues take a whole poll in one call (one transaction): the configured
+/// batch size is the one used, not SQS's 10.
+#[tokio::test]
+async fn the_configured_batch_size_is_the_one_used() {
+    let batch: Vec<ChangeRecord> = (0..250)
+        .map(|i| insert(i, record(Crm::RESPONSYS, "shop-a", i)))
+        .collect();
+    let queues = Queues {
+        max_entries: Some(100),
+        ..Queues::default()
+    };
+    let alerts = Alerts::default();
+    let handler = FanoutHandler::new(
+        &queues,
+        &alerts,
+        FixedClock,
+        FanoutSettings {
+            max_batch_entries: 100,
+            max_batch_bytes: usize::MAX,
+            ..settings()
+        },
+        "fanout",
+    );
+    let outcome = handler.handle(&batch).await;
+    assert_eq!(outcome.first_failure, None);
+    let sizes: Vec<usize> = queues
+        .calls(Crm::RESPONSYS, QueueKind::Delivery)
+        .iter()
+        .map(Vec::len)
+        .collect();
+    assert_eq!(sizes, [100, 100, 50]);
 }
 
 #[tokio::test]

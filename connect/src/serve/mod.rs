@@ -274,8 +274,12 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         queues.clone(),
         Arc::clone(&alerts),
         SystemClock,
+        // One local send is one transaction: a whole poll's messages for a queue go in
+        // one (SQS's 10 entries and 256 KiB a call do not apply; a message's own size
+        // limit still does, so that what runs here also fits SQS).
         FanoutSettings {
             max_batch_entries: runtime::fanout::POLL_BATCH,
+            max_batch_bytes: usize::MAX,
             ..FanoutSettings::default()
         },
         "fanout",
