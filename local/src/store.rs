@@ -216,9 +216,10 @@ fn open_conn(path: &Path, synchronous: Synchronous) -> Result<Connection, rusqli
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     // The query planner stability guarantee: a plan never depends on a bound value. Without
-    // it, SQLite (built with STAT4) marks a statement whose `LIMIT ?` or range bound is a
-    // parameter to be re-prepared at every rebind, which made the cached receive and
-    // change-feed statements parse their SQL again at each call.
+    // it, SQLite (built with STAT4) marks a statement with a `LIMIT ?` (and, once there
+    // are statistics, a parameter as a range bound) to be re-prepared at every rebind,
+    // which made the cached receive and change-feed statements parse their SQL again at
+    // each call.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(

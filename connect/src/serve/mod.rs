@@ -53,6 +53,9 @@ pub const DEFAULT_SANDBOX_LISTEN: &str = "127.0.0.1:3900";
 /// its turn.
 pub const MAX_BLOCKING_THREADS: usize = 2;
 
+/// Most bytes of messages in one local queue send (one transaction) of the fanout.
+pub const LOCAL_SEND_BYTES: usize = 1 << 20;
+
 /// The runtime of `serve`: one async worker per core but one, leaving a core to the
 /// SQLite writer thread (it fsyncs each group commit) and the kernel's network work —
 /// measured less CPU per event and more throughput than a worker per core on 2 cores
@@ -274,12 +277,13 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         queues.clone(),
         Arc::clone(&alerts),
         SystemClock,
-        // One local send is one transaction: a whole poll's messages for a queue go in
-        // one (SQS's 10 entries and 256 KiB a call do not apply; a message's own size
-        // limit still does, so that what runs here also fits SQS).
+        // One local send is one transaction: a poll's messages for a queue go in one
+        // (SQS's 10 entries a call do not apply; a message's own size limit still does,
+        // so that what runs here also fits SQS), up to 1 MiB of messages, which bounds
+        // the copies a send holds when events are large.
         FanoutSettings {
             max_batch_entries: runtime::fanout::POLL_BATCH,
-            max_batch_bytes: usize::MAX,
+            max_batch_bytes: LOCAL_SEND_BYTES,
             ..FanoutSettings::default()
         },
         "fanout",
