@@ -43,7 +43,7 @@ pub fn required_named(name: &str) -> Result<String, EnvError> {
 }
 
 /// A missing or invalid environment variable.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum EnvError {
     /// Not set.
     #[error("environment variable {0} is not set")]
@@ -124,18 +124,19 @@ pub enum TrustStore {
 
 impl TrustStore {
     /// Reads [`AWS_TRUST_STORE`].
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, EnvError> {
         Self::parse(std::env::var(AWS_TRUST_STORE).ok().as_deref())
     }
 
     /// Parses a value of [`AWS_TRUST_STORE`] (`None`: unset).
-    pub fn parse(value: Option<&str>) -> Result<Self, String> {
+    pub fn parse(value: Option<&str>) -> Result<Self, EnvError> {
         match value.map(str::trim) {
             None | Some("" | "amazon") => Ok(TrustStore::Amazon),
             Some("system") => Ok(TrustStore::System),
-            Some(other) => Err(format!(
-                "{AWS_TRUST_STORE} must be amazon or system, not {other:?}"
-            )),
+            Some(other) => Err(EnvError::Invalid {
+                name: AWS_TRUST_STORE,
+                message: format!("{other:?} is neither amazon nor system"),
+            }),
         }
     }
 
@@ -189,7 +190,7 @@ pub fn shared_https_client(trust: TrustStore) -> aws_sdk_dynamodb::config::Share
 /// The SDK configuration of a Lambda: the default chain (environment, container
 /// credentials) with [`ATTEMPT_TIMEOUT`] and [`OPERATION_TIMEOUT`], over one
 /// [`shared_https_client`] trusting the roots [`AWS_TRUST_STORE`] names.
-pub async fn sdk_config() -> Result<aws_config::SdkConfig, String> {
+pub async fn sdk_config() -> Result<aws_config::SdkConfig, EnvError> {
     let trust = TrustStore::from_env()?;
     Ok(aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(shared_https_client(trust))

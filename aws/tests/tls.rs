@@ -52,7 +52,7 @@ fn the_trust_store_variable_is_parsed_strictly() {
     assert_eq!(TrustStore::parse(Some("amazon")), Ok(TrustStore::Amazon));
     assert_eq!(TrustStore::parse(Some(" system ")), Ok(TrustStore::System));
     let err = TrustStore::parse(Some("none")).expect_err("an unknown value");
-    assert!(err.contains("CONNECT_AWS_TRUST_STORE"), "{err}");
+    assert!(err.to_string().contains("CONNECT_AWS_TRUST_STORE"), "{err}");
 }
 
 /// A TLS endpoint on loopback with a certificate for `localhost` from the test CA
