@@ -7,6 +7,7 @@ use crate::http::{Answer, AuthError, AuthToken, CrmHttp, answer, base_url};
 use crate::outcome::{Outcome, from_transport};
 use crate::target::{ResponsysKind, ResponsysTarget, field};
 use domain::{ClientConfig, DeliveryMessage, StoredToken};
+use serde::Serialize;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -196,8 +197,7 @@ pub async fn deliver(
         (0..messages.len()).partition(|i| policy.may_create(messages[*i].event.event_type));
     let mut outcomes: Vec<Option<Outcome>> = vec![None; messages.len()];
     for (group, insert) in [(creating, true), (updating, false)] {
-        let group_messages: Vec<DeliveryMessage> =
-            group.iter().map(|i| messages[*i].clone()).collect();
+        let group_messages: Vec<&DeliveryMessage> = group.iter().map(|i| &messages[*i]).collect();
         let group_outcomes = deliver_group(http, &target, token, &group_messages, insert).await;
         for (i, o) in group.into_iter().zip(group_outcomes) {
             outcomes[i] = Some(o);
@@ -216,7 +216,7 @@ async fn deliver_group(
     http: &CrmHttp,
     target: &ResponsysTarget,
     token: &StoredToken,
-    messages: &[DeliveryMessage],
+    messages: &[&DeliveryMessage],
     insert: bool,
 ) -> Vec<Outcome> {
     let mut outcomes = Vec::with_capacity(messages.len());
@@ -227,7 +227,7 @@ async fn deliver_group(
                 .filter(|i| merged[*i] == Outcome::Delivered)
                 .collect();
             if !ok.is_empty() {
-                let recipients: Vec<&DeliveryMessage> = ok.iter().map(|i| &chunk[*i]).collect();
+                let recipients: Vec<&DeliveryMessage> = ok.iter().map(|i| chunk[*i]).collect();
                 let triggered = trigger(http, target, event, token, &recipients).await;
                 for (i, o) in ok.into_iter().zip(triggered) {
                     merged[i] = o;
@@ -255,31 +255,50 @@ fn is_no_match(row: &str) -> bool {
     .any(|m| upper.contains(m))
 }
 
-async fn merge(
-    http: &CrmHttp,
+/// `recordData` of a merge: the column names, then one row of values per message.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RecordData<'a> {
+    field_names: Vec<&'a str>,
+    records: Vec<Vec<String>>,
+    map_template_name: Option<&'a str>,
+}
+
+/// A merge call's body: `recordData`, then the kind's merge settings. Serialised as it
+/// is, without first copying every record into a `serde_json::Value` tree.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MergeBody<'a> {
+    record_data: RecordData<'a>,
+    #[serde(flatten)]
+    settings: Value,
+}
+
+/// The URL and body of the merge of `chunk` into `target`.
+fn merge_request<'a>(
     target: &ResponsysTarget,
-    token: &StoredToken,
-    chunk: &[DeliveryMessage],
+    base: &str,
+    columns: &'a [(String, String)],
+    chunk: &[&DeliveryMessage],
     insert: bool,
-) -> Vec<Outcome> {
-    let columns = target.columns();
-    let records: Vec<Vec<String>> = chunk
-        .iter()
-        .map(|m| {
-            columns
-                .iter()
-                .map(|(_, f)| field(m, f).unwrap_or_default())
-                .collect()
-        })
-        .collect();
-    let field_names: Vec<&str> = columns.iter().map(|(c, _)| c.as_str()).collect();
-    let record_data =
-        json!({"fieldNames": field_names, "records": records, "mapTemplateName": null});
-    let base = &token.api_endpoint;
-    let (url, body) = match target.kind {
+) -> (String, MergeBody<'a>) {
+    let record_data = RecordData {
+        field_names: columns.iter().map(|(c, _)| c.as_str()).collect(),
+        records: chunk
+            .iter()
+            .map(|m| {
+                columns
+                    .iter()
+                    .map(|(_, f)| field(m, f).unwrap_or_default())
+                    .collect()
+            })
+            .collect(),
+        map_template_name: None,
+    };
+    let (url, settings) = match target.kind {
         ResponsysKind::ProfileList => (
             format!("{base}/rest/api/v1.3/lists/{}/members", target.list_name),
-            json!({"recordData": record_data, "mergeRule": {
+            json!({"mergeRule": {
                 "htmlValue": "H", "optinValue": "I", "textValue": "T", "optoutValue": "O",
                 "insertOnNoMatch": insert, "updateOnMatch": "REPLACE_ALL",
                 "matchColumnName1": "EMAIL_ADDRESS_", "matchColumnName2": null,
@@ -292,9 +311,8 @@ async fn merge(
                 target.list_name,
                 target.pet_name.as_deref().unwrap_or("CONNECT_EVENTS")
             ),
-            json!({"recordData": record_data, "insertOnNoMatch": true,
-                   "updateOnMatch": "REPLACE_ALL", "matchColumnName1": "EMAIL_ADDRESS",
-                   "matchColumnName2": ""}),
+            json!({"insertOnNoMatch": true, "updateOnMatch": "REPLACE_ALL",
+                   "matchColumnName1": "EMAIL_ADDRESS", "matchColumnName2": ""}),
         ),
         ResponsysKind::SupplementalTable => (
             format!(
@@ -302,10 +320,27 @@ async fn merge(
                 target.folder.as_deref().unwrap_or("Connect"),
                 target.table_name.as_deref().unwrap_or("CONNECT_EVENTS")
             ),
-            json!({"recordData": record_data, "insertOnNoMatch": true,
-                   "updateOnMatch": "REPLACE_ALL"}),
+            json!({"insertOnNoMatch": true, "updateOnMatch": "REPLACE_ALL"}),
         ),
     };
+    (
+        url,
+        MergeBody {
+            record_data,
+            settings,
+        },
+    )
+}
+
+async fn merge(
+    http: &CrmHttp,
+    target: &ResponsysTarget,
+    token: &StoredToken,
+    chunk: &[&DeliveryMessage],
+    insert: bool,
+) -> Vec<Outcome> {
+    let columns = target.columns();
+    let (url, body) = merge_request(target, &token.api_endpoint, &columns, chunk, insert);
     let res = http
         .client
         .post(url)
@@ -504,6 +539,63 @@ impl crate::Destination for Responsys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_merge_body_is_the_documented_json_with_its_rows_in_order() {
+        let chunk: Vec<DeliveryMessage> = [
+            json!({"v": 1, "recordId": "r-1", "clientId": "shop", "crm": "responsys",
+                "receivedAt": 1_764_000_000_000_i64, "event": {"email": "ana@example.com",
+                "eventType": "product_view", "productId": "SKU-1", "productName": "Tênis \"Run\"",
+                "productPrice": 199.9, "productUrl": "https://shop.example/p/1"}}),
+            json!({"v": 1, "recordId": "r-2", "clientId": "shop", "crm": "responsys",
+                "receivedAt": 1_764_000_000_001_i64, "event": {"email": "bia@example.com",
+                "eventType": "purchase"}}),
+        ]
+        .into_iter()
+        .map(|v| serde_json::from_value(v).expect("message"))
+        .collect();
+        let refs: Vec<&DeliveryMessage> = chunk.iter().collect();
+        let (t1, t2) = (
+            domain::delivery::rfc3339(1_764_000_000_000),
+            domain::delivery::rfc3339(1_764_000_000_001),
+        );
+        let rows = format!(
+            r#"[["ana@example.com","r-1","product_view","{t1}","SKU-1","Tênis \"Run\"","199.90","https://shop.example/p/1",""],["bia@example.com","r-2","purchase","{t2}","","","","",""]]"#
+        );
+        let event_columns = r#""RECORD_ID","EVENT_TYPE","EVENT_TS","PRODUCT_ID","PRODUCT_NAME","PRODUCT_PRICE","PRODUCT_URL","PRODUCT_IMAGE""#;
+        // Byte for byte what the `serde_json::Value` tree made before (keys in order).
+        let expected = |kind, insert: bool| match kind {
+            ResponsysKind::ProfileList => format!(
+                r#"{{"recordData":{{"fieldNames":["EMAIL_ADDRESS_"],"records":[["ana@example.com"],["bia@example.com"]],"mapTemplateName":null}},"mergeRule":{{"htmlValue":"H","optinValue":"I","textValue":"T","optoutValue":"O","insertOnNoMatch":{insert},"updateOnMatch":"REPLACE_ALL","matchColumnName1":"EMAIL_ADDRESS_","matchColumnName2":null,"matchOperator":"NONE","rejectRecordIfChannelEmpty":null,"defaultPermissionStatus":"OPTOUT"}}}}"#
+            ),
+            ResponsysKind::Pet => format!(
+                r#"{{"recordData":{{"fieldNames":["EMAIL_ADDRESS_",{event_columns}],"records":{rows},"mapTemplateName":null}},"insertOnNoMatch":true,"updateOnMatch":"REPLACE_ALL","matchColumnName1":"EMAIL_ADDRESS","matchColumnName2":""}}"#
+            ),
+            ResponsysKind::SupplementalTable => format!(
+                r#"{{"recordData":{{"fieldNames":["EMAIL_ADDRESS",{event_columns}],"records":{rows},"mapTemplateName":null}},"insertOnNoMatch":true,"updateOnMatch":"REPLACE_ALL"}}"#
+            ),
+        };
+        let kinds = [
+            ResponsysKind::ProfileList,
+            ResponsysKind::Pet,
+            ResponsysKind::SupplementalTable,
+        ];
+        for (kind, insert) in kinds.into_iter().flat_map(|k| [(k, true), (k, false)]) {
+            let target = ResponsysTarget {
+                kind,
+                list_name: "CONTACTS".into(),
+                ..ResponsysTarget::default()
+            };
+            let columns = target.columns();
+            let (url, body) = merge_request(&target, "https://api", &columns, &refs, insert);
+            assert!(url.starts_with("https://api/rest/api/v1.3/"), "{url}");
+            assert_eq!(
+                serde_json::to_string(&body).expect("body"),
+                expected(kind, insert),
+                "{kind:?} insert={insert}"
+            );
+        }
+    }
 
     #[test]
     fn classification_is_by_error_code() {

@@ -6,7 +6,8 @@ use crate::http::{Answer, AuthError, AuthToken, CrmHttp, answer, base_url};
 use crate::outcome::{Outcome, from_transport};
 use crate::target::{SfmcKind, SfmcTarget, field};
 use domain::{ClientConfig, DeliveryMessage, StoredToken};
-use serde_json::{Map, Value, json};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Value, json};
 use std::time::Duration;
 
 /// Rows per rowset call (SFMC's best practice and sync soft limit).
@@ -152,11 +153,67 @@ pub fn rowset_outcomes(
     vec![classify(status, retry_after, body); rows]
 }
 
-fn values(target: &SfmcTarget, m: &DeliveryMessage) -> Map<String, Value> {
-    target
-        .columns()
-        .into_iter()
-        .filter_map(|(c, f)| field(m, &f).map(|v| (c, Value::String(v))))
+/// A message's values by column (target order), serialised as a JSON object without
+/// building a `serde_json::Value` tree: a rowset call's body is made for every delivered
+/// row, and the tree's map and key copies were most of its cost.
+struct Values<'a>(Vec<(&'a str, String)>);
+
+impl Serialize for Values<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (column, value) in &self.0 {
+            map.serialize_entry(column, value)?;
+        }
+        map.end()
+    }
+}
+
+fn values<'a>(columns: &'a [(String, String)], m: &DeliveryMessage) -> Values<'a> {
+    Values(
+        columns
+            .iter()
+            .filter_map(|(c, f)| field(m, f).map(|v| (c.as_str(), v)))
+            .collect(),
+    )
+}
+
+/// One row of a rowset call: `{"keys": {key column: record id}, "values": {…}}`.
+struct Row<'a> {
+    key_field: &'a str,
+    record_id: &'a str,
+    values: Values<'a>,
+}
+
+impl Serialize for Row<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Keys<'a>(&'a str, &'a str);
+        impl Serialize for Keys<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry(self.0, self.1)?;
+                map.end()
+            }
+        }
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("keys", &Keys(self.key_field, self.record_id))?;
+        map.serialize_entry("values", &self.values)?;
+        map.end()
+    }
+}
+
+/// The rows of one rowset call.
+fn rows<'a>(
+    target: &'a SfmcTarget,
+    columns: &'a [(String, String)],
+    chunk: &'a [DeliveryMessage],
+) -> Vec<Row<'a>> {
+    chunk
+        .iter()
+        .map(|m| Row {
+            key_field: &target.key_field,
+            record_id: &m.record_id,
+            values: values(columns, m),
+        })
         .collect()
 }
 
@@ -209,10 +266,8 @@ async fn rowset(
     token: &StoredToken,
     chunk: &[DeliveryMessage],
 ) -> Vec<Outcome> {
-    let rows: Vec<Value> = chunk
-        .iter()
-        .map(|m| json!({"keys": {target.key_field.clone(): m.record_id}, "values": values(target, m)}))
-        .collect();
+    let columns = target.columns();
+    let rows = rows(target, &columns, chunk);
     let res = http
         .client
         .post(format!(
@@ -238,7 +293,8 @@ async fn journey_event(
     token: &StoredToken,
     m: &DeliveryMessage,
 ) -> Outcome {
-    let body = json!({"ContactKey": m.event.email.as_str(), "EventDefinitionKey": key, "Data": values(target, m)});
+    let columns = target.columns();
+    let body = json!({"ContactKey": m.event.email.as_str(), "EventDefinitionKey": key, "Data": values(&columns, m)});
     let res = http
         .client
         .post(format!("{}/interaction/v1/events", token.api_endpoint))
@@ -353,6 +409,60 @@ impl crate::Destination for Sfmc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message(v: Value) -> DeliveryMessage {
+        serde_json::from_value(v).expect("message")
+    }
+
+    #[test]
+    fn a_rowset_body_is_the_json_the_value_tree_made() {
+        let chunk = [
+            message(
+                json!({"v": 1, "recordId": "r-1", "clientId": "shop", "crm": "salesforce",
+                "receivedAt": 1_764_000_000_000_i64, "event": {"email": "ana@example.com",
+                "eventType": "product_view", "productId": "SKU-1", "productName": "Tênis \"Run\"",
+                "productPrice": 199.9, "productUrl": "https://shop.example/p/1",
+                "properties": {"size": 42, "color": "azul"}}}),
+            ),
+            message(
+                json!({"v": 1, "recordId": "r-2", "clientId": "shop", "crm": "salesforce",
+                "receivedAt": 1_764_000_000_001_i64, "event": {"email": "bia@example.com",
+                "eventType": "purchase"}}),
+            ),
+        ];
+        let custom = SfmcTarget {
+            key_field: "Id".into(),
+            fields: Some(
+                [
+                    ("Mail", "email"),
+                    ("Size", "properties.size"),
+                    ("Zed", "productId"),
+                ]
+                .map(|(c, f)| (c.to_owned(), f.to_owned()))
+                .into(),
+            ),
+            ..SfmcTarget::default()
+        };
+        for target in [SfmcTarget::default(), custom] {
+            // What the rowset call sent before: a `serde_json::Value` tree per row.
+            let tree: Vec<Value> = chunk
+                .iter()
+                .map(|m| {
+                    let values: serde_json::Map<String, Value> = target
+                        .columns()
+                        .into_iter()
+                        .filter_map(|(c, f)| field(m, &f).map(|v| (c, Value::String(v))))
+                        .collect();
+                    json!({"keys": {target.key_field.clone(): m.record_id}, "values": values})
+                })
+                .collect();
+            let columns = target.columns();
+            assert_eq!(
+                serde_json::to_string(&rows(&target, &columns, &chunk)).expect("rows"),
+                serde_json::to_string(&tree).expect("tree"),
+            );
+        }
+    }
 
     #[test]
     fn aggregate_error_splits_at_the_first_bad_row() {
