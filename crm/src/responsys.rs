@@ -261,7 +261,8 @@ fn is_no_match(row: &str) -> bool {
 struct RecordData<'a> {
     field_names: Vec<&'a str>,
     records: Vec<Vec<String>>,
-    map_template_name: Option<&'a str>,
+    /// No map template: `null`.
+    map_template_name: (),
 }
 
 /// A merge call's body: `recordData`, then the kind's merge settings. Serialised as it
@@ -293,7 +294,7 @@ fn merge_request<'a>(
                     .collect()
             })
             .collect(),
-        map_template_name: None,
+        map_template_name: (),
     };
     let (url, settings) = match target.kind {
         ResponsysKind::ProfileList => (
