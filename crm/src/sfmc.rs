@@ -6,7 +6,7 @@ use crate::http::{Answer, AuthError, AuthToken, CrmHttp, answer, base_url};
 use crate::outcome::{Outcome, from_transport};
 use crate::target::{SfmcKind, SfmcTarget, field};
 use domain::{ClientConfig, DeliveryMessage, StoredToken};
-use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde::{Serialize, Serializer};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -153,23 +153,19 @@ pub fn rowset_outcomes(
     vec![classify(status, retry_after, body); rows]
 }
 
-/// A message's values by column (target order), serialised as a JSON object without
-/// building a `serde_json::Value` tree: a rowset call's body is made for every delivered
-/// row, and the tree's map and key copies were most of its cost.
-struct Values<'a>(Vec<(&'a str, String)>);
+/// Column → value pairs (in target order), serialised as a JSON object without building
+/// a `serde_json::Value` tree: a rowset call's body is made for every delivered row, and
+/// the tree's map and key copies were most of its cost.
+struct Columns<'a, V>(Vec<(&'a str, V)>);
 
-impl Serialize for Values<'_> {
+impl<V: Serialize> Serialize for Columns<'_, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (column, value) in &self.0 {
-            map.serialize_entry(column, value)?;
-        }
-        map.end()
+        serializer.collect_map(self.0.iter().map(|(column, value)| (column, value)))
     }
 }
 
-fn values<'a>(columns: &'a [(String, String)], m: &DeliveryMessage) -> Values<'a> {
-    Values(
+fn values<'a>(columns: &'a [(String, String)], m: &DeliveryMessage) -> Columns<'a, String> {
+    Columns(
         columns
             .iter()
             .filter_map(|(c, f)| field(m, f).map(|v| (c.as_str(), v)))
@@ -177,28 +173,20 @@ fn values<'a>(columns: &'a [(String, String)], m: &DeliveryMessage) -> Values<'a
     )
 }
 
-/// One row of a rowset call: `{"keys": {key column: record id}, "values": {…}}`.
-struct Row<'a> {
-    key_field: &'a str,
-    record_id: &'a str,
-    values: Values<'a>,
+/// One column → value pair, serialised as a one-entry JSON object (no vector per row).
+struct Column<'a>(&'a str, &'a str);
+
+impl Serialize for Column<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(std::iter::once((self.0, self.1)))
+    }
 }
 
-impl Serialize for Row<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        struct Keys<'a>(&'a str, &'a str);
-        impl Serialize for Keys<'_> {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut map = serializer.serialize_map(Some(1))?;
-                map.serialize_entry(self.0, self.1)?;
-                map.end()
-            }
-        }
-        let mut map = serializer.serialize_map(Some(2))?;
-        map.serialize_entry("keys", &Keys(self.key_field, self.record_id))?;
-        map.serialize_entry("values", &self.values)?;
-        map.end()
-    }
+/// One row of a rowset call: `{"keys": {key column: record id}, "values": {…}}`.
+#[derive(Serialize)]
+struct Row<'a> {
+    keys: Column<'a>,
+    values: Columns<'a, String>,
 }
 
 /// The rows of one rowset call.
@@ -210,8 +198,7 @@ fn rows<'a>(
     chunk
         .iter()
         .map(|m| Row {
-            key_field: &target.key_field,
-            record_id: &m.record_id,
+            keys: Column(&target.key_field, &m.record_id),
             values: values(columns, m),
         })
         .collect()
@@ -228,11 +215,12 @@ pub async fn deliver(
         Ok(t) => t,
         Err(e) => return vec![Outcome::permanent("invalid_target", e); messages.len()],
     };
+    let columns = target.columns();
     match target.kind {
         SfmcKind::DataExtension => {
             let mut out = Vec::with_capacity(messages.len());
             for chunk in messages.chunks(target.batch_size) {
-                out.extend(rowset(http, &target, token, chunk).await);
+                out.extend(rowset(http, &target, &columns, token, chunk).await);
             }
             out
         }
@@ -251,7 +239,7 @@ pub async fn deliver(
             for chunk in messages.chunks(JOURNEY_CONCURRENCY) {
                 let calls: Vec<_> = chunk
                     .iter()
-                    .map(|m| journey_event(http, &target, &key, token, m))
+                    .map(|m| journey_event(http, &columns, &key, token, m))
                     .collect();
                 out.extend(futures_util::future::join_all(calls).await);
             }
@@ -263,11 +251,11 @@ pub async fn deliver(
 async fn rowset(
     http: &CrmHttp,
     target: &SfmcTarget,
+    columns: &[(String, String)],
     token: &StoredToken,
     chunk: &[DeliveryMessage],
 ) -> Vec<Outcome> {
-    let columns = target.columns();
-    let rows = rows(target, &columns, chunk);
+    let rows = rows(target, columns, chunk);
     let res = http
         .client
         .post(format!(
@@ -288,13 +276,12 @@ async fn rowset(
 
 async fn journey_event(
     http: &CrmHttp,
-    target: &SfmcTarget,
+    columns: &[(String, String)],
     key: &str,
     token: &StoredToken,
     m: &DeliveryMessage,
 ) -> Outcome {
-    let columns = target.columns();
-    let body = json!({"ContactKey": m.event.email.as_str(), "EventDefinitionKey": key, "Data": values(&columns, m)});
+    let body = json!({"ContactKey": m.event.email.as_str(), "EventDefinitionKey": key, "Data": values(columns, m)});
     let res = http
         .client
         .post(format!("{}/interaction/v1/events", token.api_endpoint))
