@@ -95,12 +95,15 @@ impl DynamoRecordStore {
 
 #[async_trait]
 impl RecordStore for DynamoRecordStore {
-    async fn put_if_absent(&self, record: &NavigationRecord) -> Result<PutOutcome, StoreError> {
+    async fn put_if_absent(
+        &self,
+        record: std::sync::Arc<NavigationRecord>,
+    ) -> Result<PutOutcome, StoreError> {
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(record_item(record)?))
+            .set_item(Some(record_item(&record)?))
             .condition_expression("attribute_not_exists(recordId)")
             .send()
             .await;

@@ -40,19 +40,25 @@ async fn records_round_trip_and_duplicates_are_detected_across_timestamps() {
     let store = DynamoRecordStore::new(client.clone(), &names.navigation);
 
     let first = record(Some("evt-1"), 1_706_457_600_000);
-    assert_eq!(store.put_if_absent(&first).await, Ok(PutOutcome::Created));
+    assert_eq!(
+        store.put_if_absent(first.clone().into()).await,
+        Ok(PutOutcome::Created)
+    );
     // The same eventId received later: same recordId, another timestamp → still a duplicate.
     let retry = record(Some("evt-1"), 1_706_457_600_750);
     assert_eq!(retry.record_id, first.record_id);
     assert_ne!(retry.timestamp, first.timestamp);
-    assert_eq!(store.put_if_absent(&retry).await, Ok(PutOutcome::Duplicate));
+    assert_eq!(
+        store.put_if_absent(retry.clone().into()).await,
+        Ok(PutOutcome::Duplicate)
+    );
     // Without an eventId every event is new.
     assert_eq!(
-        store.put_if_absent(&record(None, 1)).await,
+        store.put_if_absent(record(None, 1).into()).await,
         Ok(PutOutcome::Created)
     );
     assert_eq!(
-        store.put_if_absent(&record(None, 1)).await,
+        store.put_if_absent(record(None, 1).into()).await,
         Ok(PutOutcome::Created)
     );
 

@@ -282,7 +282,7 @@ async fn flush<Q: domain::QueueSender>(
             sequence_number: format!("replay-{i}"),
             kind: Some(ChangeKind::Insert),
             ttl_expiry: false,
-            image: Image::Record(Box::new(r)),
+            image: Image::Record(std::sync::Arc::new(r)),
         })
         .collect();
     let outcome = fanout.handle(&changes).await;

@@ -34,8 +34,9 @@ pub enum Image {
     Absent,
     /// An idempotency marker item (see `aws::dynamo::MARKER_KIND`): not an event.
     Marker,
-    /// A navigation record.
-    Record(Box<NavigationRecord>),
+    /// A navigation record (shared: the local store's writer hands the record it
+    /// committed to the fanout as is, see `local::store::SqliteStore::committed_after`).
+    Record(std::sync::Arc<NavigationRecord>),
     /// An image that is not a valid record. `crm` and `record_id` are what could be
     /// read of it.
     Malformed {

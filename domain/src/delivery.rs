@@ -123,14 +123,82 @@ impl DeliveryMessage {
 
     /// The message attributes every delivery message carries.
     pub fn attributes(&self) -> Vec<(String, String)> {
-        vec![
-            (attr::CLIENT_ID.to_owned(), self.client_id.to_string()),
-            (attr::CRM.to_owned(), self.crm.as_str().to_owned()),
-            (
-                attr::EVENT_TYPE.to_owned(),
-                self.event.event_type.as_str().to_owned(),
-            ),
-        ]
+        attributes(&self.client_id, self.crm, self.event.event_type)
+    }
+}
+
+/// The message attributes of a delivery message of `client_id`, `crm` and `event_type`.
+pub fn attributes(client_id: &ClientId, crm: Crm, event_type: EventType) -> Vec<(String, String)> {
+    vec![
+        (attr::CLIENT_ID.to_owned(), client_id.to_string()),
+        (attr::CRM.to_owned(), crm.as_str().to_owned()),
+        (attr::EVENT_TYPE.to_owned(), event_type.as_str().to_owned()),
+    ]
+}
+
+/// The delivery message of a stored record, borrowed from it: serialises to the same
+/// JSON as `DeliveryMessage::from_record(record.clone())` without copying the record
+/// (the fanout writes one per event).
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageOfRecord<'a> {
+    v: u32,
+    record_id: &'a str,
+    client_id: &'a ClientId,
+    crm: Crm,
+    received_at: i64,
+    event: EventOfRecord<'a>,
+}
+
+/// [`DeliveryEvent`], borrowed from a record (see [`MessageOfRecord`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventOfRecord<'a> {
+    email: &'a Email,
+    event_type: EventType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    product_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    product_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    product_price: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    product_image: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    product_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "no_properties")]
+    properties: &'a Map<String, Value>,
+}
+
+fn no_properties(properties: &&Map<String, Value>) -> bool {
+    properties.is_empty()
+}
+
+impl<'a> From<&'a NavigationRecord> for MessageOfRecord<'a> {
+    fn from(record: &'a NavigationRecord) -> Self {
+        MessageOfRecord {
+            v: MESSAGE_VERSION,
+            record_id: &record.record_id,
+            client_id: &record.client_id,
+            crm: record.crm,
+            received_at: record.timestamp,
+            event: EventOfRecord {
+                email: &record.email,
+                event_type: record.event_type,
+                product_id: record.product_id.as_deref(),
+                product_name: record.product_name.as_deref(),
+                product_price: record.product_price,
+                product_image: record.product_image.as_deref(),
+                product_url: record.product_url.as_deref(),
+                tid: record.tid.as_deref(),
+                event_id: record.event_id.as_deref(),
+                properties: &record.properties,
+            },
+        }
     }
 }
 
@@ -168,6 +236,36 @@ mod tests {
         let t = m.truncated();
         assert!(t.truncated && t.event.product_name.is_none());
         assert_eq!(t.event.product_id.as_deref(), Some("PROD-12345"));
+    }
+
+    fn record(full: bool) -> NavigationRecord {
+        let body = if full {
+            serde_json::json!({
+                "clientId": "shop-1", "email": "Shopper@Example.com", "eventType": "purchase",
+                "eventId": "e-1", "productId": "P-1", "productName": "Caf\u{e9} \"quoted\"",
+                "productPrice": 12.5, "productImage": "https://shop.example/i.png",
+                "productUrl": "https://shop.example/p?a=1&b=2", "tid": "GA1.2.3",
+                "coupon": "X", "items": ["a", "b"], "qty": 2
+            })
+        } else {
+            serde_json::json!({"clientId": "shop-1", "email": "a@b.co", "eventType": "lead"})
+        };
+        let event = crate::GtmEvent::parse(Crm::SFMC, body).expect("event");
+        let client = crate::ClientId::parse("shop-1").expect("client");
+        NavigationRecord::new(event, client, Crm::SFMC, 1_706_457_601_999, 72)
+    }
+
+    #[test]
+    fn a_message_of_a_record_is_the_message_made_from_a_copy_of_it() {
+        for full in [true, false] {
+            let r = record(full);
+            let borrowed = serde_json::to_string(&MessageOfRecord::from(&r)).expect("json");
+            let owned = DeliveryMessage::from_record(r.clone());
+            assert_eq!(borrowed, serde_json::to_string(&owned).expect("json"));
+            let parsed: DeliveryMessage = serde_json::from_str(&borrowed).expect("parse");
+            assert_eq!(parsed, owned);
+            assert_eq!(parsed.event.properties.is_empty(), !full);
+        }
     }
 
     #[test]

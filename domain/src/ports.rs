@@ -31,8 +31,12 @@ pub enum PutOutcome {
 #[async_trait]
 pub trait RecordStore: Send + Sync {
     /// Stores `record` unless a record with its id exists. Returns only once the write
-    /// is durable.
-    async fn put_if_absent(&self, record: &NavigationRecord) -> Result<PutOutcome, StoreError>;
+    /// is durable. The record is shared: a store may keep it (the local store hands the
+    /// records it committed to its change feed's consumer).
+    async fn put_if_absent(
+        &self,
+        record: std::sync::Arc<NavigationRecord>,
+    ) -> Result<PutOutcome, StoreError>;
 }
 
 /// Client configuration lookups.
@@ -169,7 +173,7 @@ macro_rules! forward_ports {
         }
         #[async_trait]
         impl<T: RecordStore + ?Sized> RecordStore for $wrapper {
-            async fn put_if_absent(&self, record: &NavigationRecord) -> Result<PutOutcome, StoreError> {
+            async fn put_if_absent(&self, record: std::sync::Arc<NavigationRecord>) -> Result<PutOutcome, StoreError> {
                 (**self).put_if_absent(record).await
             }
         }

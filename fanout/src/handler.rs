@@ -1,7 +1,7 @@
 //! The transport-free fanout handler.
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use domain::delivery::{attr, rfc3339};
+use domain::delivery::{self, MessageOfRecord, attr, rfc3339};
 use domain::{
     Alert, AlertSink, ChangeKind, ChangeRecord, Clock, Crm, DeliveryMessage, Image,
     OutgoingMessage, QueueKind, QueueSender,
@@ -172,27 +172,34 @@ impl<Q: QueueSender, A: AlertSink, C: Clock> FanoutHandler<Q, A, C> {
                 (Some(ChangeKind::Insert), Image::Absent) => Some(Skip::NoImage),
                 (Some(ChangeKind::Insert), Image::Marker) => Some(Skip::Marker),
                 (Some(ChangeKind::Insert), Image::Record(record)) => {
-                    let message = DeliveryMessage::from_record((**record).clone());
-                    let full = self.outgoing(id.clone(), &message, None);
+                    // Written from the shared record itself, not from a copy.
+                    let full = self.outgoing(
+                        id.clone(),
+                        &MessageOfRecord::from(&**record),
+                        delivery::attributes(&record.client_id, record.crm, record.event_type),
+                        None,
+                    );
                     if message_size(&full) <= self.settings.max_message_bytes {
                         pending.push(Pending {
                             position,
-                            crm: message.crm,
+                            crm: record.crm,
                             queue: QueueKind::Delivery,
                             message: full,
                         });
                     } else {
                         *too_large
-                            .entry((message.crm, Some(message.client_id.to_string())))
+                            .entry((record.crm, Some(record.client_id.to_string())))
                             .or_default() += 1;
+                        let cut = DeliveryMessage::from_record((**record).clone()).truncated();
                         let cut = self.outgoing(
                             id,
-                            &message.truncated(),
+                            &cut,
+                            cut.attributes(),
                             Some(("too_large", "message_too_large")),
                         );
                         pending.push(Pending {
                             position,
-                            crm: message.crm,
+                            crm: record.crm,
                             queue: QueueKind::DeadLetter,
                             message: cut,
                         });
@@ -302,21 +309,22 @@ impl<Q: QueueSender, A: AlertSink, C: Clock> FanoutHandler<Q, A, C> {
         outcome
     }
 
-    /// The queue message of `message`; with `failure = (reason, status)` it carries the
-    /// dead-letter attributes too.
+    /// The queue message of `body` with `attributes`; with `failure = (reason, status)`
+    /// it carries the dead-letter attributes too.
     fn outgoing(
         &self,
         id: String,
-        message: &DeliveryMessage,
+        body: &impl serde::Serialize,
+        attributes: Vec<(String, String)>,
         failure: Option<(&str, &str)>,
     ) -> OutgoingMessage {
         let attributes = match failure {
-            Some((reason, status)) => self.with_failure(message.attributes(), reason, status),
-            None => message.attributes(),
+            Some((reason, status)) => self.with_failure(attributes, reason, status),
+            None => attributes,
         };
         OutgoingMessage {
             id,
-            body: serde_json::to_string(message).unwrap_or_default(),
+            body: serde_json::to_string(body).unwrap_or_default(),
             attributes,
         }
     }

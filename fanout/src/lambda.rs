@@ -43,7 +43,7 @@ pub fn decode_image(item: &serde_dynamo::Item) -> Image {
             item.insert("timestamp".to_owned(), received);
         }
         match serde_dynamo::from_item::<_, NavigationRecord>(item.clone()) {
-            Ok(r) => Image::Record(Box::new(r)),
+            Ok(r) => Image::Record(std::sync::Arc::new(r)),
             Err(e) => {
                 let text = |key: &str| match item.get(key) {
                     Some(serde_dynamo::AttributeValue::S(s)) => Some(s.clone()),

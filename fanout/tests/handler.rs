@@ -163,7 +163,7 @@ fn insert(seq: usize, r: NavigationRecord) -> ChangeRecord {
         sequence_number: format!("{:021}", 100 + seq),
         kind: Some(ChangeKind::Insert),
         ttl_expiry: false,
-        image: Image::Record(Box::new(r)),
+        image: Image::Record(std::sync::Arc::new(r)),
     }
 }
 
@@ -219,7 +219,7 @@ async fn mixed_batches_skip_everything_but_inserts_with_a_record() {
         (
             Some(ChangeKind::Modify),
             false,
-            Image::Record(Box::new(record(Crm::SFMC, "shop-sf", 1))),
+            Image::Record(std::sync::Arc::new(record(Crm::SFMC, "shop-sf", 1))),
         ),
         (Some(ChangeKind::Remove), false, Image::Absent),
         (Some(ChangeKind::Remove), true, Image::Absent),

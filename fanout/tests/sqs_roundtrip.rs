@@ -117,8 +117,14 @@ async fn put_item_to_stream_to_handler_to_sqs() {
     let store = DynamoRecordStore::new(ddb, &names.navigation);
     let idempotent = record(Crm::RESPONSYS, "shop-a", Some("evt-1"));
     let plain = record(Crm::SFMC, "shop-sf", None);
-    store.put_if_absent(&idempotent).await.expect("put");
-    store.put_if_absent(&plain).await.expect("put");
+    store
+        .put_if_absent(idempotent.clone().into())
+        .await
+        .expect("put");
+    store
+        .put_if_absent(plain.clone().into())
+        .await
+        .expect("put");
 
     let changes = read_stream(&config, &stream_arn).await;
     // One item per record: the idempotent one is a single conditional put (no marker),

@@ -29,7 +29,10 @@ struct Discard;
 
 #[async_trait]
 impl RecordStore for Discard {
-    async fn put_if_absent(&self, _: &NavigationRecord) -> Result<PutOutcome, StoreError> {
+    async fn put_if_absent(
+        &self,
+        _: std::sync::Arc<NavigationRecord>,
+    ) -> Result<PutOutcome, StoreError> {
         Ok(PutOutcome::Created)
     }
 }

@@ -680,14 +680,14 @@ impl<S: RecordStore, D: ClientDirectory + 'static, C: Clock> IngestHandler<S, D,
             let r = IngestResponse::record(&record.record_id, Outcome::Discarded("bot"));
             return (annotate(r), Some(client));
         }
-        let record = NavigationRecord::new(
+        let record = Arc::new(NavigationRecord::new(
             event,
             client.client_id.clone(),
             crm,
             self.clock.now_ms(),
             self.settings.record_ttl_hours,
-        );
-        let response = match self.store.put_if_absent(&record).await {
+        ));
+        let response = match self.store.put_if_absent(Arc::clone(&record)).await {
             Ok(PutOutcome::Created) => IngestResponse::record(&record.record_id, Outcome::Stored),
             Ok(PutOutcome::Duplicate) => {
                 IngestResponse::record(&record.record_id, Outcome::Duplicate)

@@ -11,6 +11,7 @@
 
 pub mod alerts;
 mod dedup;
+pub mod feed;
 pub mod privacy;
 pub mod queues;
 pub mod schema;

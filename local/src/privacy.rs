@@ -79,7 +79,14 @@ impl SqliteStore {
     ) -> Result<Removed, StoreError> {
         let email = email.as_str().to_owned();
         let client = client.map(ToString::to_string);
+        let tail = self.feed_tail();
         self.write(move |conn| {
+            // The fanout must not take a record erased here from the writer's tail of the
+            // feed. Emptied first: only this thread appends to it, so nothing is added
+            // before this commit, and from now on the fanout reads the table.
+            if let Ok(mut tail) = tail.lock() {
+                tail.invalidate();
+            }
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut removed = Removed::new();
             // The newest row keeps its place (a deleted last rowid would be handed out

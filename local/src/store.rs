@@ -1,6 +1,7 @@
 //! The SQLite store: one writer thread with group commit, one reader connection.
 
 use crate::dedup::{DedupKey, DedupSet, dedup_key};
+use crate::feed::{Committed, FEED_TAIL_RECORDS, FeedTail};
 use crate::schema;
 use async_trait::async_trait;
 use domain::{
@@ -101,11 +102,9 @@ pub(crate) enum Durability {
 
 enum Op {
     Put {
-        record_id: String,
-        crm: Crm,
-        ttl: i64,
+        record: Arc<NavigationRecord>,
+        /// The record as JSON.
         item: String,
-        event_id: Option<String>,
         reply: oneshot::Sender<Result<PutOutcome, StoreError>>,
     },
     Sweep {
@@ -148,6 +147,8 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
     last_change: watch::Receiver<i64>,
+    /// The newest records of the change feed (see `feed`), appended by the writer.
+    tail: Arc<Mutex<FeedTail>>,
     /// Held until shutdown: one process per data directory.
     lock: Mutex<Option<std::fs::File>>,
     /// Opened as a tool (see [`StoreOptions::tool`]).
@@ -287,10 +288,12 @@ impl SqliteStore {
             .map_err(OpenError::Thread)?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
         let (change_tx, last_change) = watch::channel(last_seq);
+        let tail = Arc::new(Mutex::new(FeedTail::new(last_seq, FEED_TAIL_RECORDS)));
         let mut state = Writer {
             conn: writer,
             dedup,
             changes: change_tx,
+            tail: Arc::clone(&tail),
             configured: options.synchronous,
             relaxed: false,
         };
@@ -306,6 +309,7 @@ impl SqliteStore {
                 writer: Mutex::new(Some(handle)),
                 checkpointer: Mutex::new(Some((stop_checkpoints, checkpointer))),
                 last_change,
+                tail,
                 lock: Mutex::new(Some(lock)),
                 tool,
             }),
@@ -321,6 +325,26 @@ impl SqliteStore {
     /// soon as an insert commits).
     pub fn watch_changes(&self) -> watch::Receiver<i64> {
         self.inner.last_change.clone()
+    }
+
+    /// Up to `limit` records after position `after` of the feed, in order, from the
+    /// records the writer committed last, if they include every one after `after` (see
+    /// `feed`); `None` if the feed must be read with [`SqliteStore::changes_after`].
+    pub fn committed_after(&self, after: i64, limit: usize) -> Option<Vec<Committed>> {
+        self.inner.tail.lock().ok()?.after(after, limit)
+    }
+
+    /// Lets go of the committed records up to position `upto` (handed on).
+    pub fn release_committed(&self, upto: i64) {
+        if let Ok(mut tail) = self.inner.tail.lock() {
+            tail.release(upto);
+        }
+    }
+
+    /// The committed records' tail, for a writer job that changes or deletes stored
+    /// records to invalidate.
+    pub(crate) fn feed_tail(&self) -> Arc<Mutex<FeedTail>> {
+        Arc::clone(&self.inner.tail)
     }
 
     /// Runs `f` on the writer connection, after the queued writes.
@@ -807,6 +831,7 @@ struct Writer {
     conn: Connection,
     dedup: DedupSet,
     changes: watch::Sender<i64>,
+    tail: Arc<Mutex<FeedTail>>,
     /// The store's `synchronous` setting.
     configured: Synchronous,
     /// Whether the connection is set to `synchronous = NORMAL` for relaxed jobs now.
@@ -880,7 +905,7 @@ impl Writer {
         let started = std::time::Instant::now();
         let mut outcomes: Vec<PutOutcome> = Vec::with_capacity(puts.len());
         let mut added: Vec<DedupKey> = Vec::new();
-        let mut last_seq = None;
+        let mut committed: Vec<Committed> = Vec::with_capacity(puts.len());
         let dedup = &mut self.dedup;
         let result = (|| -> rusqlite::Result<()> {
             let tx = self
@@ -892,24 +917,25 @@ impl Writer {
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
                 for op in puts.iter() {
-                    let Op::Put {
-                        record_id,
-                        crm,
-                        ttl,
-                        item,
-                        event_id,
-                        ..
-                    } = op
-                    else {
+                    let Op::Put { record, item, .. } = op else {
                         continue;
                     };
-                    let key = event_id.as_ref().map(|_| dedup_key(record_id));
+                    let key = record
+                        .event_id
+                        .as_ref()
+                        .map(|_| dedup_key(&record.record_id));
                     if key.is_some_and(|k| dedup.contains(&k)) {
                         outcomes.push(PutOutcome::Duplicate);
                         continue;
                     }
-                    insert.execute(params![record_id, crm.as_str(), ttl, event_id, item])?;
-                    last_seq = Some(tx.last_insert_rowid());
+                    insert.execute(params![
+                        record.record_id,
+                        record.crm.as_str(),
+                        record.ttl,
+                        record.event_id,
+                        item
+                    ])?;
+                    committed.push((tx.last_insert_rowid(), Arc::clone(record)));
                     if let Some(k) = key {
                         dedup.insert(k);
                         added.push(k);
@@ -932,7 +958,13 @@ impl Writer {
             }
             unavailable(e)
         });
-        if let (None, Some(seq)) = (&error, last_seq) {
+        if error.is_none()
+            && let Some(&(seq, _)) = committed.last()
+        {
+            // The tail first: a consumer woken by the watch finds the records there.
+            if let Ok(mut tail) = self.tail.lock() {
+                tail.push(committed);
+            }
             self.changes.send_replace(seq);
         }
         let mut outcomes = outcomes.into_iter();
@@ -1006,22 +1038,20 @@ impl Drop for Writer {
 
 #[async_trait]
 impl RecordStore for SqliteStore {
-    async fn put_if_absent(&self, record: &NavigationRecord) -> Result<PutOutcome, StoreError> {
+    async fn put_if_absent(&self, record: Arc<NavigationRecord>) -> Result<PutOutcome, StoreError> {
         if self.inner.tool {
             return Err(StoreError::Unavailable(
                 "this store was opened as a tool: records are stored by connect serve".into(),
             ));
         }
-        let item = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let item =
+            serde_json::to_string(&*record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (reply, rx) = oneshot::channel();
         self.inner
             .tx
             .send(Op::Put {
-                record_id: record.record_id.clone(),
-                crm: record.crm,
-                ttl: record.ttl,
+                record,
                 item,
-                event_id: record.event_id.clone(),
                 reply,
             })
             .await
@@ -1148,7 +1178,7 @@ mod tests {
         let client = domain::ClientId::parse("shop").expect("id");
         let record =
             domain::NavigationRecord::new(event, client, Crm::RESPONSYS, 1_706_457_600_000, 48);
-        assert!(store.put_if_absent(&record).await.is_ok());
+        assert!(store.put_if_absent(record.clone().into()).await.is_ok());
         // The group commit switched back before committing; the next relaxed job
         // switches again.
         assert_eq!(store.write_relaxed(level).await, Ok(1));

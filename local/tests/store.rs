@@ -41,10 +41,16 @@ async fn put_if_absent_stores_once_and_feeds_the_change_table() {
     assert_eq!(*changes.borrow(), 0);
 
     let r = record("shop-a", Some("evt-1"), 1_706_457_600_000);
-    assert_eq!(store.put_if_absent(&r).await, Ok(PutOutcome::Created));
+    assert_eq!(
+        store.put_if_absent(r.clone().into()).await,
+        Ok(PutOutcome::Created)
+    );
     let again = record("shop-a", Some("evt-1"), 1_706_457_601_000);
     assert_eq!(again.record_id, r.record_id);
-    assert_eq!(store.put_if_absent(&again).await, Ok(PutOutcome::Duplicate));
+    assert_eq!(
+        store.put_if_absent(again.clone().into()).await,
+        Ok(PutOutcome::Duplicate)
+    );
     assert_eq!(store.record(&r.record_id).await, Ok(Some(r.clone())));
     assert_eq!(store.record_count().await, Ok(1));
     changes.changed().await.expect("change seen");
@@ -81,7 +87,7 @@ async fn concurrent_puts_are_group_committed_and_survive_reopen() {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let r = record("shop-a", Some(&format!("e-{i}")), 1_706_457_600_000);
-            store.put_if_absent(&r).await
+            store.put_if_absent(r.clone().into()).await
         }));
     }
     for t in tasks {
@@ -90,7 +96,7 @@ async fn concurrent_puts_are_group_committed_and_survive_reopen() {
     store.shutdown().await;
     assert!(
         store
-            .put_if_absent(&record("shop-a", None, 1))
+            .put_if_absent(record("shop-a", None, 1).into())
             .await
             .is_err(),
         "a closed store refuses writes"
@@ -104,14 +110,17 @@ async fn concurrent_puts_are_group_committed_and_survive_reopen() {
     for i in 0..500 {
         let retry = record("shop-a", Some(&format!("e-{i}")), 1_706_457_659_000);
         assert_eq!(
-            reopened.put_if_absent(&retry).await,
+            reopened.put_if_absent(retry.clone().into()).await,
             Ok(PutOutcome::Duplicate),
             "e-{i}"
         );
     }
     assert_eq!(reopened.record_count().await, Ok(500));
     let new = record("shop-a", Some("e-500"), 1_706_457_659_000);
-    assert_eq!(reopened.put_if_absent(&new).await, Ok(PutOutcome::Created));
+    assert_eq!(
+        reopened.put_if_absent(new.clone().into()).await,
+        Ok(PutOutcome::Created)
+    );
     reopened.shutdown().await;
 }
 
@@ -200,8 +209,8 @@ async fn sweeper_deletes_only_expired_records() {
     let store = SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
     let old = record("shop-a", Some("old"), 1_000_000_000_000);
     let new = record("shop-a", Some("new"), 2_000_000_000_000);
-    store.put_if_absent(&old).await.expect("put");
-    store.put_if_absent(&new).await.expect("put");
+    store.put_if_absent(old.clone().into()).await.expect("put");
+    store.put_if_absent(new.clone().into()).await.expect("put");
     assert_eq!(old.ttl, 1_000_000_000 + 48 * 3600);
     assert_eq!(
         store.sweep_expired(new.ttl + 1).await,
@@ -223,10 +232,13 @@ async fn sweeper_deletes_only_expired_records() {
     assert!(store.record(&new.record_id).await.expect("read").is_some());
     // The swept record's key left the dedup set with it; the kept one's did not.
     let again = record("shop-a", Some("new"), 2_000_000_000_000);
-    assert_eq!(store.put_if_absent(&again).await, Ok(PutOutcome::Duplicate));
+    assert_eq!(
+        store.put_if_absent(again.clone().into()).await,
+        Ok(PutOutcome::Duplicate)
+    );
     let old_again = record("shop-a", Some("old"), 2_000_000_000_000);
     assert_eq!(
-        store.put_if_absent(&old_again).await,
+        store.put_if_absent(old_again.clone().into()).await,
         Ok(PutOutcome::Created)
     );
     store.health().await.expect("healthy");
@@ -242,7 +254,7 @@ async fn duplicates_within_one_group_commit_are_detected() {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .put_if_absent(&record("shop-a", Some("same"), 1_706_457_600_000))
+                .put_if_absent(record("shop-a", Some("same"), 1_706_457_600_000).into())
                 .await
         }));
     }
@@ -276,4 +288,75 @@ fn migrations_refuse_a_newer_schema() {
     drop(conn);
     let err = SqliteStore::open(dir.path(), StoreOptions::default()).expect_err("too new");
     assert!(err.to_string().contains("newer"), "{err}");
+}
+
+/// The writer's tail of the feed gives the fanout what the table holds, in order, and
+/// never a record erased after its commit (the fanout then reads the table).
+#[tokio::test]
+async fn the_committed_tail_is_the_feed_and_an_erasure_empties_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(dir.path(), StoreOptions::default()).expect("open");
+    assert_eq!(store.committed_after(0, 10), Some(vec![]));
+    let mut other = record("shop-b", None, 1_706_457_600_000);
+    other.email = domain::Email::parse("bia@example.com").expect("email");
+    let puts = [
+        record("shop-a", Some("evt-1"), 1_706_457_600_000),
+        other,
+        record("shop-a", None, 1_706_457_600_001),
+    ];
+    for r in &puts {
+        assert_eq!(
+            store.put_if_absent(r.clone().into()).await,
+            Ok(PutOutcome::Created)
+        );
+    }
+    // A duplicate is not committed, so not in the tail either.
+    assert_eq!(
+        store.put_if_absent(puts[0].clone().into()).await,
+        Ok(PutOutcome::Duplicate)
+    );
+    let table = store.changes_after(0, 10).await.expect("feed");
+    let tail = store
+        .committed_after(0, 10)
+        .expect("the tail holds every record");
+    assert_eq!(tail.len(), 3);
+    for ((seq, record), change) in tail.iter().zip(&table) {
+        assert_eq!(*seq, change.seq);
+        let image: NavigationRecord = serde_json::from_str(&change.new_image).expect("image");
+        assert_eq!(**record, image);
+    }
+    let seqs: Vec<i64> = table.iter().map(|c| c.seq).collect();
+    let after_first = store.committed_after(seqs[0], 1).expect("tail");
+    assert_eq!(after_first.len(), 1);
+    assert_eq!(after_first[0].0, seqs[1]);
+
+    // Handed on: released, and still answered for what comes after.
+    store.release_committed(seqs[0]);
+    assert_eq!(store.committed_after(seqs[0], 10).map(|t| t.len()), Some(2));
+    assert_eq!(
+        store.committed_after(0, 10),
+        None,
+        "released: from the table"
+    );
+
+    // Ana's records are erased: the tail no longer answers for positions before the
+    // newest, and the table no longer has them.
+    let ana = domain::Email::parse("ana@example.com").expect("email");
+    store.erase(&ana, None).await.expect("erase");
+    assert_eq!(store.committed_after(seqs[0], 10), None);
+    let left = store.changes_after(seqs[0], 10).await.expect("feed");
+    assert!(
+        left.iter()
+            .all(|c| !c.new_image.contains("ana@example.com")),
+        "{left:?}"
+    );
+    assert_eq!(store.committed_after(seqs[2], 10), Some(vec![]));
+    let next = record("shop-a", None, 1_706_457_600_002);
+    assert_eq!(
+        store.put_if_absent(next.clone().into()).await,
+        Ok(PutOutcome::Created)
+    );
+    let tail = store.committed_after(seqs[2], 10).expect("tail");
+    assert_eq!(tail.len(), 1);
+    assert_eq!(*tail[0].1, next);
 }

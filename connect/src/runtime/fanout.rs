@@ -37,7 +37,7 @@ pub fn change_record(change: &Change) -> ChangeRecord {
         Image::Marker
     } else {
         match serde_json::from_str::<NavigationRecord>(&change.new_image) {
-            Ok(record) => Image::Record(Box::new(record)),
+            Ok(record) => Image::Record(std::sync::Arc::new(record)),
             Err(e) => Image::Malformed {
                 crm: Some(change.crm),
                 record_id: Some(change.record_id.clone()),
@@ -51,6 +51,22 @@ pub fn change_record(change: &Change) -> ChangeRecord {
         ttl_expiry: false,
         image,
     }
+}
+
+/// The records the store's writer committed last, as stream records, and the position
+/// of the last one (see `local::feed`: what the table holds, without reading it back).
+fn committed_records(committed: Vec<local::feed::Committed>) -> (Option<i64>, Vec<ChangeRecord>) {
+    let last = committed.last().map(|(seq, _)| *seq);
+    let records = committed
+        .into_iter()
+        .map(|(seq, record)| ChangeRecord {
+            sequence_number: seq.to_string(),
+            kind: Some(ChangeKind::Insert),
+            ttl_expiry: false,
+            image: Image::Record(record),
+        })
+        .collect();
+    (last, records)
 }
 
 fn retry_delays() -> impl Iterator<Item = Duration> {
@@ -99,8 +115,18 @@ pub async fn run<Q, A, C>(
             break;
         }
         inserts.borrow_and_update();
-        let changes = match store.changes_after(checkpoint, POLL_BATCH).await {
-            Ok(c) => c,
+        let read = match store.committed_after(checkpoint, POLL_BATCH) {
+            Some(committed) => Ok(committed_records(committed)),
+            None => store
+                .changes_after(checkpoint, POLL_BATCH)
+                .await
+                .map(|changes| {
+                    let last = changes.last().map(|c| c.seq);
+                    (last, changes.iter().map(change_record).collect())
+                }),
+        };
+        let (last, records) = match read {
+            Ok(read) => read,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the change feed; retrying");
                 if sleep_or_stop(&mut stop, delays.next().unwrap_or(MAX_RETRY_DELAY)).await {
@@ -109,15 +135,14 @@ pub async fn run<Q, A, C>(
                 continue;
             }
         };
-        last_full = changes.len() >= POLL_BATCH;
-        let Some(last) = changes.last().map(|c| c.seq) else {
+        last_full = records.len() >= POLL_BATCH;
+        let Some(last) = last else {
             tokio::select! {
                 _ = inserts.changed() => {}
                 _ = stop.changed() => {}
             }
             continue;
         };
-        let records: Vec<ChangeRecord> = changes.iter().map(change_record).collect();
         let outcome = handler.handle(&records).await;
         if crash_after_send {
             tracing::error!("failpoint {FAILPOINT_AFTER_SEND}: aborting before the checkpoint");
@@ -131,7 +156,10 @@ pub async fn run<Q, A, C>(
         };
         if done > checkpoint {
             match store.commit_checkpoint(CONSUMER, done).await {
-                Ok(()) => checkpoint = done,
+                Ok(()) => {
+                    checkpoint = done;
+                    store.release_committed(done);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot save the fanout checkpoint; the batch will be sent again")
                 }

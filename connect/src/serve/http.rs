@@ -35,7 +35,10 @@ pub(super) enum ServeStore {
 
 #[async_trait]
 impl RecordStore for ServeStore {
-    async fn put_if_absent(&self, record: &NavigationRecord) -> Result<PutOutcome, StoreError> {
+    async fn put_if_absent(
+        &self,
+        record: std::sync::Arc<NavigationRecord>,
+    ) -> Result<PutOutcome, StoreError> {
         match self {
             ServeStore::Sqlite(s) => s.put_if_absent(record).await,
             ServeStore::Discard => Ok(PutOutcome::Created),

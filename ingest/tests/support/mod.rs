@@ -14,8 +14,11 @@ pub struct Kept(pub Mutex<Vec<NavigationRecord>>);
 
 #[async_trait]
 impl RecordStore for Kept {
-    async fn put_if_absent(&self, record: &NavigationRecord) -> Result<PutOutcome, StoreError> {
-        self.0.lock().expect("lock").push(record.clone());
+    async fn put_if_absent(
+        &self,
+        record: std::sync::Arc<NavigationRecord>,
+    ) -> Result<PutOutcome, StoreError> {
+        self.0.lock().expect("lock").push((*record).clone());
         Ok(PutOutcome::Created)
     }
 }

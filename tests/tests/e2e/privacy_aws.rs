@@ -42,7 +42,7 @@ async fn erase_on_aws_clears_table_and_queues_and_ingest_honours_the_suppression
             now - i as i64,
             48,
         );
-        domain::RecordStore::put_if_absent(&store, &record)
+        domain::RecordStore::put_if_absent(&store, record.into())
             .await
             .expect("put");
     }

@@ -148,7 +148,7 @@ async fn replay_on_aws_reads_the_table_and_sends_to_sqs() {
             now - age_h * 3_600_000,
             48,
         );
-        domain::RecordStore::put_if_absent(&store, &record)
+        domain::RecordStore::put_if_absent(&store, record.into())
             .await
             .expect("put");
     }

@@ -214,7 +214,7 @@ async fn trace_on_aws_shows_the_record_and_its_dead_letter() {
     );
     domain::RecordStore::put_if_absent(
         &aws::DynamoRecordStore::new(ddb, &names.navigation),
-        &record,
+        record.clone().into(),
     )
     .await
     .expect("put");
