@@ -73,7 +73,6 @@ impl Durations {
 fn labels(metric: &Metric, values: &[&str]) -> Labels {
     metric
         .dimensions(values)
-        .into_iter()
         .map(|(k, v)| (k, Cow::Owned(v.to_owned())))
         .collect()
 }
@@ -81,7 +80,6 @@ fn labels(metric: &Metric, values: &[&str]) -> Labels {
 fn static_labels(metric: &Metric, values: &[&'static str]) -> Labels {
     metric
         .dimensions(values)
-        .into_iter()
         .map(|(k, v)| (k, Cow::Borrowed(v)))
         .collect()
 }

@@ -67,19 +67,19 @@ impl Metric {
     pub fn emf_line(&self, timestamp_ms: i64, values: &[&str], value: f64) -> String {
         crate::emf::line(
             timestamp_ms,
-            &self.dimensions(values),
+            &self.dimensions(values).collect::<Vec<_>>(),
             &[(self.name, value, self.emf_unit())],
         )
     }
 
     /// (label, value) pairs of `values`.
-    pub fn dimensions<'a>(&self, values: &[&'a str]) -> Vec<(&'static str, &'a str)> {
+    pub fn dimensions<'s, 'a: 's>(
+        &self,
+        values: &'s [&'a str],
+    ) -> impl Iterator<Item = (&'static str, &'a str)> + use<'s, 'a> {
         debug_assert_eq!(values.len(), self.labels.len(), "{}", self.name);
-        self.labels
-            .iter()
-            .copied()
-            .zip(values.iter().copied())
-            .collect()
+        let labels: &'static [&'static str] = self.labels;
+        labels.iter().copied().zip(values.iter().copied())
     }
 }
 

@@ -378,55 +378,55 @@ impl<Q: QueueSender, A: AlertSink, C: Clock> FanoutHandler<Q, A, C> {
     async fn send_group(&self, group: Vec<Pending>) -> Vec<(usize, Crm, QueueKind, bool)> {
         let max_entries = self.settings.max_batch_entries.max(1);
         let mut results = Vec::with_capacity(group.len());
-        let mut batch: Vec<Pending> = Vec::new();
+        let Some((crm, queue)) = group.first().map(|p| (p.crm, p.queue)) else {
+            return results;
+        };
+        // Each batch as its entries' positions and their messages side by side, so that
+        // the messages go to the queue as they are, without a copy.
+        let mut batches: Vec<(Vec<usize>, Vec<OutgoingMessage>)> = Vec::new();
+        let mut batch = (Vec::new(), Vec::new());
         let mut bytes: usize = 0;
-        let mut batches = Vec::new();
         for p in group {
             let size = message_size(&p.message);
-            if !batch.is_empty()
-                && (batch.len() >= max_entries
+            if !batch.1.is_empty()
+                && (batch.1.len() >= max_entries
                     || bytes.saturating_add(size) > self.settings.max_batch_bytes)
             {
                 batches.push(std::mem::take(&mut batch));
                 bytes = 0;
             }
             bytes += size;
-            batch.push(p);
+            batch.0.push(p.position);
+            batch.1.push(p.message);
         }
-        if !batch.is_empty() {
+        if !batch.1.is_empty() {
             batches.push(batch);
         }
-        for batch in batches {
-            let Some(first) = batch.first() else { continue };
-            let (crm, queue) = (first.crm, first.queue);
-            let rejected = self.send_with_retries(crm, queue, &batch).await;
-            let mut to_dead_letter = Vec::new();
-            for p in batch {
-                match rejected.get(&p.message.id) {
-                    None => results.push((p.position, crm, queue, true)),
+        for (positions, messages) in batches {
+            let rejected = self.send_with_retries(crm, queue, &messages).await;
+            let mut to_dead_letter = (Vec::new(), Vec::new());
+            for (position, mut message) in positions.into_iter().zip(messages) {
+                match rejected.get(&message.id) {
+                    None => results.push((position, crm, queue, true)),
                     // The queue refuses this entry itself: dead-letter it (from the
                     // delivery queue only), so one bad entry cannot block the stream.
                     Some(Some(code)) if queue == QueueKind::Delivery => {
-                        let mut message = p.message;
                         message.attributes =
                             self.with_failure(message.attributes, "queue_rejected", code);
-                        to_dead_letter.push(Pending {
-                            position: p.position,
-                            crm,
-                            queue: QueueKind::DeadLetter,
-                            message,
-                        });
+                        to_dead_letter.0.push(position);
+                        to_dead_letter.1.push(message);
                     }
-                    Some(_) => results.push((p.position, crm, queue, false)),
+                    Some(_) => results.push((position, crm, queue, false)),
                 }
             }
-            if !to_dead_letter.is_empty() {
+            let (positions, messages) = to_dead_letter;
+            if !messages.is_empty() {
                 let rejected = self
-                    .send_with_retries(crm, QueueKind::DeadLetter, &to_dead_letter)
+                    .send_with_retries(crm, QueueKind::DeadLetter, &messages)
                     .await;
-                for p in to_dead_letter {
-                    let ok = !rejected.contains_key(&p.message.id);
-                    results.push((p.position, crm, QueueKind::DeadLetter, ok));
+                for (position, message) in positions.into_iter().zip(&messages) {
+                    let ok = !rejected.contains_key(&message.id);
+                    results.push((position, crm, QueueKind::DeadLetter, ok));
                 }
             }
         }
@@ -441,10 +441,11 @@ impl<Q: QueueSender, A: AlertSink, C: Clock> FanoutHandler<Q, A, C> {
         &self,
         crm: Crm,
         queue: QueueKind,
-        batch: &[Pending],
+        messages: &[OutgoingMessage],
     ) -> HashMap<String, Option<String>> {
         let mut rejected: HashMap<String, Option<String>> = HashMap::new();
-        let mut remaining: Vec<OutgoingMessage> = batch.iter().map(|p| p.message.clone()).collect();
+        // The first attempt sends `messages` as they are; only entries to retry are copied.
+        let mut retrying: Option<Vec<OutgoingMessage>> = None;
         let mut delays = ExponentialBuilder::default()
             .with_jitter()
             .with_min_delay(self.settings.min_backoff)
@@ -452,9 +453,10 @@ impl<Q: QueueSender, A: AlertSink, C: Clock> FanoutHandler<Q, A, C> {
             .with_max_times(self.settings.max_send_attempts.saturating_sub(1))
             .build();
         loop {
+            let remaining = retrying.as_deref().unwrap_or(messages);
             let transient: Vec<OutgoingMessage> = match self
                 .queues
-                .send_batch(crm, queue, &remaining)
+                .send_batch(crm, queue, remaining)
                 .await
             {
                 Ok(failures) => {
@@ -472,13 +474,14 @@ impl<Q: QueueSender, A: AlertSink, C: Clock> FanoutHandler<Q, A, C> {
                         }
                     }
                     remaining
-                        .into_iter()
+                        .iter()
                         .filter(|m| retry.contains(&m.id))
+                        .cloned()
                         .collect()
                 }
                 Err(e) => {
                     tracing::warn!(crm = crm.as_str(), error = %e, "queue batch failed; retrying");
-                    remaining
+                    remaining.to_vec()
                 }
             };
             if transient.is_empty() {
@@ -487,7 +490,7 @@ impl<Q: QueueSender, A: AlertSink, C: Clock> FanoutHandler<Q, A, C> {
             match delays.next() {
                 Some(delay) => {
                     tokio::time::sleep(delay).await;
-                    remaining = transient;
+                    retrying = Some(transient);
                 }
                 None => {
                     for m in transient {

@@ -63,6 +63,24 @@ pub struct QueueStats {
     pub oldest_sent_at_ms: Option<i64>,
 }
 
+/// A message as its row is inserted. Its id and attribute JSON are made by the caller,
+/// not on the (single) writer thread.
+struct QueueRow {
+    id: String,
+    body: String,
+    attributes: String,
+}
+
+impl QueueRow {
+    fn new(body: String, attributes: &[(String, String)]) -> QueueRow {
+        QueueRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            body,
+            attributes: serde_json::to_string(attributes).unwrap_or_else(|_| "[]".into()),
+        }
+    }
+}
+
 /// The local queues of every CRM.
 #[derive(Clone)]
 pub struct LocalQueues {
@@ -117,21 +135,25 @@ impl LocalQueues {
         messages: Vec<(String, Vec<(String, String)>)>,
         delay: Duration,
     ) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<QueueRow> = messages
+            .into_iter()
+            .map(|(body, attributes)| QueueRow::new(body, &attributes))
+            .collect();
+        let ids = rows.iter().map(|r| r.id.clone()).collect();
+        self.insert(queue, rows, delay).await?;
+        Ok(ids)
+    }
+
+    /// Inserts `rows` on `queue`, visible after `delay`, in one transaction.
+    async fn insert(
+        &self,
+        queue: &str,
+        rows: Vec<QueueRow>,
+        delay: Duration,
+    ) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
         let visible_at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
         let queue = queue.to_owned();
-        // Ids and attribute JSON are made here, not on the (single) writer thread.
-        let rows: Vec<(String, String, String)> = messages
-            .into_iter()
-            .map(|(body, attributes)| {
-                (
-                    uuid::Uuid::new_v4().to_string(),
-                    body,
-                    serde_json::to_string(&attributes).unwrap_or_else(|_| "[]".into()),
-                )
-            })
-            .collect();
-        let ids: Vec<String> = rows.iter().map(|(id, _, _)| id.clone()).collect();
         self.store
             .write_relaxed(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -141,15 +163,22 @@ impl LocalQueues {
                            (queue, message_id, body, attributes, sent_at, visible_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     )?;
-                    for (id, body, attributes) in &rows {
-                        insert.execute(params![queue, id, body, attributes, now, visible_at])?;
+                    for row in &rows {
+                        insert.execute(params![
+                            queue,
+                            row.id,
+                            row.body,
+                            row.attributes,
+                            now,
+                            visible_at
+                        ])?;
                     }
                 }
                 tx.commit()
             })
             .await?;
         self.sent.send_modify(|n| *n = n.wrapping_add(1));
-        Ok(ids)
+        Ok(())
     }
 
     /// Receives up to `max` visible messages (at most [`MAX_RECEIVE_BATCH`]) and hides them
@@ -432,11 +461,11 @@ impl QueueSender for LocalQueues {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let batch = messages
+        let rows = messages
             .iter()
-            .map(|m| (m.body.clone(), m.attributes.clone()))
+            .map(|m| QueueRow::new(m.body.clone(), &m.attributes))
             .collect();
-        self.send(&queue_name(crm, queue), batch, Duration::ZERO)
+        self.insert(&queue_name(crm, queue), rows, Duration::ZERO)
             .await
             .map_err(to_queue_error)?;
         Ok(Vec::new())
