@@ -10,6 +10,7 @@ use crate::outcome::{Outcome, from_transport};
 use crate::target::{RdStationTarget, field};
 use domain::{ClientConfig, DeliveryMessage, EventType, Secret, StoredToken};
 use serde_json::{Map, Value, json};
+use std::borrow::Cow;
 use std::time::Duration;
 
 /// Events sent at once for one client (RD allows 120–500 requests per minute).
@@ -85,7 +86,7 @@ pub fn event(target: &RdStationTarget, m: &DeliveryMessage) -> (&'static str, Va
     let ecommerce = |kind: &'static str| {
         let identifier = field(m, "properties.cartId")
             .or_else(|| field(m, "properties.orderId"))
-            .unwrap_or_else(|| m.record_id.clone());
+            .unwrap_or(Cow::Borrowed(&m.record_id));
         let mut p = Map::new();
         p.insert("email".into(), json!(email));
         p.insert("identifier".into(), json!(identifier));

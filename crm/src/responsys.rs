@@ -9,6 +9,7 @@ use crate::target::{ResponsysKind, ResponsysTarget, field};
 use domain::{ClientConfig, DeliveryMessage, StoredToken};
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::borrow::Cow;
 use std::time::Duration;
 
 /// Records per merge or trigger call (documented maximum).
@@ -260,7 +261,7 @@ fn is_no_match(row: &str) -> bool {
 #[serde(rename_all = "camelCase")]
 struct RecordData<'a> {
     field_names: Vec<&'a str>,
-    records: Vec<Vec<String>>,
+    records: Vec<Vec<Cow<'a, str>>>,
     /// No map template: `null`.
     map_template_name: (),
 }
@@ -280,7 +281,7 @@ fn merge_request<'a>(
     target: &ResponsysTarget,
     base: &str,
     columns: &'a [(String, String)],
-    chunk: &[&DeliveryMessage],
+    chunk: &[&'a DeliveryMessage],
     insert: bool,
 ) -> (String, MergeBody<'a>) {
     let record_data = RecordData {

@@ -8,6 +8,7 @@ use crate::target::{SfmcKind, SfmcTarget, field};
 use domain::{ClientConfig, DeliveryMessage, StoredToken};
 use serde::{Serialize, Serializer};
 use serde_json::{Value, json};
+use std::borrow::Cow;
 use std::time::Duration;
 
 /// Rows per rowset call (SFMC's best practice and sync soft limit).
@@ -164,7 +165,10 @@ impl<V: Serialize> Serialize for Columns<'_, V> {
     }
 }
 
-fn values<'a>(columns: &'a [(String, String)], m: &DeliveryMessage) -> Columns<'a, String> {
+fn values<'a>(
+    columns: &'a [(String, String)],
+    m: &'a DeliveryMessage,
+) -> Columns<'a, Cow<'a, str>> {
     Columns(
         columns
             .iter()
@@ -186,7 +190,7 @@ impl Serialize for Column<'_> {
 #[derive(Serialize)]
 struct Row<'a> {
     keys: Column<'a>,
-    values: Columns<'a, String>,
+    values: Columns<'a, Cow<'a, str>>,
 }
 
 /// The rows of one rowset call.
@@ -438,7 +442,9 @@ mod tests {
                     let values: serde_json::Map<String, Value> = target
                         .columns()
                         .into_iter()
-                        .filter_map(|(c, f)| field(m, &f).map(|v| (c, Value::String(v))))
+                        .filter_map(|(c, f)| {
+                            field(m, &f).map(|v| (c, Value::String(v.into_owned())))
+                        })
                         .collect();
                     json!({"keys": {target.key_field.clone(): m.record_id}, "values": values})
                 })

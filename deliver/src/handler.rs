@@ -235,22 +235,19 @@ where
             .flatten()
             .map(|(i, d)| (*i, d.received_at))
             .collect();
-        let groups: Vec<(ClientId, Vec<(usize, DeliveryMessage)>)> =
-            by_client.into_iter().collect();
         // Clients whose breaker is open are not called: their messages are held.
         let started = self.clock.now_ms();
         let mut results: Vec<ClientResult> = Vec::new();
         let mut held_until: HashMap<ClientId, i64> = HashMap::new();
         let mut window_alerts: BTreeMap<(String, &'static str), (u64, String)> = BTreeMap::new();
         let mut calls = Vec::new();
-        for (client, messages) in &groups {
-            match self.breakers.gate(client, started) {
+        for (client, messages) in by_client {
+            match self.breakers.gate(&client, started) {
                 Gate::Hold(until) => {
-                    held_until.insert(client.clone(), until);
-                    for (i, _) in messages {
+                    for (i, _) in &messages {
                         dispositions[*i] = Some(if self.window_over(&batch[*i], started) {
                             self.window_exhausted(
-                                client,
+                                &client,
                                 &mut window_alerts,
                                 "circuit_open".to_owned(),
                                 "the CRM kept failing for this client; the message was held by the circuit breaker".to_owned(),
@@ -262,24 +259,28 @@ where
                             Disposition::Hide(wait.min(MAX_VISIBILITY), "retried")
                         });
                     }
+                    held_until.insert(client, until);
                 }
                 Gate::Call | Gate::Probe => calls.push((client, messages)),
             }
         }
-        for chunk in calls.chunks(CLIENT_CONCURRENCY) {
-            let futures: Vec<_> = chunk
-                .iter()
-                .map(|(client, messages)| self.deliver_client(client, messages))
+        // The messages move into their client's call: nothing of them is copied.
+        let mut calls = calls.into_iter().peekable();
+        while calls.peek().is_some() {
+            let futures: Vec<_> = calls
+                .by_ref()
+                .take(CLIENT_CONCURRENCY)
+                .map(|(client, messages)| async move {
+                    let result = self.deliver_client(&client, messages).await;
+                    (client, result)
+                })
                 .collect();
-            for ((client, _), (outcomes, refreshes)) in chunk
-                .iter()
-                .zip(futures_util::future::join_all(futures).await)
-            {
+            for (client, (outcomes, refreshes)) in futures_util::future::join_all(futures).await {
                 let now = self.clock.now_ms();
-                if let Some(until) = self.record_breaker(client, &outcomes, now) {
-                    held_until.insert((*client).clone(), until);
+                if let Some(until) = self.record_breaker(&client, &outcomes, now) {
+                    held_until.insert(client.clone(), until);
                 }
-                results.push(((*client).clone(), outcomes, refreshes));
+                results.push((client, outcomes, refreshes));
             }
         }
 
@@ -479,31 +480,39 @@ where
     async fn deliver_client(
         &self,
         client_id: &ClientId,
-        messages: &[(usize, DeliveryMessage)],
+        messages: Vec<(usize, DeliveryMessage)>,
     ) -> (Vec<(usize, Outcome)>, u64) {
         let mut decided = Vec::new();
+        let mut positions = Vec::with_capacity(messages.len());
         let mut send = Vec::with_capacity(messages.len());
         for (i, m) in messages {
             match self.privacy.is_suppressed(client_id, &m.event.email).await {
-                Ok(true) => decided.push((*i, Outcome::skipped("skipped_suppressed"))),
-                Ok(false) => send.push((*i, m.clone())),
-                Err(e) => decided.push((*i, Outcome::retry("suppressions", e.to_string()))),
+                Ok(true) => decided.push((i, Outcome::skipped("skipped_suppressed"))),
+                Ok(false) => {
+                    positions.push(i);
+                    send.push(m);
+                }
+                Err(e) => decided.push((i, Outcome::retry("suppressions", e.to_string()))),
             }
         }
         if send.is_empty() {
             return (decided, 0);
         }
-        let (mut outcomes, refreshes) = self.deliver_unsuppressed(client_id, &send).await;
+        let (mut outcomes, refreshes) = self
+            .deliver_unsuppressed(client_id, &positions, &send)
+            .await;
         outcomes.extend(decided);
         (outcomes, refreshes)
     }
 
+    /// Delivers `messages` (their batch positions in `positions`, in the same order).
     async fn deliver_unsuppressed(
         &self,
         client_id: &ClientId,
-        messages: &[(usize, DeliveryMessage)],
+        positions: &[usize],
+        messages: &[DeliveryMessage],
     ) -> (Vec<(usize, Outcome)>, u64) {
-        let all = |o: Outcome| messages.iter().map(|(i, _)| (*i, o.clone())).collect();
+        let all = |o: Outcome| positions.iter().map(|i| (*i, o.clone())).collect();
         let client = match self.directory.client(client_id).await {
             Ok(Some(c)) if c.active && c.crm == self.crm => c,
             Ok(Some(c)) if !c.active => {
@@ -563,8 +572,7 @@ where
             api_key: api_key.as_ref(),
             secret: secret.as_ref(),
         };
-        let payload: Vec<DeliveryMessage> = messages.iter().map(|(_, m)| m.clone()).collect();
-        let mut outcomes = self.send(&client, auth, &payload).await;
+        let mut outcomes = self.send(&client, auth, messages).await;
         let mut refreshes = 0;
         let rejected: Vec<usize> = (0..outcomes.len())
             .filter(|k| matches!(outcomes[*k], Outcome::TokenRejected { .. }))
@@ -576,7 +584,7 @@ where
             match self.tokens.after_rejection(&client, old).await {
                 Ok(fresh) => {
                     let again: Vec<DeliveryMessage> =
-                        rejected.iter().map(|k| payload[*k].clone()).collect();
+                        rejected.iter().map(|k| messages[*k].clone()).collect();
                     let fresh_auth = crm::Auth {
                         token: Some(&fresh),
                         ..auth
@@ -599,10 +607,7 @@ where
                 }
             }
         }
-        (
-            messages.iter().map(|(i, _)| *i).zip(outcomes).collect(),
-            refreshes,
-        )
+        (positions.iter().copied().zip(outcomes).collect(), refreshes)
     }
 
     async fn send(
@@ -624,12 +629,12 @@ where
         &self,
         client: &ClientConfig,
         policy: crm::AuthPolicy,
-        messages: &[(usize, DeliveryMessage)],
+        messages: &[DeliveryMessage],
     ) -> Result<Option<ApiKey>, domain::StoreError> {
         if !policy.token().is_some_and(|p| p.api_key_by_tid) || client.secret_name.is_some() {
             return Ok(None);
         }
-        let Some(tid) = messages.iter().find_map(|(_, m)| m.event.tid.clone()) else {
+        let Some(tid) = messages.iter().find_map(|m| m.event.tid.clone()) else {
             return Ok(None);
         };
         let Some(config) = self.directory.rdstation_by_tid(&tid).await? else {

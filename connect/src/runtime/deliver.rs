@@ -112,37 +112,31 @@ pub async fn run<D, T, S, A, C>(
             }
             continue;
         }
+        // Moved, not copied: the handler reads the messages, the acknowledgement needs
+        // only their receipts.
         let batch: Vec<InboundMessage> = received
-            .iter()
+            .into_iter()
             .map(|m| InboundMessage {
-                message_id: m.message_id.clone(),
-                receipt_handle: m.receipt_handle.clone(),
-                body: m.body.clone(),
-                attributes: m.attributes.clone(),
+                message_id: m.message_id,
+                receipt_handle: m.receipt_handle,
+                body: m.body,
+                attributes: m.attributes,
                 receive_count: m.receive_count,
                 sent_at_ms: Some(m.sent_at_ms),
             })
             .collect();
-        let outcome = handler.handle(&batch).await;
+        let mut outcome = handler.handle(&batch).await;
         metrics.observe_delivery(crm, &outcome);
-        let entries = outcome
-            .log
-            .iter()
-            .map(|e| {
-                (
-                    e.record_id.clone(),
-                    e.client_id.clone(),
-                    e.outcome.to_owned(),
-                    e.detail.clone(),
-                )
-            })
+        let entries = std::mem::take(&mut outcome.log)
+            .into_iter()
+            .map(|e| (e.record_id, e.client_id, e.outcome.to_owned(), e.detail))
             .collect();
         let now = domain::Clock::now_ms(&domain::SystemClock);
         // The delivery log and the deletes of the handled messages: one transaction.
-        let handled: Vec<String> = received
-            .iter()
+        let handled: Vec<String> = batch
+            .into_iter()
             .filter(|m| !outcome.redeliver.contains(&m.message_id))
-            .map(|m| m.receipt_handle.clone())
+            .map(|m| m.receipt_handle)
             .collect();
         match queues.acknowledge(&queue, handled, crm, now, entries).await {
             Ok(deleted) => {
