@@ -62,6 +62,14 @@ impl Durations {
             .observe(seconds);
     }
 
+    /// [`Durations::observe`] of each of `seconds`, with one label lookup.
+    fn observe_each(&self, values: &[&str], seconds: impl Iterator<Item = f64>) {
+        let histogram = self.family.get_or_create(&labels(self.metric, values));
+        for s in seconds {
+            histogram.observe(s);
+        }
+    }
+
     /// [`Durations::observe`] with label values that live forever (no copies).
     fn observe_static(&self, values: &[&'static str], seconds: f64) {
         self.family
@@ -246,9 +254,13 @@ impl Metrics {
             };
             family.add(&[crm, client], *n);
         }
-        for (client, ms) in &outcome.latencies_ms {
-            self.delivery_latency
-                .observe(&[crm, client], *ms as f64 / 1000.0);
+        // A batch's latencies come client by client: one label lookup per client.
+        for same_client in outcome.latencies_ms.chunk_by(|a, b| a.0 == b.0) {
+            let client = same_client[0].0.as_str();
+            self.delivery_latency.observe_each(
+                &[crm, client],
+                same_client.iter().map(|(_, ms)| *ms as f64 / 1000.0),
+            );
         }
         if outcome.token_refreshes > 0 {
             self.token_refreshes.add(&[crm], outcome.token_refreshes);

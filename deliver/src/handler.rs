@@ -380,7 +380,7 @@ where
                 })
                 .await;
         }
-        self.apply(batch, dispositions, &record_ids, &mut outcome)
+        self.apply(batch, dispositions, record_ids, &mut outcome)
             .await;
         outcome
     }
@@ -680,7 +680,7 @@ where
         &self,
         batch: &[InboundMessage],
         dispositions: Vec<Option<Disposition>>,
-        record_ids: &[Option<String>],
+        mut record_ids: Vec<Option<String>>,
         outcome: &mut DeliverOutcome,
     ) {
         let now = self.clock.now_ms();
@@ -693,9 +693,8 @@ where
                 .find(|(k, _)| k == attr::CLIENT_ID)
                 .map_or_else(|| "-".to_owned(), |(_, v)| v.clone());
             let record_id = record_ids
-                .get(i)
-                .cloned()
-                .flatten()
+                .get_mut(i)
+                .and_then(Option::take)
                 .unwrap_or_else(|| "-".to_owned());
             let detail = match &d {
                 Some(Disposition::DeadLetter { reason, status, .. }) => {
@@ -704,39 +703,41 @@ where
                 Some(Disposition::Hide(wait, _)) => format!("next attempt in {} s", wait.as_secs()),
                 _ => String::new(),
             };
-            let mut count = |kind: &'static str| {
-                *outcome.counts.entry((client.clone(), kind)).or_default() += 1;
-                // One line per attempt: `connect trace` finds a record's attempts by
-                // recordId (CloudWatch Logs Insights on AWS, the delivery log locally).
-                tracing::info!(
-                    crm = self.crm.as_str(),
-                    recordId = %record_id,
-                    clientId = %client,
-                    outcome = kind,
-                    detail = %detail,
-                    "delivery"
-                );
-                outcome.log.push(DeliveryLogEntry {
-                    record_id: record_id.clone(),
-                    client_id: client.clone(),
-                    outcome: kind,
-                    detail: detail.clone(),
-                });
-            };
-            match d {
-                Some(Disposition::Done) => count("delivered"),
+            let kind: &'static str = match &d {
+                Some(Disposition::Done) => "delivered",
                 // No decision was made for it (a bug): never count it as delivered.
+                None => "retried",
+                Some(Disposition::Skipped(reason)) => reason,
+                Some(Disposition::Hide(_, kind)) => kind,
+                Some(Disposition::DeadLetter { .. }) => "dead_lettered",
+            };
+            *outcome.counts.entry((client.clone(), kind)).or_default() += 1;
+            // One line per attempt: `connect trace` finds a record's attempts by recordId
+            // (CloudWatch Logs Insights on AWS, the delivery log locally).
+            tracing::info!(
+                crm = self.crm.as_str(),
+                recordId = %record_id,
+                clientId = %client,
+                outcome = kind,
+                detail = %detail,
+                "delivery"
+            );
+            outcome.log.push(DeliveryLogEntry {
+                record_id,
+                client_id: client,
+                outcome: kind,
+                detail,
+            });
+            match d {
+                Some(Disposition::Done | Disposition::Skipped(_)) => {}
                 None => {
                     tracing::error!(
                         crm = self.crm.as_str(),
                         "a message got no disposition; it is left for redelivery"
                     );
-                    count("retried");
                     outcome.redeliver.push(m.message_id.clone());
                 }
-                Some(Disposition::Skipped(reason)) => count(reason),
-                Some(Disposition::Hide(wait, kind)) => {
-                    count(kind);
+                Some(Disposition::Hide(wait, _)) => {
                     if let Err(e) = self
                         .queues
                         .change_visibility(self.crm, &m.receipt_handle, wait)
@@ -751,7 +752,6 @@ where
                     status,
                     detail,
                 }) => {
-                    count("dead_lettered");
                     let failure = [
                         attr::FAILURE_REASON,
                         attr::FAILURE_STATUS,

@@ -205,18 +205,13 @@ impl<'a> From<&'a NavigationRecord> for MessageOfRecord<'a> {
 /// RFC 3339 UTC timestamp (second precision) of an epoch-milliseconds instant.
 pub fn rfc3339(epoch_ms: i64) -> String {
     let ms_of_day = epoch_ms.rem_euclid(86_400_000);
-    let date = crate::time::yyyymmdd(epoch_ms);
+    let (year, month, day) = crate::time::civil_from_days(epoch_ms.div_euclid(86_400_000));
     let (h, m, s) = (
         ms_of_day / 3_600_000,
         (ms_of_day / 60_000) % 60,
         (ms_of_day / 1000) % 60,
     );
-    format!(
-        "{}-{}-{}T{h:02}:{m:02}:{s:02}Z",
-        &date[..4],
-        &date[4..6],
-        &date[6..]
-    )
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
 }
 
 #[cfg(test)]
@@ -272,5 +267,7 @@ mod tests {
     fn timestamps() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_706_457_601_999), "2024-01-28T16:00:01Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(rfc3339(951_825_600_000), "2000-02-29T12:00:00Z");
     }
 }
