@@ -209,33 +209,40 @@ impl LocalQueues {
                          FROM queue_messages WHERE queue = ?1 AND visible_at <= ?2
                          ORDER BY visible_at, seq LIMIT ?3",
                     )?;
-                    let rows = select
-                        .query_map(params![queue, now, max * 2], |r| {
-                            Ok((
-                                r.get::<_, i64>(0)?,
-                                r.get::<_, String>(1)?,
-                                r.get::<_, String>(2)?,
-                                r.get::<_, String>(3)?,
-                                r.get::<_, u32>(4)?,
-                                r.get::<_, i64>(5)?,
-                            ))
-                        })?
-                        .collect::<Result<Vec<_>, _>>()?;
-                    for (seq, message_id, body, attributes, count, sent_at) in rows {
-                        if out.len() == max {
-                            break;
+                    // The rows to receive and those to move to the dead-letter queue, in
+                    // order; a row's texts are read only if it is received (a backlog
+                    // puts `max` more rows in the result than are taken).
+                    let mut take = Vec::with_capacity(max);
+                    let mut exhausted = Vec::new();
+                    let mut rows = select.query(params![queue, now, max * 2])?;
+                    while take.len() < max {
+                        let Some(r) = rows.next()? else { break };
+                        let (seq, count): (i64, u32) = (r.get(0)?, r.get(4)?);
+                        if dead_letter.is_some() && count >= max_receive_count {
+                            exhausted.push(seq);
+                            continue;
                         }
-                        if let Some(dlq) = &dead_letter
-                            && count >= max_receive_count
-                        {
+                        take.push((
+                            seq,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            count,
+                            r.get::<_, i64>(5)?,
+                        ));
+                    }
+                    drop(rows);
+                    if let Some(dlq) = &dead_letter {
+                        for seq in exhausted {
                             tx.prepare_cached(
                                 "UPDATE queue_messages SET queue = ?2, visible_at = ?3,
                                    receipt = NULL WHERE seq = ?1",
                             )?
                             .execute(params![seq, dlq, now])?;
                             moved_in_tx.store(true, std::sync::atomic::Ordering::Relaxed);
-                            continue;
                         }
+                    }
+                    for (seq, message_id, body, attributes, count, sent_at) in take {
                         let receipt = format!("{seq}-{}", uuid::Uuid::new_v4().simple());
                         tx.prepare_cached(
                             "UPDATE queue_messages SET receive_count = receive_count + 1,
