@@ -11,6 +11,15 @@
 //! it ([`FeedTail::after`] gives `None` otherwise, and the caller reads the table), so
 //! a record is never skipped. Whatever changes stored records other than by appending
 //! (an erasure) empties it first ([`FeedTail::invalidate`]).
+//!
+//! An erasure made by another process (`connect privacy erase` next to a running server)
+//! cannot empty it. A record of the erased person committed just before may then still
+//! be handed on from here: it is as if the fanout had read the table at the record's
+//! commit rather than up to one batch window (`delivery.batch_window_ms`) later. Such a
+//! message is then one "already in flight": the erasure wrote the suppression first, and
+//! delivery drops the message once its suppression cache has it, which the README bounds
+//! at 5 s for an erasure by another process, as for any message in flight. (An erasure
+//! through the server itself, `POST /privacy/erasure`, empties the tail.)
 
 use domain::NavigationRecord;
 use std::collections::VecDeque;
