@@ -142,8 +142,8 @@ impl<T: SuppressionStore + ?Sized> SuppressionStore for std::sync::Arc<T> {
 
 // ---------------------------------------------------------------- cached checks
 
-use moka::Expiry;
-use moka::sync::Cache;
+use quick_cache::sync::{Cache, DefaultLifecycle};
+use quick_cache::{Equivalent, UnitWeighter};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -153,22 +153,40 @@ pub const SUPPRESSED_TTL: Duration = Duration::from_secs(300);
 pub const NOT_SUPPRESSED_TTL: Duration = Duration::from_secs(5);
 /// Most (client, email) answers cached.
 const MAX_ENTRIES: u64 = 100_000;
-
-struct ByAnswer;
+/// Answers the cache makes room for at first (it grows up to [`MAX_ENTRIES`]).
+const INITIAL_ENTRIES: usize = 1024;
 
 /// A cached answer's key: the client and the email's suppression MAC (fixed size: no
 /// hex string is made per request; the hex key is made on a miss only).
 type AnswerKey = (ClientId, [u8; 32]);
 
-impl Expiry<AnswerKey, bool> for ByAnswer {
-    fn expire_after_create(&self, _: &AnswerKey, v: &bool, _: Instant) -> Option<Duration> {
-        Some(if *v {
-            SUPPRESSED_TTL
-        } else {
-            NOT_SUPPRESSED_TTL
-        })
+/// [`AnswerKey`] borrowed, to look an answer up without copying the client id. Hashes
+/// as the key does (a tuple hashes its fields in order; `ClientId` as its `str`).
+#[derive(Hash)]
+struct AnswerRef<'a>(&'a str, &'a [u8; 32]);
+
+impl Equivalent<AnswerKey> for AnswerRef<'_> {
+    fn equivalent(&self, key: &AnswerKey) -> bool {
+        self.0 == key.0.as_str() && self.1 == &key.1
     }
 }
+
+/// A cached answer and until when it holds (`SUPPRESSED_TTL` or `NOT_SUPPRESSED_TTL`
+/// after it was read). An answer past it is a miss; the cache's own eviction (by
+/// capacity) removes it in time.
+#[derive(Clone, Copy)]
+struct Answer {
+    suppressed: bool,
+    until: Instant,
+}
+
+type AnswerCache = Cache<
+    AnswerKey,
+    Answer,
+    UnitWeighter,
+    foldhash::fast::RandomState,
+    DefaultLifecycle<AnswerKey, Answer>,
+>;
 
 /// Reads the installation key (a Lambda reads it from Secrets Manager); an `Err` is
 /// the reason, without the key.
@@ -197,7 +215,7 @@ pub struct Privacy {
     store: Option<Arc<dyn SuppressionStore>>,
     /// A synchronous cache: a hit (nearly every event) is a lookup, with no future to
     /// drive; concurrent misses of one key may both ask the store (a read, harmless).
-    cache: Cache<AnswerKey, bool, foldhash::fast::RandomState>,
+    cache: Arc<AnswerCache>,
 }
 
 impl std::fmt::Debug for Privacy {
@@ -241,10 +259,13 @@ impl Privacy {
         Privacy {
             keyer,
             store,
-            cache: Cache::builder()
-                .max_capacity(MAX_ENTRIES)
-                .expire_after(ByAnswer)
-                .build_with_hasher(foldhash::fast::RandomState::default()),
+            cache: Arc::new(Cache::with(
+                INITIAL_ENTRIES,
+                MAX_ENTRIES,
+                UnitWeighter,
+                foldhash::fast::RandomState::default(),
+                DefaultLifecycle::default(),
+            )),
         }
     }
 
@@ -274,23 +295,31 @@ impl Privacy {
         let Some(store) = &self.store else {
             return Ok(false);
         };
-        let key = (
-            client.clone(),
-            self.keyer().await?.mac(SUPPRESS_PURPOSE, email.as_str()),
-        );
-        if let Some(answer) = self.cache.get(&key) {
-            return Ok(answer);
+        let mac = self.keyer().await?.mac(SUPPRESS_PURPOSE, email.as_str());
+        if let Some(answer) = self.cache.get(&AnswerRef(client.as_str(), &mac))
+            && Instant::now() < answer.until
+        {
+            return Ok(answer.suppressed);
         }
-        let answer = store
-            .is_suppressed(client, &crate::hex_lower(&key.1))
-            .await?;
-        self.cache.insert(key, answer);
-        Ok(answer)
+        let suppressed = store.is_suppressed(client, &crate::hex_lower(&mac)).await?;
+        let ttl = if suppressed {
+            SUPPRESSED_TTL
+        } else {
+            NOT_SUPPRESSED_TTL
+        };
+        self.cache.insert(
+            (client.clone(), mac),
+            Answer {
+                suppressed,
+                until: Instant::now() + ttl,
+            },
+        );
+        Ok(suppressed)
     }
 
     /// Forgets every cached answer.
     pub fn invalidate(&self) {
-        self.cache.invalidate_all();
+        self.cache.clear();
     }
 }
 
@@ -325,6 +354,73 @@ mod tests {
             EmailKeyer::from_secret(&secret).expect("ok").key(&ana)
         );
         assert_eq!(format!("{a:?}"), "EmailKeyer([redacted])");
+    }
+
+    /// [`Listed`], counting its reads.
+    #[derive(Default)]
+    struct Counted {
+        list: Listed,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl SuppressionStore for Counted {
+        async fn is_suppressed(
+            &self,
+            client: &ClientId,
+            email_key: &str,
+        ) -> Result<bool, StoreError> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.list.is_suppressed(client, email_key).await
+        }
+        async fn suppress(&self, scope: &str, email_key: &str, at: i64) -> Result<(), StoreError> {
+            self.list.suppress(scope, email_key, at).await
+        }
+        async fn unsuppress(&self, scope: &str, email_key: &str) -> Result<bool, StoreError> {
+            self.list.unsuppress(scope, email_key).await
+        }
+        async fn audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+            self.list.audit(record).await
+        }
+    }
+
+    /// An answer is read once per (client, email) and reused, found by the borrowed key
+    /// (a lookup that hashed differently from the stored key would read every time).
+    #[tokio::test]
+    async fn answers_are_read_once_per_client_and_email_until_forgotten() {
+        let keyer = EmailKeyer::new(b"0123456789abcdef");
+        let store = Arc::new(Counted::default());
+        let privacy = Privacy::new(keyer.clone(), Some(store.clone()));
+        let reads = || store.reads.load(std::sync::atomic::Ordering::SeqCst);
+        let (shop, other) = (
+            ClientId::parse("shop").expect("id"),
+            ClientId::parse("other").expect("id"),
+        );
+        let (ana, bia) = (
+            Email::parse("ana@example.com").expect("email"),
+            Email::parse("bia@example.com").expect("email"),
+        );
+        for _ in 0..3 {
+            assert_eq!(privacy.is_suppressed(&shop, &ana).await, Ok(false));
+        }
+        assert_eq!(reads(), 1, "the answer is reused");
+        assert_eq!(privacy.is_suppressed(&other, &ana).await, Ok(false));
+        assert_eq!(privacy.is_suppressed(&shop, &bia).await, Ok(false));
+        assert_eq!(reads(), 3, "another client or email is another answer");
+        store
+            .suppress("shop", &keyer.key(&ana), 0)
+            .await
+            .expect("suppress");
+        assert_eq!(
+            privacy.is_suppressed(&shop, &ana).await,
+            Ok(false),
+            "a cached answer holds for its time"
+        );
+        privacy.invalidate();
+        assert_eq!(privacy.is_suppressed(&shop, &ana).await, Ok(true));
+        assert_eq!(privacy.is_suppressed(&shop, &ana).await, Ok(true));
+        assert_eq!(privacy.is_suppressed(&other, &ana).await, Ok(false));
+        assert_eq!(reads(), 5);
     }
 
     /// A suppression list of (scope, email key) pairs.
