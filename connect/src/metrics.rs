@@ -56,13 +56,7 @@ struct Durations {
 }
 
 impl Durations {
-    fn observe(&self, values: &[&str], seconds: f64) {
-        self.family
-            .get_or_create(&labels(self.metric, values))
-            .observe(seconds);
-    }
-
-    /// [`Durations::observe`] of each of `seconds`, with one label lookup.
+    /// Observes each of `seconds` under `values`, with one label lookup for them all.
     fn observe_each(&self, values: &[&str], seconds: impl Iterator<Item = f64>) {
         let histogram = self.family.get_or_create(&labels(self.metric, values));
         for s in seconds {
@@ -70,7 +64,7 @@ impl Durations {
         }
     }
 
-    /// [`Durations::observe`] with label values that live forever (no copies).
+    /// One observation, with label values that live forever (no copies).
     fn observe_static(&self, values: &[&'static str], seconds: f64) {
         self.family
             .get_or_create(&static_labels(self.metric, values))
@@ -226,16 +220,16 @@ impl Metrics {
         for (reason, n) in &outcome.skipped {
             self.skipped.add(&[reason.as_str()], *n);
         }
+        // The records handed on (those before the first failure), one lookup per batch.
         let failed_from = outcome.first_failure.as_deref();
-        for record in records {
-            if Some(record.sequence_number.as_str()) == failed_from {
-                break;
-            }
-            if let Image::Record(r) = &record.image {
-                let lag_ms = (now_ms - r.timestamp).max(0);
-                self.fanout_lag.observe(&[], lag_ms as f64 / 1000.0);
-            }
-        }
+        let lags = records
+            .iter()
+            .take_while(|record| Some(record.sequence_number.as_str()) != failed_from)
+            .filter_map(|record| match &record.image {
+                Image::Record(r) => Some((now_ms - r.timestamp).max(0) as f64 / 1000.0),
+                _ => None,
+            });
+        self.fanout_lag.observe_each(&[], lags);
     }
 
     /// Records what one delivery batch did.
@@ -316,6 +310,49 @@ mod tests {
         }
     }
 
+    /// The fanout's lag counts the records handed on: those before the first failure,
+    /// and only records (not markers).
+    #[test]
+    fn the_fanout_lag_counts_the_records_handed_on() {
+        let record = |seq: &str, image: Image| ChangeRecord {
+            sequence_number: seq.to_owned(),
+            kind: Some(domain::ChangeKind::Insert),
+            ttl_expiry: false,
+            image,
+        };
+        let event = domain::GtmEvent::parse(
+            domain::Crm::WEBHOOK,
+            serde_json::json!({"clientId": "shop", "email": "a@b.co", "eventType": "lead"}),
+        )
+        .expect("event");
+        let stored = std::sync::Arc::new(domain::NavigationRecord::new(
+            event,
+            domain::ClientId::parse("shop").expect("id"),
+            domain::Crm::WEBHOOK,
+            1_000,
+            1,
+        ));
+        let records = [
+            record("1", Image::Record(stored.clone())),
+            record("2", Image::Marker),
+            record("3", Image::Record(stored.clone())),
+            record("4", Image::Record(stored)),
+        ];
+        let metrics = Metrics::default();
+        let outcome = FanoutOutcome {
+            first_failure: Some("4".into()),
+            ..FanoutOutcome::default()
+        };
+        metrics.observe_fanout(&outcome, &records, 3_000);
+        let text = metrics.render();
+        for line in [
+            "connect_fanout_lag_seconds_count 2",
+            "connect_fanout_lag_seconds_sum 4.0",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+    }
+
     #[test]
     fn every_catalogue_metric_is_exposed_under_its_one_name() {
         let metrics = Metrics::default();
@@ -327,7 +364,9 @@ mod tests {
         for c in [&metrics.delivered, &metrics.accepted] {
             c.add(&["webhook", "shop"], 2);
         }
-        metrics.delivery_latency.observe(&["webhook", "shop"], 0.01);
+        metrics
+            .delivery_latency
+            .observe_each(&["webhook", "shop"], std::iter::once(0.01));
         let text = metrics.render();
         for line in [
             r#"connect_delivered_total{crm="webhook",clientId="shop"} 2"#,

@@ -232,15 +232,17 @@ impl LocalQueues {
                         ));
                     }
                     drop(rows);
-                    if let Some(dlq) = &dead_letter {
+                    if let Some(dlq) = &dead_letter
+                        && !exhausted.is_empty()
+                    {
+                        let mut to_dlq = tx.prepare_cached(
+                            "UPDATE queue_messages SET queue = ?2, visible_at = ?3,
+                               receipt = NULL WHERE seq = ?1",
+                        )?;
                         for seq in exhausted {
-                            tx.prepare_cached(
-                                "UPDATE queue_messages SET queue = ?2, visible_at = ?3,
-                                   receipt = NULL WHERE seq = ?1",
-                            )?
-                            .execute(params![seq, dlq, now])?;
-                            moved_in_tx.store(true, std::sync::atomic::Ordering::Relaxed);
+                            to_dlq.execute(params![seq, dlq, now])?;
                         }
+                        moved_in_tx.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                     for (seq, message_id, body, attributes, count, sent_at) in take {
                         let receipt = format!("{seq}-{}", uuid::Uuid::new_v4().simple());
