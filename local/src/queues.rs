@@ -183,7 +183,8 @@ impl LocalQueues {
 
     /// Receives up to `max` visible messages (at most [`MAX_RECEIVE_BATCH`]) and hides them
     /// for `visibility`. A message already received `max_receive_count` times moves to
-    /// `dead_letter` instead (when given) and is not returned.
+    /// `dead_letter` instead (when given; the move counts as a receive) and is not
+    /// returned. Each message's handle is `{seq}-{receive_count}` (see `receipt_handle`).
     pub async fn receive(
         &self,
         queue: &str,
@@ -236,34 +237,33 @@ impl LocalQueues {
                         && !exhausted.is_empty()
                     {
                         let mut to_dlq = tx.prepare_cached(
+                            // The receive that moves it counts (SQS moves a message
+                            // once its receive count exceeds `maxReceiveCount`): a
+                            // handle of its last receive on this queue is stale.
                             "UPDATE queue_messages SET queue = ?2, visible_at = ?3,
-                               receipt = NULL WHERE seq = ?1",
+                               receive_count = receive_count + 1 WHERE seq = ?1",
                         )?;
                         for seq in exhausted {
                             to_dlq.execute(params![seq, dlq, now])?;
                         }
                         moved_in_tx.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
+                    // Only integers change: the row keeps its size (SQLite overwrites it
+                    // in place on a first receive) and no handle is stored (see
+                    // `receipt_handle`).
+                    let mut hide = tx.prepare_cached(
+                        "UPDATE queue_messages SET receive_count = ?3, visible_at = ?2
+                         WHERE seq = ?1",
+                    )?;
                     for (seq, message_id, body, attributes, count, sent_at) in take {
-                        let receipt = format!("{seq}-{}", uuid::Uuid::new_v4().simple());
-                        tx.prepare_cached(
-                            "UPDATE queue_messages SET receive_count = receive_count + 1,
-                               visible_at = ?2, receipt = ?3,
-                               first_received_at = COALESCE(first_received_at, ?4)
-                             WHERE seq = ?1",
-                        )?
-                        .execute(params![
-                            seq,
-                            hidden_until,
-                            receipt,
-                            now
-                        ])?;
+                        let count = count.saturating_add(1);
+                        hide.execute(params![seq, hidden_until, count])?;
                         out.push(ReceivedMessage {
                             message_id,
-                            receipt_handle: receipt,
+                            receipt_handle: receipt_handle(seq, count),
                             body,
                             attributes: serde_json::from_str(&attributes).unwrap_or_default(),
-                            receive_count: count + 1,
+                            receive_count: count,
                             sent_at_ms: sent_at,
                         });
                     }
@@ -299,11 +299,12 @@ impl LocalQueues {
                 let mut deleted = Vec::with_capacity(receipts.len());
                 {
                     let mut delete = tx.prepare_cached(
-                        "DELETE FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
+                        "DELETE FROM queue_messages
+                         WHERE seq = ?1 AND queue = ?2 AND receive_count = ?3",
                     )?;
                     for receipt in &receipts {
-                        deleted.push(match receipt_seq(receipt) {
-                            Some(seq) => delete.execute(params![seq, queue, receipt])? == 1,
+                        deleted.push(match receipt_parts(receipt) {
+                            Some((seq, count)) => delete.execute(params![seq, queue, count])? == 1,
                             None => false,
                         });
                     }
@@ -317,15 +318,15 @@ impl LocalQueues {
     /// Deletes a received message. `false` when the handle is stale (the message was
     /// received again since, or is gone).
     pub async fn delete(&self, queue: &str, receipt_handle: &str) -> Result<bool, StoreError> {
-        let Some(seq) = receipt_seq(receipt_handle) else {
+        let Some((seq, count)) = receipt_parts(receipt_handle) else {
             return Ok(false);
         };
-        let (queue, receipt) = (queue.to_owned(), receipt_handle.to_owned());
+        let queue = queue.to_owned();
         self.store
             .write_relaxed(move |conn| {
                 conn.execute(
-                    "DELETE FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
-                    params![seq, queue, receipt],
+                    "DELETE FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receive_count = ?3",
+                    params![seq, queue, count],
                 )
                 .map(|n| n == 1)
             })
@@ -339,19 +340,19 @@ impl LocalQueues {
         receipt_handle: &str,
         timeout: Duration,
     ) -> Result<bool, StoreError> {
-        let Some(seq) = receipt_seq(receipt_handle) else {
+        let Some((seq, count)) = receipt_parts(receipt_handle) else {
             return Ok(false);
         };
         let visible_at =
             self.clock.now_ms() + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-        let (queue, receipt) = (queue.to_owned(), receipt_handle.to_owned());
+        let queue = queue.to_owned();
         let changed = self
             .store
             .write_relaxed(move |conn| {
                 conn.execute(
                     "UPDATE queue_messages SET visible_at = ?4
-                     WHERE seq = ?1 AND queue = ?2 AND receipt = ?3",
-                    params![seq, queue, receipt, visible_at],
+                     WHERE seq = ?1 AND queue = ?2 AND receive_count = ?3",
+                    params![seq, queue, count, visible_at],
                 )
                 .map(|n| n == 1)
             })
@@ -435,8 +436,20 @@ impl LocalQueues {
     }
 }
 
-fn receipt_seq(receipt: &str) -> Option<i64> {
-    receipt.split_once('-')?.0.parse().ok()
+/// The handle of the `count`-th receive of the message at `seq`: `{seq}-{count}`. A row's
+/// receive count only grows (a move to the dead-letter queue keeps the row and its
+/// position, and counts as a receive; a redrive sends a new message), so a handle names
+/// one receive of one message for good. It is current while the row's count is still
+/// `count` and the row is on the queue the handle is used with: any later receive, or
+/// the move, makes it stale.
+fn receipt_handle(seq: i64, count: u32) -> String {
+    format!("{seq}-{count}")
+}
+
+/// The position and receive count a handle names (`None`: not a handle of ours, stale).
+fn receipt_parts(receipt: &str) -> Option<(i64, u32)> {
+    let (seq, count) = receipt.split_once('-')?;
+    Some((seq.parse().ok()?, count.parse().ok()?))
 }
 
 #[async_trait]

@@ -129,6 +129,17 @@ async fn visibility_timeout_and_receive_count() {
         Some(clock.now_ms() + 120_000)
     );
     assert!(!queues.delete(&q, "garbage").await.expect("delete"));
+    // A handle of the earlier form (`{seq}-{uuid}`, held by a worker of a process that
+    // stopped before an upgrade) names no receive.
+    let seq = again[0].receipt_handle.split_once('-').expect("handle").0;
+    let old = format!("{seq}-0a1b2c3d4e5f60718293a4b5c6d7e8f9");
+    assert!(!queues.delete(&q, &old).await.expect("delete"));
+    assert!(
+        !queues
+            .change_visibility(&q, &old, Duration::ZERO)
+            .await
+            .expect("cv")
+    );
     store.shutdown().await;
 }
 
@@ -144,6 +155,7 @@ async fn messages_move_to_the_dlq_after_max_receive_count() {
         .send_batch(Crm::SFMC, QueueKind::Delivery, &[message("x")])
         .await
         .expect("send");
+    let mut last = String::new();
     for n in 1..=3 {
         let got = queues
             .receive(&q, Some(&dlq), 10, VT)
@@ -151,6 +163,7 @@ async fn messages_move_to_the_dlq_after_max_receive_count() {
             .expect("receive");
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].receive_count, n);
+        last = got[0].receipt_handle.clone();
         clock.advance(30_000);
     }
     assert!(
@@ -161,8 +174,19 @@ async fn messages_move_to_the_dlq_after_max_receive_count() {
             .is_empty(),
         "moved"
     );
+    // The receive that moved it counted: the main queue's last handle names neither the
+    // message on the DLQ nor its next receive there.
+    for queue in [&q, &dlq] {
+        assert!(
+            !queues.delete(queue, &last).await.expect("delete"),
+            "{queue}"
+        );
+    }
     let in_dlq = queues.receive(&dlq, None, 10, VT).await.expect("receive");
     assert_eq!(in_dlq.len(), 1);
+    assert_eq!(in_dlq[0].receive_count, 5);
+    assert_ne!(in_dlq[0].receipt_handle, last);
+    assert!(!queues.delete(&dlq, &last).await.expect("delete"));
     assert_eq!(in_dlq[0].body, "{\"n\":\"x\"}");
     assert_eq!(
         in_dlq[0].attributes,
