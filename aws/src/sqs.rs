@@ -42,17 +42,17 @@ impl SqsQueues {
 }
 
 /// String message attributes in the SDK's shape.
-pub fn string_attributes(
-    attributes: &[(String, String)],
+pub fn string_attributes<K: AsRef<str>, V: AsRef<str>>(
+    attributes: &[(K, V)],
 ) -> Result<HashMap<String, MessageAttributeValue>, QueueError> {
     attributes
         .iter()
         .map(|(k, v)| {
             MessageAttributeValue::builder()
                 .data_type("String")
-                .string_value(v)
+                .string_value(v.as_ref())
                 .build()
-                .map(|value| (k.clone(), value))
+                .map(|value| (k.as_ref().to_owned(), value))
                 .map_err(|e| QueueError::Unavailable(e.to_string()))
         })
         .collect()

@@ -5,8 +5,9 @@ use crm::rdstation::ApiKey;
 use crm::{CrmHttp, Outcome, TokenError, TokenManager};
 use domain::delivery::{attr, rfc3339};
 use domain::{
-    Alert, AlertSink, ClientConfig, ClientDirectory, ClientId, Clock, Crm, DeliveryMessage,
-    OutgoingMessage, QueueControl, QueueKind, QueueSender, SecretStore, TokenStore,
+    Alert, AlertSink, Attribute, ClientConfig, ClientDirectory, ClientId, Clock, Crm,
+    DeliveryMessage, OutgoingMessage, QueueControl, QueueKind, QueueSender, SecretStore,
+    TokenStore,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -761,11 +762,11 @@ where
                         "redrivenAt",
                         "redriveCount",
                     ];
-                    let mut attributes: Vec<(String, String)> = m
+                    let mut attributes: Vec<Attribute> = m
                         .attributes
                         .iter()
                         .filter(|(k, _)| !failure.contains(&k.as_str()) || k == "redriveCount")
-                        .cloned()
+                        .map(|(k, v)| (k.clone().into(), v.clone().into()))
                         .collect();
                     // SQS refuses empty attribute values: a CRM answer without a body
                     // must not make the DLQ send fail (the message would loop).
@@ -777,11 +778,11 @@ where
                         }
                     };
                     attributes.extend([
-                        (attr::FAILURE_REASON.to_owned(), reason.to_owned()),
-                        (attr::FAILURE_STATUS.to_owned(), non_empty(status)),
-                        (attr::FAILED_AT.to_owned(), rfc3339(now)),
-                        (attr::ATTEMPTS.to_owned(), m.receive_count.to_string()),
-                        ("failureDetail".to_owned(), non_empty(detail)),
+                        (attr::FAILURE_REASON.into(), reason.to_owned().into()),
+                        (attr::FAILURE_STATUS.into(), non_empty(status).into()),
+                        (attr::FAILED_AT.into(), rfc3339(now).into()),
+                        (attr::ATTEMPTS.into(), m.receive_count.to_string().into()),
+                        ("failureDetail".into(), non_empty(detail).into()),
                     ]);
                     attributes.retain(|(_, v)| !v.is_empty());
                     dead.push((

@@ -2,6 +2,7 @@
 
 use crate::crm::Crm;
 use crate::event::{ClientId, Email, EventType};
+use crate::ports::Attribute;
 use crate::record::NavigationRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -122,17 +123,17 @@ impl DeliveryMessage {
     }
 
     /// The message attributes every delivery message carries.
-    pub fn attributes(&self) -> Vec<(String, String)> {
+    pub fn attributes(&self) -> Vec<Attribute> {
         attributes(&self.client_id, self.crm, self.event.event_type)
     }
 }
 
 /// The message attributes of a delivery message of `client_id`, `crm` and `event_type`.
-pub fn attributes(client_id: &ClientId, crm: Crm, event_type: EventType) -> Vec<(String, String)> {
+pub fn attributes(client_id: &ClientId, crm: Crm, event_type: EventType) -> Vec<Attribute> {
     vec![
-        (attr::CLIENT_ID.to_owned(), client_id.to_string()),
-        (attr::CRM.to_owned(), crm.as_str().to_owned()),
-        (attr::EVENT_TYPE.to_owned(), event_type.as_str().to_owned()),
+        (attr::CLIENT_ID.into(), client_id.to_string().into()),
+        (attr::CRM.into(), crm.as_str().into()),
+        (attr::EVENT_TYPE.into(), event_type.as_str().into()),
     ]
 }
 
@@ -217,6 +218,33 @@ pub fn rfc3339(epoch_ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
+
+    #[test]
+    fn a_message_s_attributes_copy_only_the_client_id() {
+        let client = ClientId::parse("shop-a").expect("client id");
+        let attributes = attributes(&client, Crm::SFMC, EventType::Purchase);
+        let pairs: Vec<(&str, &str)> = attributes
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_ref()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("clientId", "shop-a"),
+                ("crm", "salesforce"),
+                ("eventType", "purchase")
+            ]
+        );
+        // The fanout makes one set per event: names, CRM and event type are constants.
+        let owned: Vec<&str> = attributes
+            .iter()
+            .flat_map(|(k, v)| [k, v])
+            .filter(|c| matches!(c, Cow::Owned(_)))
+            .map(|c| c.as_ref())
+            .collect();
+        assert_eq!(owned, ["shop-a"]);
+    }
 
     #[test]
     fn body_matches_the_fixture_shape() {

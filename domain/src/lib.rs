@@ -36,7 +36,7 @@ pub use crm::Crm;
 pub use delivery::DeliveryMessage;
 pub use event::{ClientId, Email, EventSignature, EventType, FieldError, GtmEvent};
 pub use ports::{
-    Alert, AlertSink, ClientDirectory, Clock, OutgoingMessage, PutOutcome, QueueControl,
+    Alert, AlertSink, Attribute, ClientDirectory, Clock, OutgoingMessage, PutOutcome, QueueControl,
     QueueError, QueueKind, QueueSender, RecordStore, SecretStore, SendFailure, StoreError,
     SystemClock, TokenStore,
 };

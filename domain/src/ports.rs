@@ -6,6 +6,7 @@ use crate::crm::Crm;
 use crate::event::ClientId;
 use crate::record::NavigationRecord;
 use async_trait::async_trait;
+use std::borrow::Cow;
 
 /// A failure of a store or directory. Never caused by the caller's input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +81,11 @@ pub enum QueueKind {
     DeadLetter,
 }
 
+/// One string message attribute, name and value: borrowed when it is a constant (every
+/// name, a CRM, an event type), owned otherwise (a client id, a failure's time). The
+/// fanout writes one set per event; constants are not copied into it.
+pub type Attribute = (Cow<'static, str>, Cow<'static, str>);
+
 /// One message to send.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutgoingMessage {
@@ -89,7 +95,7 @@ pub struct OutgoingMessage {
     /// The body.
     pub body: String,
     /// String message attributes.
-    pub attributes: Vec<(String, String)>,
+    pub attributes: Vec<Attribute>,
 }
 
 /// An entry of a batch the queue did not accept.

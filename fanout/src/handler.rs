@@ -3,7 +3,7 @@
 use backon::{BackoffBuilder, ExponentialBuilder};
 use domain::delivery::{self, MessageOfRecord, attr, rfc3339};
 use domain::{
-    Alert, AlertSink, ChangeKind, ChangeRecord, Clock, Crm, DeliveryMessage, Image,
+    Alert, AlertSink, Attribute, ChangeKind, ChangeRecord, Clock, Crm, DeliveryMessage, Image,
     OutgoingMessage, QueueKind, QueueSender,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -230,7 +230,7 @@ impl<Q: QueueSender, A: AlertSink, C: Clock> FanoutHandler<Q, A, C> {
                                 id,
                                 body,
                                 attributes: self.with_failure(
-                                    vec![(attr::CRM.to_owned(), crm.as_str().to_owned())],
+                                    vec![(attr::CRM.into(), crm.as_str().into())],
                                     "malformed_record",
                                     "invalid_image",
                                 ),
@@ -315,7 +315,7 @@ impl<Q: QueueSender, A: AlertSink, C: Clock> FanoutHandler<Q, A, C> {
         &self,
         id: String,
         body: &impl serde::Serialize,
-        attributes: Vec<(String, String)>,
+        attributes: Vec<Attribute>,
         failure: Option<(&str, &str)>,
     ) -> OutgoingMessage {
         let attributes = match failure {
@@ -332,22 +332,22 @@ impl<Q: QueueSender, A: AlertSink, C: Clock> FanoutHandler<Q, A, C> {
     /// `attributes` with the dead-letter attributes of DESIGN.md set (replacing any).
     fn with_failure(
         &self,
-        mut attributes: Vec<(String, String)>,
+        mut attributes: Vec<Attribute>,
         reason: &str,
         status: &str,
-    ) -> Vec<(String, String)> {
+    ) -> Vec<Attribute> {
         let failure_keys = [
             attr::FAILURE_REASON,
             attr::FAILURE_STATUS,
             attr::FAILED_AT,
             attr::ATTEMPTS,
         ];
-        attributes.retain(|(k, _)| !failure_keys.contains(&k.as_str()));
+        attributes.retain(|(k, _)| !failure_keys.contains(&k.as_ref()));
         attributes.extend([
-            (attr::FAILURE_REASON.to_owned(), reason.to_owned()),
-            (attr::FAILURE_STATUS.to_owned(), status.to_owned()),
-            (attr::FAILED_AT.to_owned(), rfc3339(self.clock.now_ms())),
-            (attr::ATTEMPTS.to_owned(), "0".to_owned()),
+            (attr::FAILURE_REASON.into(), reason.to_owned().into()),
+            (attr::FAILURE_STATUS.into(), status.to_owned().into()),
+            (attr::FAILED_AT.into(), rfc3339(self.clock.now_ms()).into()),
+            (attr::ATTEMPTS.into(), "0".into()),
         ]);
         attributes
     }

@@ -72,7 +72,10 @@ struct QueueRow {
 }
 
 impl QueueRow {
-    fn new(body: String, attributes: &[(String, String)]) -> QueueRow {
+    fn new(
+        body: String,
+        attributes: &[(impl serde::Serialize, impl serde::Serialize)],
+    ) -> QueueRow {
         QueueRow {
             id: uuid::Uuid::new_v4().to_string(),
             body,

@@ -45,6 +45,14 @@ fn message(id: &str) -> OutgoingMessage {
     }
 }
 
+/// A message's attributes as a receive gives them back.
+fn owned(m: &OutgoingMessage) -> Vec<(String, String)> {
+    m.attributes
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 const VT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
@@ -68,7 +76,7 @@ async fn visibility_timeout_and_receive_count() {
     let first = queues.receive(&q, None, 10, VT).await.expect("receive");
     assert_eq!(first.len(), 2);
     assert_eq!(first[0].body, "{\"n\":\"a\"}");
-    assert_eq!(first[0].attributes, message("a").attributes);
+    assert_eq!(first[0].attributes, owned(&message("a")));
     assert_eq!(first[0].receive_count, 1);
     assert!(
         queues
@@ -190,7 +198,7 @@ async fn messages_move_to_the_dlq_after_max_receive_count() {
     assert_eq!(in_dlq[0].body, "{\"n\":\"x\"}");
     assert_eq!(
         in_dlq[0].attributes,
-        message("x").attributes,
+        owned(&message("x")),
         "attributes kept"
     );
     assert_eq!(queues.stats(&q).await.expect("stats"), Default::default());
