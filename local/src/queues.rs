@@ -24,6 +24,11 @@ use tokio::sync::watch;
 /// maximum). The deliver handler dead-letters by the retry window, with a reason; this
 /// bound only stops a message that crashes its worker again and again.
 pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 1000;
+/// Deletes the message a handle names while the handle is current (see
+/// `receipt_handle`): `?1` its position, `?2` the queue, `?3` the receive count.
+const DELETE_RECEIVED: &str =
+    "DELETE FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receive_count = ?3";
+
 /// SQS limit on messages per receive.
 pub const MAX_RECEIVE_BATCH: usize = 100;
 
@@ -200,13 +205,12 @@ impl LocalQueues {
         let (queue, dead_letter) = (queue.to_owned(), dead_letter.map(str::to_owned));
         let max = max.clamp(1, MAX_RECEIVE_BATCH);
         let max_receive_count = self.max_receive_count;
-        let moved = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let moved_in_tx = Arc::clone(&moved);
-        let received = self
+        let (received, moved) = self
             .store
             .write_relaxed(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let mut out = Vec::new();
+                let mut moved = false;
                 {
                     let mut select = tx.prepare_cached(
                         "SELECT seq, message_id, body, attributes, receive_count, sent_at
@@ -249,7 +253,7 @@ impl LocalQueues {
                         for seq in exhausted {
                             to_dlq.execute(params![seq, dlq, now])?;
                         }
-                        moved_in_tx.store(true, std::sync::atomic::Ordering::Relaxed);
+                        moved = true;
                     }
                     // Only integers change: the row keeps its size (SQLite overwrites it
                     // in place on a first receive) and no handle is stored (see
@@ -272,10 +276,10 @@ impl LocalQueues {
                     }
                 }
                 tx.commit()?;
-                Ok(out)
+                Ok((out, moved))
             })
             .await?;
-        if moved.load(std::sync::atomic::Ordering::Relaxed) {
+        if moved {
             self.sent.send_modify(|n| *n = n.wrapping_add(1));
         }
         Ok(received)
@@ -301,10 +305,7 @@ impl LocalQueues {
                 crate::store::insert_delivery_log(&tx, crm, at_ms, &log)?;
                 let mut deleted = Vec::with_capacity(receipts.len());
                 {
-                    let mut delete = tx.prepare_cached(
-                        "DELETE FROM queue_messages
-                         WHERE seq = ?1 AND queue = ?2 AND receive_count = ?3",
-                    )?;
+                    let mut delete = tx.prepare_cached(DELETE_RECEIVED)?;
                     for receipt in &receipts {
                         deleted.push(match receipt_parts(receipt) {
                             Some((seq, count)) => delete.execute(params![seq, queue, count])? == 1,
@@ -327,11 +328,9 @@ impl LocalQueues {
         let queue = queue.to_owned();
         self.store
             .write_relaxed(move |conn| {
-                conn.execute(
-                    "DELETE FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receive_count = ?3",
-                    params![seq, queue, count],
-                )
-                .map(|n| n == 1)
+                conn.prepare_cached(DELETE_RECEIVED)
+                    .and_then(|mut delete| delete.execute(params![seq, queue, count]))
+                    .map(|n| n == 1)
             })
             .await
     }
