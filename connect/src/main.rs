@@ -66,6 +66,11 @@ enum Command {
         /// Benchmarks only: run no delivery workers.
         #[arg(long, hide = true)]
         no_deliver: bool,
+        /// Benchmarks only: store events but hand nothing on (no fanout, no delivery):
+        /// what accepting alone costs. The records wait in the feed; a later `serve`
+        /// hands them on.
+        #[arg(long, hide = true, conflicts_with = "discard")]
+        no_fanout: bool,
         /// Where the in-process sandbox CRMs listen with --demo [default: 127.0.0.1:3900].
         #[arg(long, value_name = "ADDR", conflicts_with = "sandbox_url")]
         sandbox_listen: Option<SocketAddr>,
@@ -542,6 +547,7 @@ fn main() -> std::process::ExitCode {
                 listen,
                 discard,
                 no_deliver,
+                no_fanout,
                 sandbox_listen,
                 sandbox_url,
             } => {
@@ -552,6 +558,7 @@ fn main() -> std::process::ExitCode {
                     demo,
                     discard,
                     no_deliver,
+                    no_fanout,
                     sandbox_listen,
                     sandbox_url,
                 })

@@ -35,6 +35,9 @@ pub struct ServeOptions {
     pub discard: bool,
     /// Benchmark only: no delivery workers (messages stay on the local queues).
     pub no_deliver: bool,
+    /// Benchmark only: no fanout and no delivery workers (records stay in the feed, its
+    /// checkpoint where it was: a later `serve` hands them on).
+    pub no_fanout: bool,
     /// Where the in-process sandbox listens (`--demo` without `--sandbox-url`).
     pub sandbox_listen: Option<SocketAddr>,
     /// An already running sandbox for the demo clients.
@@ -294,14 +297,19 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
             .unwrap_or(config::DEFAULT_BATCH_WINDOW_MS)
             .min(config::MAX_BATCH_WINDOW_MS),
     );
-    let fanout_task = tokio::spawn(runtime::fanout::run(
-        store.clone(),
-        fanout,
-        Arc::clone(&metrics),
-        SystemClock,
-        batch_window,
-        stop_rx,
-    ));
+    let fanout_task = if opts.no_fanout {
+        tracing::warn!("--no-fanout: events are stored but NOT handed on (benchmark mode)");
+        None
+    } else {
+        Some(tokio::spawn(runtime::fanout::run(
+            store.clone(),
+            fanout,
+            Arc::clone(&metrics),
+            SystemClock,
+            batch_window,
+            stop_rx,
+        )))
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -347,7 +355,7 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
         ..runtime::deliver::WorkerSettings::default()
     };
     let mut workers = Vec::new();
-    let workers_per_crm = if opts.no_deliver {
+    let workers_per_crm = if opts.no_deliver || opts.no_fanout {
         0
     } else {
         file.delivery.workers_per_crm.unwrap_or(2)
@@ -449,7 +457,9 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
 
     tracing::info!("shutting down: in-flight requests finished; stopping the pollers");
     let _ = stop_tx.send(true);
-    if let Err(e) = fanout_task.await {
+    if let Some(task) = fanout_task
+        && let Err(e) = task.await
+    {
         tracing::error!(error = %e, "the fanout poller failed");
     }
     for w in workers {

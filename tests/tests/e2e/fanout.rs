@@ -214,3 +214,31 @@ async fn sigkill_under_load_loses_no_stored_record() {
     assert!(stored > 0);
     assert_eq!(unqueued, 0, "every stored record is on its queue");
 }
+
+/// `--no-fanout` (a benchmark setup: what accepting alone costs) stores and hands
+/// nothing on; the records wait in the feed, and the next `serve` hands them on.
+#[tokio::test]
+async fn no_fanout_keeps_records_in_the_feed_for_the_next_serve() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let http = reqwest::Client::new();
+    let mut server = Process::serve(&data, &["--demo", "--no-fanout"]);
+    let r = post(&http, &server, "/responsys", json!({"clientId": "demo-responsys", "email": "ana@example.com", "eventType": "lead", "eventId": "held-1"})).await;
+    // Far longer than a batch window: a fanout would have handed it on by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(max_seq(&data), 1, "stored");
+    assert!(queued(&data).is_empty(), "but not handed on");
+    assert_eq!(
+        checkpoint(&data),
+        0,
+        "and the feed's checkpoint did not move"
+    );
+    assert!(server.terminate().success(), "{}", server.logs());
+
+    let _server = Process::serve(&data, &["--demo", "--no-deliver"]);
+    wait_caught_up(&data);
+    let messages = queued(&data);
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].0, "responsys");
+    assert_eq!(messages[0].1["recordId"], r["recordId"]);
+}
