@@ -25,9 +25,10 @@ use tokio::sync::watch;
 /// bound only stops a message that crashes its worker again and again.
 pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 1000;
 /// Deletes the message a handle names while the handle is current (see
-/// `receipt_handle`): `?1` its position, `?2` the queue, `?3` the receive count.
-const DELETE_RECEIVED: &str =
-    "DELETE FROM queue_messages WHERE seq = ?1 AND queue = ?2 AND receive_count = ?3";
+/// `receipt_handle`): `?1` its position, `?2` the queue, `?3` the receive count, `?4`
+/// the message id.
+const DELETE_RECEIVED: &str = "DELETE FROM queue_messages
+     WHERE seq = ?1 AND queue = ?2 AND receive_count = ?3 AND message_id = ?4";
 
 /// SQS limit on messages per receive.
 pub const MAX_RECEIVE_BATCH: usize = 100;
@@ -192,7 +193,8 @@ impl LocalQueues {
     /// Receives up to `max` visible messages (at most [`MAX_RECEIVE_BATCH`]) and hides them
     /// for `visibility`. A message already received `max_receive_count` times moves to
     /// `dead_letter` instead (when given; the move counts as a receive) and is not
-    /// returned. Each message's handle is `{seq}-{receive_count}` (see `receipt_handle`).
+    /// returned. Each message's handle is `{seq}-{receive_count}-{message_id}` (see
+    /// `receipt_handle`).
     pub async fn receive(
         &self,
         queue: &str,
@@ -266,8 +268,8 @@ impl LocalQueues {
                         let count = count.saturating_add(1);
                         hide.execute(params![seq, hidden_until, count])?;
                         out.push(ReceivedMessage {
+                            receipt_handle: receipt_handle(seq, count, &message_id),
                             message_id,
-                            receipt_handle: receipt_handle(seq, count),
                             body,
                             attributes: serde_json::from_str(&attributes).unwrap_or_default(),
                             receive_count: count,
@@ -308,7 +310,9 @@ impl LocalQueues {
                     let mut delete = tx.prepare_cached(DELETE_RECEIVED)?;
                     for receipt in &receipts {
                         deleted.push(match receipt_parts(receipt) {
-                            Some((seq, count)) => delete.execute(params![seq, queue, count])? == 1,
+                            Some((seq, count, id)) => {
+                                delete.execute(params![seq, queue, count, id])? == 1
+                            }
                             None => false,
                         });
                     }
@@ -322,14 +326,14 @@ impl LocalQueues {
     /// Deletes a received message. `false` when the handle is stale (the message was
     /// received again since, or is gone).
     pub async fn delete(&self, queue: &str, receipt_handle: &str) -> Result<bool, StoreError> {
-        let Some((seq, count)) = receipt_parts(receipt_handle) else {
+        let Some((seq, count, id)) = receipt_parts(receipt_handle) else {
             return Ok(false);
         };
-        let queue = queue.to_owned();
+        let (queue, id) = (queue.to_owned(), id.to_owned());
         self.store
             .write_relaxed(move |conn| {
                 conn.prepare_cached(DELETE_RECEIVED)
-                    .and_then(|mut delete| delete.execute(params![seq, queue, count]))
+                    .and_then(|mut delete| delete.execute(params![seq, queue, count, id]))
                     .map(|n| n == 1)
             })
             .await
@@ -342,19 +346,19 @@ impl LocalQueues {
         receipt_handle: &str,
         timeout: Duration,
     ) -> Result<bool, StoreError> {
-        let Some((seq, count)) = receipt_parts(receipt_handle) else {
+        let Some((seq, count, id)) = receipt_parts(receipt_handle) else {
             return Ok(false);
         };
         let visible_at =
             self.clock.now_ms() + i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-        let queue = queue.to_owned();
+        let (queue, id) = (queue.to_owned(), id.to_owned());
         let changed = self
             .store
             .write_relaxed(move |conn| {
                 conn.execute(
-                    "UPDATE queue_messages SET visible_at = ?4
-                     WHERE seq = ?1 AND queue = ?2 AND receive_count = ?3",
-                    params![seq, queue, count, visible_at],
+                    "UPDATE queue_messages SET visible_at = ?5
+                     WHERE seq = ?1 AND queue = ?2 AND receive_count = ?3 AND message_id = ?4",
+                    params![seq, queue, count, id, visible_at],
                 )
                 .map(|n| n == 1)
             })
@@ -438,20 +442,25 @@ impl LocalQueues {
     }
 }
 
-/// The handle of the `count`-th receive of the message at `seq`: `{seq}-{count}`. A row's
-/// receive count only grows (a move to the dead-letter queue keeps the row and its
-/// position, and counts as a receive; a redrive sends a new message), so a handle names
-/// one receive of one message for good. It is current while the row's count is still
-/// `count` and the row is on the queue the handle is used with: any later receive, or
+/// The handle of the `count`-th receive of message `id` at `seq`:
+/// `{seq}-{count}-{id}`. A message's receive count only grows (a move to the dead-letter
+/// queue keeps the row, its position and its id, and counts as a receive; a redrive
+/// sends a new message), and its id is its own (a position is not: SQLite gives a new
+/// row the position after the largest one left, so a message sent once the newest one
+/// was deleted takes that position again). So a handle names one receive of one message
+/// for good. It is current while the row at `seq` is still message `id`, its count is
+/// still `count`, and it is on the queue the handle is used with: any later receive, or
 /// the move, makes it stale.
-fn receipt_handle(seq: i64, count: u32) -> String {
-    format!("{seq}-{count}")
+fn receipt_handle(seq: i64, count: u32, id: &str) -> String {
+    format!("{seq}-{count}-{id}")
 }
 
-/// The position and receive count a handle names (`None`: not a handle of ours, stale).
-fn receipt_parts(receipt: &str) -> Option<(i64, u32)> {
-    let (seq, count) = receipt.split_once('-')?;
-    Some((seq.parse().ok()?, count.parse().ok()?))
+/// The position, receive count and message id a handle names (`None`: not a handle of
+/// ours, or of an earlier form: stale).
+fn receipt_parts(receipt: &str) -> Option<(i64, u32, &str)> {
+    let mut parts = receipt.splitn(3, '-');
+    let (seq, count, id) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((seq.parse().ok()?, count.parse().ok()?, id))
 }
 
 #[async_trait]

@@ -47,10 +47,11 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     "#,
     // 2: the CRM queues and their dead-letter queues, with SQS standard-queue semantics
-    // (see `queues`). A receipt handle is `{seq}-{receive_count}`: found by primary key,
-    // checked against `receive_count`, so no index takes random inserts. The columns
-    // `first_received_at` and `receipt` are no longer written (they held a handle's random
-    // part and a time nothing read); they stay so that existing stores open unchanged.
+    // (see `queues`). A receipt handle is `{seq}-{receive_count}-{message_id}`: found by
+    // primary key, checked against `receive_count` and `message_id`, so no index takes
+    // random inserts. The columns `first_received_at` and `receipt` are no longer written
+    // (they held a handle's random part and a time nothing read); they stay so that
+    // existing stores open unchanged.
     r#"
     CREATE TABLE queue_messages (
         seq               INTEGER PRIMARY KEY,
